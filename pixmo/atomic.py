@@ -1,0 +1,53 @@
+"""Publishing files whole or not at all.
+
+Everything the toolkit writes goes to a temporary name in the destination
+folder and is moved into place with ``os.replace``, so a reader (or a resumed
+build) never sees half a file. Temporary names end in ``.partial`` and never
+in the final suffix, so globbing ``*.tar`` or ``*.json`` cannot pick them up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+PARTIAL_SUFFIX = ".partial"
+
+
+def partial_path(path: Path) -> Path:
+    return path.with_name(f"{path.name}.{os.getpid()}{PARTIAL_SUFFIX}")
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """Open ``path`` for binary writing; it appears only if the block succeeds."""
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = partial_path(final)
+    try:
+        with open(tmp, "wb") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    with atomic_open(path) as fh:
+        fh.write(data)
+
+
+def remove_partials(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete leftovers of writers that were killed; returns what was removed."""
+    removed = []
+    for leftover in Path(folder).glob(f"*{PARTIAL_SUFFIX}"):
+        leftover.unlink(missing_ok=True)
+        removed.append(leftover)
+    return removed

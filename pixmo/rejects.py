@@ -1,0 +1,60 @@
+"""Rejects are values: every input record that does not reach the output
+ends as a ``Reject`` with a reason from a closed set, so the ledger can prove
+that records read = records accepted + records rejected.
+
+The reason codes here and the ``reason`` enum of ``schemas/reject.json`` are
+kept equal by a test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from enum import Enum
+
+
+class Reason(str, Enum):
+    """Why a record was rejected. Grouped by the stage that rejects it."""
+
+    # reading raw records
+    INVALID_RECORD = "invalid_record"  # not JSON, or breaks its schema
+    # images
+    IMAGE_NOT_FOUND = "image_not_found"
+    IMAGE_UNREADABLE = "image_unreadable"
+    IMAGE_TOO_LARGE = "image_too_large"
+    IMAGE_SHA256_MISMATCH = "image_sha256_mismatch"
+    DOWNLOAD_FAILED = "download_failed"
+    # audio and transcripts
+    AUDIO_NOT_FOUND = "audio_not_found"
+    AUDIO_UNREADABLE = "audio_unreadable"
+    AUDIO_EMPTY = "audio_empty"
+    SILENCE = "silence"
+    SPEECH_TOO_SHORT = "speech_too_short"
+    WRONG_LANGUAGE = "wrong_language"
+    LOW_CONFIDENCE = "low_confidence"
+    REPETITION_LOOP = "repetition_loop"
+    TOO_FEW_WORDS = "too_few_words"
+    TRANSCRIPTION_FAILED = "transcription_failed"
+    CAPTION_FAILED = "caption_failed"
+    # points
+    NON_FINITE_COORDINATE = "non_finite_coordinate"
+    OUT_OF_BOUNDS = "out_of_bounds"
+    UNKNOWN_UNITS = "unknown_units"
+    EMPTY_LABEL = "empty_label"
+    TOO_MANY_POINTS = "too_many_points"
+
+
+@dataclass(frozen=True)
+class Reject:
+    """One rejected input record: which stage refused it and why."""
+
+    stage: str
+    reason: Reason
+    detail: str
+    source: str
+    record: str
+
+    def to_row(self) -> dict[str, str]:
+        """A row of ``rejects.parquet`` (schema ``reject``)."""
+        row = asdict(self)
+        row["reason"] = self.reason.value
+        return row
