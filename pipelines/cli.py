@@ -77,6 +77,18 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_show(args: argparse.Namespace) -> int:
+    from pixmo.dataset import IMAGE_EXTENSIONS, find_sample
+    from pixmo.draw import render_points
+
+    sample = find_sample(args.dir, args.key)
+    image = next(data for ext, data in sample.files.items() if ext in IMAGE_EXTENSIONS)
+    out = render_points(image, sample.json["points"], args.out)
+    labels = len(sample.json["points"])
+    print(f"wrote {out} ({labels} label set{'s' if labels != 1 else ''})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pixmo", description="Build and check PixMo-style "
                                      "multimodal datasets.")
@@ -90,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check shards, sample JSON, manifest and dataset.json")
     p.add_argument("dir", help="dataset directory")
     p.set_defaults(run=cmd_validate)
+
+    p = sub.add_parser("show", help="draw one sample's image with its points")
+    p.add_argument("dir", help="dataset directory")
+    p.add_argument("--key", required=True, help="sample key")
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.set_defaults(run=cmd_show)
     return parser
 
 

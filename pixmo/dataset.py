@@ -24,6 +24,7 @@ from pixmo.shards import (
     MANIFEST,
     REJECTS,
     SHARDS_DIR,
+    ShardSample,
     ShardStats,
     committed_shards,
     iter_shard,
@@ -58,6 +59,22 @@ def _require_dataset(path: Path) -> None:
     if not (path / SHARDS_DIR).is_dir() and not (path / DATASET_JSON).is_file():
         raise PixmoError("not a dataset directory (no shards/ and no dataset.json)",
                          file=os.fspath(path))
+
+
+def find_sample(dataset_dir: str | os.PathLike[str], key: str) -> ShardSample:
+    """One sample by key: the manifest says which shard holds it, so only that
+    shard is read."""
+    root = Path(dataset_dir)
+    _require_dataset(root)
+    shards = [s.shard for s in committed_shards(root)]
+    if (root / MANIFEST).is_file():
+        listed = [row["shard"] for row in read_manifest(root / MANIFEST) if row["key"] == key]
+        shards = listed or shards
+    for shard in shards:
+        for sample in iter_shard(os.fspath(root / SHARDS_DIR / shard)):
+            if sample.key == key:
+                return sample
+    raise PixmoError("no sample with this key", file=os.fspath(root), record=key)
 
 
 def summarize(dataset_dir: str | os.PathLike[str]) -> DatasetSummary:

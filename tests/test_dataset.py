@@ -138,3 +138,19 @@ def test_cli_reports_user_error_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err == f"pixmo inspect: {tmp_path / 'nope'}: not a dataset directory (no shards/ " \
                   "and no dataset.json)"
+
+
+def test_show_draws_one_sample(dataset, tmp_path, capsys):
+    from PIL import Image
+
+    from pixmo.dataset import find_sample
+
+    key = read_manifest(dataset / "manifest.parquet")[15]["key"]
+    assert find_sample(dataset, key).key == key
+    out = tmp_path / "show.png"
+    assert main(["show", str(dataset), "--key", key, "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {out} (1 label set)"
+    with Image.open(out) as drawn:
+        assert drawn.width > 32 and drawn.height >= 24  # image plus legend
+    assert main(["show", str(dataset), "--key", "missing", "--out", str(out)]) == 2
+    assert "record missing: no sample with this key" in capsys.readouterr().err
