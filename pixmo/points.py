@@ -20,7 +20,6 @@ Public, stable text API:
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Iterator, Sequence
@@ -32,6 +31,7 @@ import numpy as np
 
 from pixmo.errors import PixmoError
 from pixmo.point_metrics import match_points
+from pixmo.records import RawRecord, read_records
 from pixmo.rejects import Reason, Reject
 from pixmo.validation import check
 
@@ -95,15 +95,6 @@ class ImageInfo:
 
 
 @dataclass(frozen=True)
-class RawPoints:
-    """One raw record as read, with where it came from (file, 1-based line or row)."""
-
-    source: str
-    record: str
-    data: dict[str, Any]
-
-
-@dataclass(frozen=True)
 class PointAnnotation:
     """One annotator's validated clicks for one label, in percent of the displayed image."""
 
@@ -154,58 +145,9 @@ class PointSet:
 # ---------------------------------------------------------------- reading
 
 
-def _without_nulls(row: dict[str, Any]) -> dict[str, Any]:
-    """Parquet has no absent columns, only nulls; an optional field that is null is absent."""
-    out = {k: v for k, v in row.items() if v is not None}
-    if "points" in row and row["points"] is None:
-        out["points"] = None  # a missing points list is an error, not "not present"
-    points = out.get("points")
-    if (isinstance(points, dict) and set(points) == {"x", "y"}
-            and len(points["x"] or []) == len(points["y"] or [])):
-        # HF "sequence of struct" columns arrive as {"x": [...], "y": [...]}
-        out["points"] = [{"x": x, "y": y}
-                         for x, y in zip(points["x"] or [], points["y"] or [], strict=True)]
-    return out
-
-
-def read_point_annotations(path: str | Path) -> Iterator[RawPoints | Reject]:
-    """Yield every record of a ``.jsonl`` or ``.parquet`` points file, in order.
-
-    Records are numbered from 1 (JSONL line, parquet row); blank JSONL lines are not
-    records. A line that is not a JSON object comes back as an INVALID_RECORD reject.
-    """
-    path = Path(path)
-    source = str(path)
-    if not path.is_file():
-        raise PixmoError("points file not found", file=source)
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        number = 0
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
-            for row in batch.to_pylist():
-                number += 1
-                yield RawPoints(source, str(number), _without_nulls(row))
-        return
-    if path.suffix != ".jsonl":
-        raise PixmoError(f"expected a .jsonl or .parquet points file, got {path.suffix!r}",
-                         file=source)
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield Reject(READ_STAGE, Reason.INVALID_RECORD, f"not JSON: {exc.msg}",
-                             source, str(number))
-                continue
-            if not isinstance(data, dict):
-                yield Reject(READ_STAGE, Reason.INVALID_RECORD,
-                             f"expected a JSON object, got {type(data).__name__}",
-                             source, str(number))
-                continue
-            yield RawPoints(source, str(number), data)
+def read_point_annotations(path: str | Path) -> Iterator[RawRecord | Reject]:
+    """Every record of a ``.jsonl`` or ``.parquet`` points file, in order."""
+    return read_records(path, READ_STAGE)
 
 
 # ---------------------------------------------------------------- orientation
@@ -239,7 +181,7 @@ def orient_point(x: float, y: float, orientation: int) -> Point:
 
 # ---------------------------------------------------------------- validation
 
-def _schema_reject(raw: RawPoints) -> Reject | None:
+def _schema_reject(raw: RawRecord) -> Reject | None:
     violation = check("point_annotation", raw.data)
     if violation is None:
         return None
@@ -274,7 +216,7 @@ def _dedup(points: np.ndarray, radius: float) -> np.ndarray:
 
 
 def validate_points(
-    raw: RawPoints, image: ImageInfo | None, cfg: PointsConfig
+    raw: RawRecord, image: ImageInfo | None, cfg: PointsConfig
 ) -> PointAnnotation | Reject:
     """Check one raw annotation and bring its points to percent of the displayed image.
 

@@ -21,7 +21,7 @@ from pixmo.points import (
     ImageInfo,
     PointAnnotation,
     PointsConfig,
-    RawPoints,
+    RawRecord,
     label_key,
     merge_annotations,
     official_order,
@@ -43,7 +43,7 @@ def same_points(a, b) -> bool:
 IMG = ImageInfo(width=200, height=100)
 
 
-def raw(**overrides) -> RawPoints:
+def raw(**overrides) -> RawRecord:
     data = {
         "image": "images/0001.jpg",
         "label": "Red Circle",
@@ -53,7 +53,7 @@ def raw(**overrides) -> RawPoints:
         "collection_method": "pointing",
     }
     data.update(overrides)
-    return RawPoints("points.jsonl", "7", data)
+    return RawRecord("points.jsonl", "7", data)
 
 
 # ---------------------------------------------------------------- reading
@@ -65,7 +65,7 @@ def test_read_jsonl_numbers_lines_and_rejects_bad_json(tmp_path):
     path.write_text(json.dumps(good) + "\n\n{not json\n[1, 2]\n"
                     + '{"image": "a.jpg", "points": [{"x": NaN, "y": 1}]}\n')
     out = list(read_point_annotations(path))
-    assert [type(r) for r in out] == [RawPoints, Reject, Reject, RawPoints]
+    assert [type(r) for r in out] == [RawRecord, Reject, Reject, RawRecord]
     assert out[0].record == "1" and out[0].data == good and out[0].source == str(path)
     assert (out[1].reason, out[1].record, out[1].stage) == (Reason.INVALID_RECORD, "3",
                                                            "read_points")
@@ -102,11 +102,11 @@ def test_read_parquet_drops_null_optionals_and_accepts_struct_of_lists(tmp_path)
 
 
 def test_read_refuses_missing_file_and_unknown_suffix(tmp_path):
-    with pytest.raises(PixmoError, match="points file not found"):
+    with pytest.raises(PixmoError, match="nope.jsonl: input file not found"):
         list(read_point_annotations(tmp_path / "nope.jsonl"))
     other = tmp_path / "points.csv"
     other.write_text("x")
-    with pytest.raises(PixmoError, match=r"points\.csv: expected a \.jsonl or \.parquet"):
+    with pytest.raises(PixmoError, match=r"points\.csv: expected a \.jsonl or \.parquet file"):
         list(read_point_annotations(other))
 
 
