@@ -16,6 +16,7 @@ no ``torch.load``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -205,6 +206,9 @@ class TarShard:
         return stats
 
     def abort(self) -> None:
+        """Drop the unfinished shard; its temporary file is removed."""
+        with contextlib.suppress(OSError, ValueError, tarfile.TarError):
+            self._tar.close()  # flushes the stream's buffer before the file is closed
         self._raw.close()
         self.tmp.unlink(missing_ok=True)
 
