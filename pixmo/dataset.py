@@ -27,6 +27,7 @@ from pixmo.shards import (
     ShardSample,
     ShardStats,
     committed_shards,
+    file_sha256,
     iter_shard,
     read_dataset_json,
     read_manifest,
@@ -108,14 +109,6 @@ class _Seen:
     kind_counts: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _verify_shard(path: Path, stats: ShardStats, seen: _Seen, problems: list[str]) -> None:
     where = f"{SHARDS_DIR}/{stats.shard}"
     if not path.is_file():
@@ -124,7 +117,7 @@ def _verify_shard(path: Path, stats: ShardStats, seen: _Seen, problems: list[str
     size = path.stat().st_size
     if size != stats.bytes:
         problems.append(f"{where}: size {size} bytes, stats say {stats.bytes}")
-    digest = _file_sha256(path)
+    digest = file_sha256(path)
     if digest != stats.sha256:
         problems.append(f"{where}: sha256 {digest} does not match stats {stats.sha256}")
     keys: list[str] = []

@@ -114,7 +114,9 @@ def decode_image(data: bytes, source: str, config: ImageConfig = ImageConfig(),
                 image.load()
     except ImageRejected:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
+    except UnidentifiedImageError as exc:
+        raise ImageRejected(Reason.IMAGE_UNREADABLE, "not a decodable image") from exc
+    except (OSError, SyntaxError, ValueError,
             Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageRejected(Reason.IMAGE_UNREADABLE, f"{type(exc).__name__}: {exc}") from exc
     if not 1 <= orientation <= 8:

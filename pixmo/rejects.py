@@ -41,6 +41,8 @@ class Reason(str, Enum):
     UNKNOWN_UNITS = "unknown_units"
     EMPTY_LABEL = "empty_label"
     TOO_MANY_POINTS = "too_many_points"
+    # joining
+    ALREADY_IN_DATASET = "already_in_dataset"  # extend mode: the image is in an earlier shard
 
 
 @dataclass(frozen=True)

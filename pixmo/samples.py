@@ -67,7 +67,19 @@ def merge_images(images: Sequence[LoadedImage]) -> LoadedImage:
     return min(images, key=lambda i: i.source)
 
 
-def assign_shards(keys: Iterable[str], max_samples: int) -> dict[str, int]:
-    """Shard index of every key: sorted keys cut into runs of ``max_samples``,
-    so the assignment depends on the set of keys alone."""
-    return {key: i // max_samples for i, key in enumerate(sorted(keys))}
+def assign_shards(sizes: dict[str, int], max_samples: int, max_bytes: int | None = None,
+                  start: int = 0) -> dict[str, int]:
+    """Shard index of every key, from ``{key: bytes in the tar}``: sorted keys
+    cut before a sample that would pass ``max_samples`` or ``max_bytes``, with
+    shards numbered from ``start``. It depends on the samples alone, not on
+    the engine or the order they arrived in."""
+    out: dict[str, int] = {}
+    index, count, size = start, 0, 0
+    for key in sorted(sizes):
+        if count and (count >= max_samples
+                      or (max_bytes is not None and size + sizes[key] > max_bytes)):
+            index, count, size = index + 1, 0, 0
+        out[key] = index
+        count += 1
+        size += sizes[key]
+    return out

@@ -151,6 +151,44 @@ class _HashingFile(io.RawIOBase):
         return self._raw.write(view)
 
 
+def _add_members(tar: tarfile.TarFile, sample: ShardSample) -> None:
+    """Members with fixed metadata, so equal samples give equal bytes."""
+    validate_key(sample.key)
+    for ext, data in sample.members():
+        info = tarfile.TarInfo(f"{sample.key}.{ext}")
+        info.size = len(data)
+        info.mtime = 0
+        info.mode = 0o444
+        info.uname = info.gname = "pixmo"
+        tar.addfile(info, io.BytesIO(data))
+
+
+class _Discard(io.RawIOBase):
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        return memoryview(data).nbytes
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def tar_digest(samples: Iterable[ShardSample]) -> tuple[str, int]:
+    """The sha256 and size the shard of these samples would have, without
+    writing it: lets a resumed build prove a committed shard is current."""
+    hashing = _HashingFile(_Discard())  # type: ignore[arg-type]
+    with tarfile.open(fileobj=hashing, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for sample in samples:
+            _add_members(tar, sample)
+    return hashing.sha256.hexdigest(), hashing.size
+
+
 class TarShard:
     """One shard being written: a temporary file until ``commit``."""
 
@@ -172,14 +210,7 @@ class TarShard:
         return self._tar.offset
 
     def add(self, sample: ShardSample) -> None:
-        validate_key(sample.key)
-        for ext, data in sample.members():
-            info = tarfile.TarInfo(f"{sample.key}.{ext}")
-            info.size = len(data)
-            info.mtime = 0
-            info.mode = 0o444
-            info.uname = info.gname = "pixmo"
-            self._tar.addfile(info, io.BytesIO(data))
+        _add_members(self._tar, sample)
         self.rows.append(manifest_row(sample, self.name))
         for kind in ANNOTATION_KINDS:
             self.counts[kind] += len(sample.json.get(kind, ()))
@@ -213,7 +244,7 @@ class TarShard:
         self.tmp.unlink(missing_ok=True)
 
 
-def _estimated_size(sample: ShardSample) -> int:
+def estimated_size(sample: ShardSample) -> int:
     """Tar bytes a sample adds: a header and padded data per member."""
     return sum(_BLOCK + -(-len(data) // _BLOCK) * _BLOCK for _, data in sample.members())
 
@@ -265,7 +296,7 @@ class ShardWriter:
         current = self._current
         if current is not None and current.rows and (
             len(current.rows) >= self.config.max_samples
-            or current.size + _estimated_size(sample) > self.config.max_bytes
+            or current.size + estimated_size(sample) > self.config.max_bytes
         ):
             self._commit()
         if self._current is None:

@@ -38,9 +38,12 @@ def test_one_sample_per_content_hash_in_any_order():
     assert check("sample", first.json) is None
 
 
-def test_shard_assignment_depends_only_on_the_key_set():
-    keys = [f"k{i:03d}" for i in range(25)]
-    forward = assign_shards(keys, 10)
-    assert forward == assign_shards(reversed(keys), 10)
+def test_shard_assignment_depends_only_on_the_samples():
+    sizes = {f"k{i:03d}": 1000 for i in range(25)}
+    forward = assign_shards(sizes, 10)
+    assert forward == assign_shards(dict(reversed(sizes.items())), 10)
     assert sorted(set(forward.values())) == [0, 1, 2]
-    assert [k for k, s in forward.items() if s == 2] == keys[20:]
+    assert [k for k, s in forward.items() if s == 2] == sorted(sizes)[20:]
+    by_bytes = assign_shards(sizes, 10, max_bytes=3500)
+    assert [list(by_bytes.values()).count(i) for i in range(9)] == [3] * 8 + [1]
+    assert min(assign_shards(sizes, 10, start=7).values()) == 7

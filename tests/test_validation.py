@@ -80,7 +80,9 @@ VALID = {
          "points": [{"x": i, "y": i} for i in range(50)]},
         {k: v for k, v in POINTS.items() if k != "collection_method"},
     ],
-    "sample": [make_sample(5).json, _sample()],
+    "sample": [make_sample(5).json, _sample(),
+               {**make_sample(6).json, "transcripts": [
+                   {"text": "um a cat", "model": "released", "backend": "released"}]}],
     "shard_stats": [STATS, {**STATS, "samples": 0, "first_key": None, "last_key": None}],
     "dataset": [DATASET, {k: DATASET[k] for k in ("format_version", "name", "counts", "shards")}],
     "reject": [REJECT, {**REJECT, "detail": ""}],
@@ -116,6 +118,8 @@ INVALID = {
         (_with(_sample(), "image.format", "gif"), "image.format", "must be one of"),
         (_with(_sample(), "image.width", 0), "image.width", "must be bigger than or equal to 1"),
         (_with(_sample(), "transcripts.0.audio_sha256", ...), "transcripts[0]", "must contain"),
+        (_with(_sample(), "transcripts.0", {"text": "hi", "model": "tiny.en"}), "transcripts[0]",
+         "must contain"),  # only released transcripts may come without audio
         (_with(_sample(), "captions.0.method", "magic"), "captions[0].method", "must be one of"),
         (_with(_sample(), "sources", []), "sources", "must contain at least 1 items"),
     ],

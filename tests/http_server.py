@@ -1,0 +1,130 @@
+"""A real HTTP server on 127.0.0.1 for download tests (no other network).
+
+Each path serves a list of replies, one per request, the last one repeating,
+so a test can say "429 first, then 200". The server counts requests per path,
+and a test can change the replies between runs (a host that comes back).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One response: status, headers, body, and how to misbehave."""
+
+    status: int = 200
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    delay_s: float = 0.0  # sleep before sending anything
+    drip_s: float = 0.0  # sleep between body bytes (a slow body)
+    content_length: int | None = None  # announce this length instead of len(body)
+    send_length: bool = True  # False: no Content-Length, body ends when the connection closes
+
+
+class LocalServer:
+    """``with LocalServer() as server: server.route("/a.jpg", Reply(body=...))``."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, list[Reply]] = {}
+        self.hits: Counter[str] = Counter()
+        self.completed: Counter[str] = Counter()  # replies sent to the end
+        self.in_flight = 0
+        self.max_in_flight = 0  # most requests being answered at once
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server.daemon_threads = True
+        self._server.block_on_close = False
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
+                                        daemon=True)
+
+    @property
+    def base(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+    def route(self, path: str, *replies: Reply) -> str:
+        """Serve ``replies`` in turn at ``path`` (the last repeats); returns the URL."""
+        with self._lock:
+            self.routes[path] = list(replies)
+        return self.url(path)
+
+    def wait_idle(self, timeout_s: float = 5.0) -> None:
+        """Wait until no request is being answered (the handler noticed a hang-up)."""
+        end = time.monotonic() + timeout_s
+        while self.in_flight and time.monotonic() < end:
+            time.sleep(0.01)
+
+    def _next(self, path: str) -> Reply:
+        with self._lock:
+            self.hits[path] += 1
+            replies = self.routes.get(path)
+            if not replies:
+                return Reply(404, b"not found")
+            return replies.pop(0) if len(replies) > 1 else replies[0]
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:  # noqa: N802 - the http.server API
+                reply = server._next(self.path)
+                with server._lock:
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                try:
+                    if self._answer(reply):
+                        with server._lock:
+                            server.completed[self.path] += 1
+                finally:
+                    with server._lock:
+                        server.in_flight -= 1
+                self.close_connection = True
+
+            def _answer(self, reply: Reply) -> bool:
+                # the client hangs up on slow replies: that is the point, not an error
+                with contextlib.suppress(ConnectionError, OSError):
+                    time.sleep(reply.delay_s)
+                    self.send_response(reply.status)
+                    for name, value in reply.headers.items():
+                        self.send_header(name, value)
+                    if reply.send_length:
+                        length = (len(reply.body) if reply.content_length is None
+                                  else reply.content_length)
+                        self.send_header("Content-Length", str(length))
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    if reply.drip_s:
+                        for i in range(len(reply.body)):
+                            self.wfile.write(reply.body[i:i + 1])
+                            self.wfile.flush()
+                            time.sleep(reply.drip_s)
+                    else:
+                        self.wfile.write(reply.body)
+                    return True
+                return False
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+                pass
+
+        return Handler
+
+    def __enter__(self) -> LocalServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
