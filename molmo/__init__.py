@@ -1,0 +1,10 @@
+"""Molmo: our PyTorch implementation, its preprocessing, checkpoints and training.
+
+``molmo.from_pretrained(path)`` loads an official Hugging Face checkpoint or
+one of ours; ``molmo.MolmoProcessor`` turns images and text into its inputs.
+"""
+
+from molmo.checkpoint import from_pretrained, save_pretrained
+from molmo.preprocess import MolmoProcessor
+
+__all__ = ["MolmoProcessor", "from_pretrained", "save_pretrained"]

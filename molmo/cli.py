@@ -7,12 +7,64 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from pixmo.errors import PixmoError
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from molmo.checkpoint import convert
+
+    out = convert(args.src, args.dst, to=args.to, overwrite=args.overwrite)
+    print(f"wrote {out} ({args.to} layout)")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from PIL import Image, ImageOps
+
+    from molmo.generate import GenerationConfig
+    from molmo.inference import Predictor
+
+    predictor = Predictor(args.checkpoint, tokenizer=args.tokenizer, device=args.device)
+    with Image.open(args.image) as opened:
+        image = ImageOps.exif_transpose(opened).convert("RGB")
+    config = GenerationConfig(max_new_tokens=args.max_new_tokens,
+                              stop_token_ids=(predictor.tokenizer.eos_id,))
+    answer = predictor(image, args.prompt, config)
+    print(answer.text)
+    if answer.points:
+        from pixmo.draw import render_points
+
+        out = args.out or f"{args.image.rsplit('.', 1)[0]}-points.png"
+        with open(args.image, "rb") as fh:
+            render_points(fh.read(), [{"label": "answer", "points": [list(p) for p in
+                                                                     answer.points]}], out)
+        print(f"wrote {out} with {len(answer.points)} point(s)", file=sys.stderr)
+    return 0
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="molmo", description="Molmo models: load, convert, "
                                      "run and train.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("convert", help="convert a checkpoint between the official Hugging "
+                       "Face layout and ours")
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument("--to", required=True, choices=("ours", "official"))
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(run=cmd_convert)
+
+    p = sub.add_parser("predict", help="answer a prompt about an image; points are drawn")
+    p.add_argument("--checkpoint", required=True, help="official or our checkpoint directory")
+    p.add_argument("--image", required=True)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: checkpoint)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--out", default=None, help="PNG with the answer's points drawn")
+    p.set_defaults(run=cmd_predict)
     return parser
 
 
@@ -20,7 +72,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    return args.run(args)
+    try:
+        return args.run(args)
+    except PixmoError as exc:
+        print(f"molmo {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
