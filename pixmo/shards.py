@@ -424,23 +424,28 @@ def _split_member(name: str) -> tuple[str, str]:
     return name[: len(name) - len(base)] + key, ext
 
 
-def iter_shard(url: str) -> Iterator[ShardSample]:
-    """Samples of one tar in stored order; members grouped by key."""
+def parse_sample(url: str, key: str, members: dict[str, bytes]) -> ShardSample:
+    """A sample from its raw members: the JSON parsed, everything else bytes."""
+    members = dict(members)
+    raw = members.pop("json", None)
+    if raw is None:
+        raise PixmoError("sample has no .json member", file=url, record=key)
+    try:
+        obj = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PixmoError(f"sample JSON does not parse: {exc}", file=url, record=key,
+                         field="json") from exc
+    return ShardSample(key=key, json=obj, files=members)
+
+
+def iter_members(url: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {extension: bytes}) for each sample of one tar, in stored order.
+
+    A broken tar ends the iteration with a ``PixmoError``; a broken sample does
+    not, since nothing here decodes members (``parse_sample`` does)."""
     key: str | None = None
     members: dict[str, bytes] = {}
     seen: set[str] = set()
-
-    def flush() -> ShardSample:
-        raw = members.pop("json", None)
-        if raw is None:
-            raise PixmoError("sample has no .json member", file=url, record=key)
-        try:
-            obj = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise PixmoError(f"sample JSON does not parse: {exc}", file=url, record=key,
-                             field="json") from exc
-        return ShardSample(key=key, json=obj, files=dict(members))
-
     with _open(url) as fh:
         try:
             with tarfile.open(fileobj=fh, mode="r|") as tar:
@@ -452,7 +457,7 @@ def iter_shard(url: str) -> Iterator[ShardSample]:
                         continue
                     if member_key != key:
                         if key is not None:
-                            yield flush()
+                            yield key, members
                         if member_key in seen:
                             raise PixmoError("members of this sample are not adjacent",
                                              file=url, record=member_key)
@@ -465,7 +470,13 @@ def iter_shard(url: str) -> Iterator[ShardSample]:
         except tarfile.TarError as exc:
             raise PixmoError(f"corrupt tar: {exc}", file=url, record=key) from exc
         if key is not None:
-            yield flush()
+            yield key, members
+
+
+def iter_shard(url: str) -> Iterator[ShardSample]:
+    """Samples of one tar in stored order; members grouped by key."""
+    for key, members in iter_members(url):
+        yield parse_sample(url, key, members)
 
 
 def iter_samples(source: str | os.PathLike[str] | Iterable[str]) -> Iterator[ShardSample]:

@@ -1,0 +1,197 @@
+"""How fast does the loader turn PixMo shards into model-ready Molmo batches, and how much memory
+does it hold?
+
+Writes a synthetic dataset (JPEG photos-sized images, a caption, three point sets and a QA pair
+per sample), then, each in a fresh process so peak RSS is its own: reads the shards with plain
+webdataset and no decoding (the I/O floor), and runs ``MolmoLoader`` (finite epoch, default
+336 px / 12 crop preprocessing) with 0, 1 and 2 workers. Prints samples/s, the ratios against 0
+workers and against the floor, and the peak RSS of the main process and of the largest worker;
+then the 2-worker run again on a dataset ``--scale`` times larger, reading the same number of
+samples, to show that memory does not grow with the dataset. "steady" leaves out each worker's
+first batch (process start). CPU time is split between the main process and the workers.
+
+    python benchmarks/loader.py [--samples 160] [--batch 4] [--scale 4] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _sample(i: int, rng: np.random.Generator):
+    import hashlib
+
+    from PIL import Image
+
+    from pixmo.shards import ShardSample
+
+    h, w = (480, 640) if i % 2 else (640, 480)
+    y, x = np.mgrid[0:h, 0:w]
+    base = np.stack([(x * 255 // w), (y * 255 // h), np.full_like(x, (i * 37) % 256)], -1)
+    noise = rng.integers(0, 40, size=(h, w, 3))
+    buf = io.BytesIO()
+    Image.fromarray((base + noise).clip(0, 255).astype(np.uint8)).save(buf, "JPEG", quality=85)
+    data = buf.getvalue()
+    digest = hashlib.sha256(data).hexdigest()
+    points = [{"label": label, "points": rng.uniform(0, 100, size=(n, 2)).round(1).tolist(),
+               "count": n, "collection_method": "pointing", "annotators": ["a1"]}
+              for label, n in (("red mug", 1), ("pencil", 4), ("window", 0))]
+    obj = {"schema_version": 1, "key": digest[:24],
+           "image": {"sha256": digest, "width": w, "height": h, "format": "jpeg",
+                     "source": f"images/{i}.jpg"},
+           "transcripts": [],
+           "captions": [{"text": "A wooden desk by a window with a red mug, four pencils and "
+                                 "a stack of notebooks in soft afternoon light. " * 3,
+                         "method": "cleanup"}],
+           "points": points,
+           "qa": [{"question": "What is on the desk?", "answer": "A mug, pencils and books."}],
+           "sources": [{"file": "captions.jsonl", "record": str(i + 1)}]}
+    return ShardSample(key=obj["key"], json=obj, files={"jpg": data})
+
+
+def make_dataset(path: Path, n: int) -> None:
+    from pixmo.shards import ShardConfig, write_dataset
+
+    rng = np.random.default_rng(0)
+    write_dataset(path, (_sample(i, rng) for i in range(n)), name=path.name,
+                  config=ShardConfig(max_samples=40))
+
+
+def prepare(out: Path, samples: int, scale: int) -> None:
+    """The two datasets and a small BPE tokenizer trained on their text."""
+    from molmo.tokenizer import train_bpe_tokenizer
+
+    make_dataset(out / "small", samples)
+    make_dataset(out / "large", samples * scale)
+    texts = [_sample(0, np.random.default_rng(0)).json["captions"][0]["text"]] * 50
+    train_bpe_tokenizer(texts, out / "tok", vocab_size=1024)
+
+
+def _usage() -> dict:
+    """Peak RSS (MiB) of this process (VmHWM: its own, not inherited across exec) and of its
+    largest finished child, and the CPU seconds of each (DataLoader workers are children and
+    have exited when this is called)."""
+    status = Path("/proc/self/status").read_text()
+    hwm_kib = int(next(line for line in status.splitlines() if line.startswith("VmHWM:"))
+                  .split()[1])
+    own, kids = (resource.getrusage(who) for who in (resource.RUSAGE_SELF,
+                                                     resource.RUSAGE_CHILDREN))
+    return {"rss_main": hwm_kib / 1024, "rss_worker": kids.ru_maxrss / 1024,
+            "cpu_main": own.ru_utime + own.ru_stime, "cpu_workers": kids.ru_utime + kids.ru_stime}
+
+
+def run_one(spec: dict) -> dict:
+    """One measurement, in this (fresh) process."""
+    import torch
+
+    torch.set_num_threads(1)  # one core per process: workers get one thread each too
+    start = time.perf_counter()
+    steady_at, steady_n = start, 0
+    if spec["kind"] == "webdataset":
+        import webdataset as wds
+
+        from pixmo.shards import shard_urls
+
+        dataset = wds.WebDataset(shard_urls(spec["data"]), shardshuffle=False,
+                                 empty_check=False)
+        n = sum(1 for _ in dataset)
+    else:
+        from molmo.data import DataConfig, DatasetConfig, MolmoLoader
+        from molmo.tokenizer import MolmoTokenizer
+
+        cfg = DataConfig(datasets=(DatasetConfig("bench", spec["data"]),),
+                         batch_size=spec["batch"], mode="finite",
+                         num_workers=spec["workers"], shuffle_block=64)
+        batches = iter(MolmoLoader(cfg, MolmoTokenizer.from_dir(spec["tokenizer"])))
+        n = 0
+        warmup = spec["batch"] * max(spec["workers"], 1)  # each worker's first batch
+        for batch in batches:
+            n += batch["input_ids"].shape[0]
+            if n == warmup:
+                steady_at, steady_n = time.perf_counter(), n
+            if n >= spec["limit"]:
+                break
+        batches.close()  # stops and joins the workers
+    end = time.perf_counter()
+    return {"samples": n, "rate": n / (end - start),
+            "steady": (n - steady_n) / (end - steady_at), **_usage()}
+
+
+def measure(spec: dict) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--run", json.dumps(spec)], check=True,
+                         capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--samples", type=int, default=160)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--scale", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved runs; median shown")
+    parser.add_argument("--run", help=argparse.SUPPRESS)
+    parser.add_argument("--prepare", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.run:
+        print(json.dumps(run_one(json.loads(args.run))))
+        return
+    if args.prepare:
+        prepare(Path(args.prepare), args.samples, args.scale)
+        return
+
+    with tempfile.TemporaryDirectory() as tmp:
+        small, large = Path(tmp, "small"), Path(tmp, "large")
+        # In a child, so that this parent stays small: measured runs are its children.
+        subprocess.run([sys.executable, __file__, "--prepare", tmp, "--samples",
+                        str(args.samples), "--scale", str(args.scale)], check=True)
+        common = {"kind": "loader", "tokenizer": str(Path(tmp, "tok")), "batch": args.batch,
+                  "limit": args.samples}
+        specs = {"webdataset, no decoding (I/O floor)": {"kind": "webdataset",
+                                                          "data": str(small)}}
+        for workers in (0, 1, 2):
+            specs[f"MolmoLoader, {workers} workers"] = {"data": str(small), "workers": workers,
+                                                        **common}
+        specs[f"MolmoLoader, 2 workers, {args.scale}x dataset"] = {
+            "data": str(large), "workers": 2, **common}
+        runs: dict[str, list[dict]] = {name: [] for name in specs}
+        for _ in range(args.repeats):
+            for name, spec in specs.items():
+                runs[name].append(measure(spec))
+
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average "
+          f"{os.getloadavg()[0]:.1f}, Python {platform.python_version()}; {args.samples} samples "
+          f"read per run (640x480 JPEG), batch {args.batch}, default preprocessing (336 px "
+          f"crops, up to 12); median of {args.repeats}")
+    print(f"{'run':44s} {'samples/s':>9s} {'steady':>7s} {'CPU ms/sample':>18s} "
+          f"{'peak RSS MiB':>18s}")
+    print(f"{'':44s} {'':>9s} {'':>7s} {'main':>8s} {'workers':>9s} {'main':>8s} "
+          f"{'worker':>9s}")
+    steady = {}
+    for name, results in runs.items():
+        r = sorted(results, key=lambda x: x["steady"])[len(results) // 2]
+        steady[name] = r["steady"]
+        n = r["samples"]
+        print(f"{name:44s} {r['rate']:9.1f} {r['steady']:7.1f} {1000 * r['cpu_main'] / n:8.1f} "
+              f"{1000 * r['cpu_workers'] / n:9.1f} {r['rss_main']:8.0f} {r['rss_worker']:9.0f}")
+    base = steady["MolmoLoader, 0 workers"]
+    for workers in (1, 2):
+        print(f"{workers} workers / 0 workers (steady samples/s): "
+              f"{steady[f'MolmoLoader, {workers} workers'] / base:.2f}x")
+    floor = steady["webdataset, no decoding (I/O floor)"]
+    print(f"I/O floor / 2 workers: {floor / steady['MolmoLoader, 2 workers']:.0f}x")
+
+
+if __name__ == "__main__":
+    main()
