@@ -1,0 +1,329 @@
+"""Transcripts of one image -> one caption.
+
+PixMo had Claude rewrite the spoken transcripts: with one transcript it
+cleaned it up, with several it merged them. Here the default is a
+deterministic clean-up (no model, same output every run); the LLM rewrite goes
+through any OpenAI-compatible chat-completions endpoint (vLLM, llama.cpp,
+hosted), with both prompts configurable, bounded time, retries with backoff and
+an on-disk cache keyed by the request, so a re-run sends nothing.
+
+This stage only adds a caption: the raw transcripts stay in the sample.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pixmo.atomic import atomic_write_bytes
+from pixmo.errors import PixmoError
+from pixmo.rejects import Reason, Reject
+
+log = logging.getLogger(__name__)
+
+STAGE = "caption"
+METHODS = ("cleanup", "llm")
+
+DEFAULT_FILLERS = (
+    "um", "umm", "uh", "uhh", "uhm", "erm", "er", "ah", "hmm", "mm", "mhm", "uh-huh", "mm-hmm",
+)
+# Fillers made of real words are removed only where they stand alone between commas.
+DEFAULT_FILLER_PHRASES = ("you know", "i mean", "like i said")
+# A clause that ends on one of these before a restart is a false start.
+_DANGLING = ("a", "an", "the", "is", "are", "of", "to", "with", "in", "on", "there's")
+
+CLEAN_PROMPT = (
+    "Below is a transcript of a person describing an image aloud. Rewrite it as one "
+    "detailed, well-written caption of the image. Remove filler words, false starts and "
+    "repetitions, keep every visual detail, and add nothing that the transcript does not "
+    "say. Reply with the caption only.\n\nTranscript:\n{transcript}"
+)
+MERGE_PROMPT = (
+    "Below are several transcripts of different people describing the same image aloud. "
+    "Write one detailed caption of the image, about 200 words, that combines every detail "
+    "they mention without repeating anything and without adding details none of them "
+    "mention. Reply with the caption only.\n\n{transcripts}"
+)
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    """An OpenAI-compatible chat endpoint. ``base_url`` ends before
+    ``/chat/completions`` (e.g. ``http://127.0.0.1:8000/v1``). ``clean_prompt``
+    must contain ``{transcript}``, ``merge_prompt`` ``{transcripts}``."""
+
+    base_url: str
+    model: str
+    api_key: str | None = None
+    clean_prompt: str = CLEAN_PROMPT
+    merge_prompt: str = MERGE_PROMPT
+    system_prompt: str | None = None
+    temperature: float = 0.0
+    max_tokens: int = 600
+    timeout_s: float = 120.0
+    retries: int = 3
+    backoff_s: float = 2.0
+    max_response_bytes: int = 1 << 20
+    cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"LLMConfig.base_url must be http(s), got {self.base_url!r}")
+        if "{transcript}" not in self.clean_prompt:
+            raise ValueError("LLMConfig.clean_prompt must contain {transcript}")
+        if "{transcripts}" not in self.merge_prompt:
+            raise ValueError("LLMConfig.merge_prompt must contain {transcripts}")
+        if self.timeout_s <= 0:
+            raise ValueError(f"LLMConfig.timeout_s must be positive, got {self.timeout_s}")
+        if self.retries < 0:
+            raise ValueError(f"LLMConfig.retries must be >= 0, got {self.retries}")
+
+
+@dataclass(frozen=True)
+class CaptionConfig:
+    method: str = "cleanup"
+    llm: LLMConfig | None = None
+    fillers: tuple[str, ...] = DEFAULT_FILLERS
+    filler_phrases: tuple[str, ...] = DEFAULT_FILLER_PHRASES
+    # sentences sharing at least this fraction of words count as the same sentence
+    duplicate_overlap: float = 0.75
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"CaptionConfig.method must be one of {METHODS}, got {self.method!r}")
+        if self.method == "llm" and self.llm is None:
+            raise ValueError("CaptionConfig.llm is required when method is 'llm'")
+        if not 0 < self.duplicate_overlap <= 1:
+            raise ValueError(
+                f"CaptionConfig.duplicate_overlap must be in (0, 1], got {self.duplicate_overlap}"
+            )
+
+
+@dataclass(frozen=True)
+class Caption:
+    """An item of ``captions`` in the ``sample`` schema."""
+
+    text: str
+    method: str
+    model: str | None = None
+    session_ids: tuple[str, ...] = ()
+
+    def to_record(self) -> dict[str, Any]:
+        record: dict[str, Any] = {"text": self.text, "method": self.method}
+        if self.model is not None:
+            record["model"] = self.model
+        if self.session_ids:
+            record["session_ids"] = list(self.session_ids)
+        return record
+
+
+# ---------------------------------------------------------------- clean-up
+
+
+def _word_pattern(words: Sequence[str]) -> str:
+    return "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
+
+
+def clean_transcript(text: str, cfg: CaptionConfig | None = None) -> str:
+    """Remove spoken artefacts from one transcript, keeping its words otherwise:
+    fillers, stutters ("ki- kitchen"), false starts ("there is a, there are two
+    cats"), repeated words and phrases ("it's, it's"), then fix spacing,
+    punctuation and capitals."""
+    cfg = cfg or CaptionConfig()
+    s = " ".join(text.split())
+    if cfg.fillers:
+        s = re.sub(rf"(?i)(?<![\w'-])(?:{_word_pattern(cfg.fillers)})(?![\w'-])[,.]?", "", s)
+    if cfg.filler_phrases:
+        phrases = _word_pattern(cfg.filler_phrases)
+        s = re.sub(rf"(?i)(^|[,.!?;])\s*(?:{phrases})\s*(?:,|(?=[.!?]|$))", r"\1", s)
+        s = re.sub(rf"(?i),\s*(?:{phrases})\s*(?=[.!?;]|$)", "", s)
+    s = re.sub(r"(?i)\b([\w']+)-\s+(?=\1)", "", s)  # stutter fragments: "ki- kitchen"
+    dangling = _word_pattern(_DANGLING)
+    # false start: up to five words ending on a dangling word, then a restart
+    # with the same first word
+    s = re.sub(
+        rf"(?i)\b([\w']+)\b(?:\s+[\w']+){{0,3}}?\s+(?:{dangling})\s*(?:,|\.\.\.|…|--|—)\s*"
+        r"(?=\1\b)",
+        "",
+        s,
+    )
+    s = re.sub(r"\s*(?:\.\.\.|…|--|—)\s*", ", ", s)
+    # repeated words and phrases of up to three words: "the the", "it's, it's"
+    s = re.sub(r"(?i)\b((?:[\w']+\s+){0,2}[\w']+)(?:[\s,]+\1\b)+", r"\1", s)
+    # "a, photo", "and, a bird" once a filler is gone
+    s = re.sub(rf"(?i)\b({dangling}|and|or|but),\s+", r"\1 ", s)
+    return _punctuate(s)
+
+
+def _punctuate(s: str) -> str:
+    s = re.sub(r"\s+([,.!?;:])", r"\1", s)
+    s = re.sub(r"([,;:])(?:\s*[,;:])+", r"\1", s)  # ", ," -> ","
+    s = re.sub(r"[,;:]\s*([.!?])", r"\1", s)  # ", ." -> "."
+    s = re.sub(r"([.!?])(?:\s*[.!?,])+", r"\1", s)
+    s = re.sub(r"^[\s,.;:!?]+", "", s)
+    # a missing space after punctuation; "example.com" and "3.5" stay as they are
+    s = re.sub(r"(?<=\w)([,;:])(?=[A-Za-z])|(?<=[a-z])([.!?])(?=[A-Z])", r"\1\2 ", s)
+    s = re.sub(r"\bi\b", "I", s)
+    s = re.sub(r"\s+", " ", s).strip().rstrip(",;:").rstrip()
+    if not s:
+        return ""
+    s = re.sub(r"(^|[.!?]\s+)([a-z])", lambda m: m.group(1) + m.group(2).upper(), s)
+    return s if s[-1] in ".!?" else s + "."
+
+
+def split_sentences(text: str) -> list[str]:
+    return [p for p in re.split(r"(?<=[.!?])\s+", text.strip()) if p]
+
+
+def _words(sentence: str) -> set[str]:
+    return set(re.findall(r"[a-z0-9']+", sentence.lower()))
+
+
+def merge_transcripts(texts: Sequence[str], cfg: CaptionConfig | None = None) -> str:
+    """Clean each transcript and join them in order, leaving out any sentence
+    that repeats one already kept (same words, up to ``duplicate_overlap``)."""
+    cfg = cfg or CaptionConfig()
+    kept: list[str] = []
+    seen: list[set[str]] = []
+    for text in texts:
+        for sentence in split_sentences(clean_transcript(text, cfg)):
+            words = _words(sentence)
+            if not words:
+                continue
+            if any(len(words & w) / len(words | w) >= cfg.duplicate_overlap for w in seen):
+                continue
+            kept.append(sentence)
+            seen.append(words)
+    return " ".join(kept)
+
+
+# ---------------------------------------------------------------- LLM rewrite
+
+
+class _Retryable(Exception):
+    """A failure worth another try: timeout, connection error, 429 or 5xx."""
+
+
+class LLMClient:
+    """Chat completions over HTTP with the standard library: bounded time and
+    response size, retries with exponential backoff, and a request-keyed
+    cache."""
+
+    def __init__(self, cfg: LLMConfig, sleep: Any = time.sleep) -> None:
+        self.cfg = cfg
+        self.url = cfg.base_url.rstrip("/") + "/chat/completions"
+        self.sleep = sleep
+        self.requests_sent = 0
+
+    def _body(self, prompt: str) -> dict[str, Any]:
+        messages = [{"role": "user", "content": prompt}]
+        if self.cfg.system_prompt:
+            messages.insert(0, {"role": "system", "content": self.cfg.system_prompt})
+        return {"model": self.cfg.model, "messages": messages,
+                "temperature": self.cfg.temperature, "max_tokens": self.cfg.max_tokens}
+
+    def _cache_path(self, body: dict[str, Any]) -> Path | None:
+        if self.cfg.cache_dir is None:
+            return None
+        key = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+        return Path(self.cfg.cache_dir) / key[:2] / f"{key}.json"
+
+    def complete(self, prompt: str) -> str:
+        """The reply's text. Raises ``_Retryable`` once the retries are spent
+        and ``PixmoError`` on a reply no retry can fix (4xx, malformed JSON)."""
+        body = self._body(prompt)
+        cache = self._cache_path(body)
+        if cache is not None and cache.is_file():
+            return json.loads(cache.read_text(encoding="utf-8"))["content"]
+        for attempt in range(self.cfg.retries + 1):
+            try:
+                content = self._post(body)
+                break
+            except _Retryable as e:
+                if attempt == self.cfg.retries:
+                    raise
+                delay = self.cfg.backoff_s * 2**attempt
+                log.warning("%s: %s; retry %d in %.1f s", self.url, e, attempt + 1, delay)
+                self.sleep(delay)
+        if cache is not None:
+            entry = {"request": body, "content": content}
+            atomic_write_bytes(cache, json.dumps(entry, ensure_ascii=False).encode("utf-8"))
+        return content
+
+    def _post(self, body: dict[str, Any]) -> str:
+        headers = {"Content-Type": "application/json"}
+        if self.cfg.api_key:
+            headers["Authorization"] = f"Bearer {self.cfg.api_key}"
+        request = urllib.request.Request(
+            self.url, data=json.dumps(body).encode("utf-8"), headers=headers, method="POST"
+        )
+        self.requests_sent += 1
+        try:
+            with urllib.request.urlopen(request, timeout=self.cfg.timeout_s) as response:
+                raw = response.read(self.cfg.max_response_bytes + 1)
+        except urllib.error.HTTPError as e:
+            if e.code == 429 or e.code >= 500:
+                raise _Retryable(f"HTTP {e.code}") from e
+            raise PixmoError(f"chat endpoint answered HTTP {e.code}: {e.reason}",
+                             file=self.url) from e
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+            raise _Retryable(f"no answer within {self.cfg.timeout_s} s: {e}") from e
+        if len(raw) > self.cfg.max_response_bytes:
+            raise PixmoError(f"reply larger than max_response_bytes={self.cfg.max_response_bytes}",
+                             file=self.url)
+        try:
+            content = json.loads(raw)["choices"][0]["message"]["content"]
+        except (ValueError, KeyError, IndexError, TypeError) as e:
+            raise PixmoError(f"reply is not a chat completion: {raw[:200]!r}",
+                             file=self.url) from e
+        if not isinstance(content, str):
+            raise PixmoError(f"reply content is {type(content).__name__}, not text", file=self.url)
+        return content.strip()
+
+
+class CaptionWriter:
+    """The caption stage: the transcript records of one image in, one
+    ``Caption`` (or a ``Reject``) out."""
+
+    def __init__(self, cfg: CaptionConfig | None = None, sleep: Any = time.sleep) -> None:
+        self.cfg = cfg or CaptionConfig()
+        self.client = LLMClient(self.cfg.llm, sleep) if self.cfg.method == "llm" else None
+
+    def __call__(
+        self, transcripts: Sequence[Mapping[str, Any]], *, source: str = "", record: str = ""
+    ) -> Caption | Reject:
+        texts = [t["text"] for t in transcripts if t.get("text", "").strip()]
+        session_ids = tuple(t["session_id"] for t in transcripts if t.get("session_id"))
+        if not texts:
+            return Reject(STAGE, Reason.CAPTION_FAILED, "no transcript text", source, record)
+        if self.client is None:
+            text = merge_transcripts(texts, self.cfg)
+            model = None
+        else:
+            try:
+                text = self.client.complete(self._prompt(texts))
+            except _Retryable as e:
+                return Reject(STAGE, Reason.CAPTION_FAILED,
+                              f"{e} after {self.cfg.llm.retries} retries", source, record)
+            model = self.cfg.llm.model
+        if not text.strip():
+            return Reject(STAGE, Reason.CAPTION_FAILED, "caption is empty", source, record)
+        return Caption(text=text.strip(), method=self.cfg.method, model=model,
+                       session_ids=session_ids)
+
+    def _prompt(self, texts: list[str]) -> str:
+        llm = self.cfg.llm
+        if len(texts) == 1:
+            return llm.clean_prompt.replace("{transcript}", texts[0])
+        joined = "\n\n".join(f"Transcript {i}:\n{t}" for i, t in enumerate(texts, 1))
+        return llm.merge_prompt.replace("{transcripts}", joined)
+
