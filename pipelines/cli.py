@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from pixmo.errors import PixmoError
 
@@ -89,6 +90,66 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_transcribe(args: argparse.Namespace) -> int:
+    from pixmo.speech import QCConfig, SpeechConfig, transcribe_files
+
+    cfg = SpeechConfig(backend=args.backend, model=args.model, device=args.device,
+                       qc=QCConfig(min_speech_s=args.min_speech_s))
+    for row in transcribe_files(args.audio, cfg):
+        print(json.dumps(row, ensure_ascii=False), flush=True)
+    return 0
+
+
+def cmd_build(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
+    from pixmo.build import BuildConfig
+    from pixmo.shards import ShardConfig
+    from pixmo.speech import QCConfig, SpeechConfig
+
+    speech = SpeechConfig(model=args.whisper_model, device=args.device,
+                          qc=QCConfig(min_speech_s=args.min_speech_s))
+    cfg = BuildConfig(raw_dir=args.raw, name=args.name or Path(args.out).name,
+                      transcribe=not args.no_transcribe, speech=speech,
+                      shards=ShardConfig(max_samples=args.shard_samples,
+                                         max_bytes=args.shard_bytes))
+    if args.engine == "ray":
+        if beam_args:
+            raise PixmoError(f"unrecognized arguments for --engine ray: {' '.join(beam_args)}")
+        from pipelines import ray as ray_engine
+
+        ray_engine.run(cfg, args.out, address=args.ray_address, concurrency=args.workers,
+                       num_gpus=args.gpus_per_worker, mode=args.mode)
+    else:
+        from pipelines import beam
+
+        beam.run(cfg, args.out, beam_args, workers=args.workers, mode=args.mode)
+    from pixmo.shards import read_dataset_json
+
+    description = read_dataset_json(Path(args.out) / "dataset.json")
+    counts = description["counts"]
+    print(f"built {args.out}: {counts['samples']:,} samples in {counts['shards']} shards, "
+          f"{_human_bytes(counts['bytes'])}")
+    print(_table([(e["file"], e["read"], e["accepted"], e["rejected"])
+                  for e in description["ledger"]], ("input", "read", "accepted", "rejected")))
+    if description.get("rejects_by_reason"):
+        print(_table(list(description["rejects_by_reason"].items()), ("rejected", "records")))
+    if description.get("stage_seconds"):
+        print(_table([(stage, f"{s:.2f}") for stage, s in description["stage_seconds"].items()],
+                     ("stage", "seconds")))
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from pixmo.pixmo_import import ImportConfig, import_release
+    from pixmo.shards import ShardConfig
+
+    cfg = ImportConfig(workers=args.workers, cache_dir=args.cache_dir,
+                       sha256_policy=args.sha256_policy,
+                       shards=ShardConfig(max_samples=args.shard_samples))
+    report = import_release(args.subset, args.parquet, args.out, config=cfg)
+    print("\n".join(report.lines()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pixmo", description="Build and check PixMo-style "
                                      "multimodal datasets.")
@@ -108,16 +169,65 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", required=True, help="sample key")
     p.add_argument("--out", required=True, help="PNG file to write")
     p.set_defaults(run=cmd_show)
+
+    from pixmo.sources import SUBSETS
+
+    p = sub.add_parser("import", help="released PixMo parquet files to shards (images fetched "
+                       "and verified; failures retried on the next run)")
+    p.add_argument("subset", choices=sorted(SUBSETS))
+    p.add_argument("--parquet", nargs="+", required=True, help="released parquet file(s)")
+    p.add_argument("--out", required=True, help="output dataset directory")
+    p.add_argument("--workers", type=int, default=16, help="download threads")
+    p.add_argument("--cache-dir", default=None, help="image cache (default OUT/image_cache)")
+    p.add_argument("--sha256-policy", default=None, choices=("strict", "flag", "none"),
+                   help="override the subset's own policy")
+    p.add_argument("--shard-samples", type=int, default=1000)
+    p.set_defaults(run=cmd_import)
+
+    p = sub.add_parser("transcribe", help="transcribe audio files, one JSON line each")
+    p.add_argument("audio", nargs="+", help="audio files (wav, flac, ogg/opus, mp3, m4a, webm)")
+    p.add_argument("--backend", default="faster-whisper",
+                   choices=("faster-whisper", "openai-whisper", "transformers"))
+    p.add_argument("--model", default=None, help="model name or path (default: bundled tiny.en)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--min-speech-s", type=float, default=60.0,
+                   help="shortest accepted speech (PixMo: 60)")
+    p.set_defaults(run=cmd_transcribe)
+
+    p = sub.add_parser("build", help="raw annotations to shards with Beam or Ray; unknown "
+                       "flags go to Beam, e.g. --runner DataflowRunner --project P")
+    p.add_argument("--raw", required=True, help="raw input directory (see README)")
+    p.add_argument("--out", required=True, help="output dataset directory")
+    p.add_argument("--engine", default="beam", choices=("beam", "ray"))
+    p.add_argument("--mode", default="resume", choices=("resume", "overwrite", "extend"),
+                   help="resume: keep committed shards (default); overwrite: start again; "
+                   "extend: add new images as new shards")
+    p.add_argument("--workers", type=int, default=1,
+                   help="Beam: local worker processes; Ray: transcription actors")
+    p.add_argument("--ray-address", default=None, help="join a Ray cluster (e.g. auto)")
+    p.add_argument("--gpus-per-worker", type=float, default=0,
+                   help="Ray: GPUs for each transcription actor")
+    p.add_argument("--name", default=None, help="dataset name (default: the out dir's name)")
+    p.add_argument("--no-transcribe", action="store_true", help="skip caption sessions' audio")
+    p.add_argument("--whisper-model", default=None, help="Whisper model name or path")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--min-speech-s", type=float, default=60.0,
+                   help="shortest accepted speech per session (PixMo: 60)")
+    p.add_argument("--shard-samples", type=int, default=1000)
+    p.add_argument("--shard-bytes", type=int, default=1 << 30)
+    p.set_defaults(run=cmd_build, passthrough=True)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, extra = build_parser().parse_known_args(argv)
+    if extra and not getattr(args, "passthrough", False):
+        build_parser().error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     run: Command = args.run
     try:
-        return run(args)
+        return run(args, extra) if getattr(args, "passthrough", False) else run(args)
     except PixmoError as exc:
         print(f"pixmo {args.command}: {exc}", file=sys.stderr)
         return 2

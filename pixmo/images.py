@@ -14,7 +14,6 @@ import io
 import os
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from pixmo.rejects import Reason
@@ -56,6 +55,7 @@ class LoadedImage:
     stored_height: int
     orientation: int  # EXIF orientation tag, 1 = as stored
     source: str
+    size: int  # bytes of the original file; ``data`` may be dropped once checked
     sha256_flagged: bool = False
 
     @property
@@ -75,7 +75,7 @@ class LoadedImage:
         """The ``image`` object of a sample (schema ``sample``)."""
         out: dict[str, Any] = {"sha256": self.sha256, "width": self.width,
                                "height": self.height, "format": self.format,
-                               "source": self.source}
+                               "bytes": self.size, "source": self.source}
         if self.orientation != 1:
             out["exif_orientation"] = self.orientation
         if self.sha256_flagged:
@@ -123,6 +123,7 @@ def decode_image(data: bytes, source: str, config: ImageConfig = ImageConfig(),
         orientation = 1
     return LoadedImage(data=data, sha256=digest, format=fmt, stored_width=width,
                        stored_height=height, orientation=orientation, source=source,
+                       size=len(data),
                        sha256_flagged=flagged)
 
 
@@ -139,18 +140,26 @@ def read_image_bytes(ref: str, base_dir: str | os.PathLike[str],
             raise ImageRejected(Reason.DOWNLOAD_FAILED, str(exc)) from exc
     if "://" in ref:
         raise ImageRejected(Reason.IMAGE_NOT_FOUND, f"unsupported URL scheme in {ref!r}")
-    base = Path(base_dir).resolve()
-    path = (base / ref).resolve()
-    if base not in path.parents:
-        raise ImageRejected(Reason.IMAGE_NOT_FOUND, f"{ref!r} points outside {base}")
+    path = inside(base_dir, ref)
+    if path is None:
+        raise ImageRejected(Reason.IMAGE_NOT_FOUND, f"{ref!r} points outside {base_dir}")
     try:
-        size = path.stat().st_size
+        size = os.stat(path).st_size
         if size > config.max_bytes:
             raise ImageRejected(Reason.IMAGE_TOO_LARGE,
                                 f"{size} bytes exceeds the limit of {config.max_bytes}")
-        return path.read_bytes()
+        with open(path, "rb") as fh:
+            return fh.read()
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
         raise ImageRejected(Reason.IMAGE_NOT_FOUND, f"no file {ref}") from exc
+
+
+def inside(base_dir: str | os.PathLike[str], ref: str) -> str | None:
+    """``ref`` joined to ``base_dir``, or None if ``..`` or an absolute path would
+    leave it. Lexical, so it costs no system call per record."""
+    base = os.path.abspath(base_dir)
+    path = os.path.normpath(os.path.join(base, ref))
+    return path if path.startswith(base + os.sep) else None
 
 
 def load_image(ref: str, base_dir: str | os.PathLike[str], config: ImageConfig = ImageConfig(),

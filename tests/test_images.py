@@ -27,7 +27,8 @@ def test_describes_original_bytes_without_reencoding():
     assert image.sha256 == hashlib.sha256(data).hexdigest()
     assert (image.format, image.width, image.height, image.orientation) == ("jpeg", 40, 30, 1)
     assert image.sample_json() == {"sha256": image.sha256, "width": 40, "height": 30,
-                                   "format": "jpeg", "source": "images/a.jpg"}
+                                   "format": "jpeg", "bytes": len(data),
+                                   "source": "images/a.jpg"}
 
 
 @pytest.mark.parametrize(("orientation", "displayed"), [(3, (40, 30)), (6, (30, 40)),

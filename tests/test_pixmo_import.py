@@ -98,7 +98,7 @@ def test_points_import_with_misbehaving_hosts_then_a_rerun(tmp_path, server):
     samples = {s.key: s.json for s in iter_samples(out)}
     red_sample = samples[sha(red)[:20]]
     assert red_sample["image"] == {"sha256": sha(red), "width": 64, "height": 48,
-                                   "format": "jpeg", "source": ok}
+                                   "format": "jpeg", "bytes": len(red), "source": ok}
     assert red_sample["points"] == [
         {"label": "cat", "points": [[25.0, 50.0], [75.5, 10.0]], "count": 2,
          "collection_method": "pointing", "annotators": []},

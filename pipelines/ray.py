@@ -1,0 +1,163 @@
+"""The build as a Ray Data graph: wiring of the stages in ``pixmo.build``.
+
+Starts Ray locally unless ``address`` names a cluster (``ray://…`` or
+``auto``). Transcription runs in an actor pool, one loaded Whisper model per
+actor, with ``concurrency`` actors and ``num_gpus`` GPUs each (Ray Data shows
+its own progress bars; stage times are the driver's wall clock, since Ray runs
+the stages between two materialisations as one pipeline). Rows carry the
+stage objects in one column, so the stages stay plain functions; rejects ride
+along untouched (grouped under an empty key) and are collected at the end.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+
+from pixmo import build
+from pixmo.images import LoadedImage
+from pixmo.rejects import Reject
+from pixmo.samples import assign_shards
+
+OBJ = "obj"
+KEY = "key"
+Batch = dict[str, np.ndarray]
+
+
+def _batch(objs: Iterable[Any], key: Callable[[Any], str] | None = None) -> Batch:
+    objs = list(objs)
+    column = np.empty(len(objs), dtype=object)
+    column[:] = objs
+    out = {OBJ: column}
+    if key is not None:
+        out[KEY] = np.array([key(o) for o in objs], dtype=object)
+    return out
+
+
+def _read(batch: Batch) -> Batch:
+    out = []
+    for path in batch[OBJ]:
+        for item in build.read_raw(Path(path)):
+            out.append(item if isinstance(item, Reject) else build.check_record(item))
+    return _batch(out, lambda o: "" if isinstance(o, Reject) else o.image)
+
+
+def _source(obj: Any) -> str:
+    return obj.source if isinstance(obj, Reject) else obj.record.source
+
+
+def _resolve(batch: Batch, cfg: build.BuildConfig, out_dir: str) -> Batch:
+    items = list(batch[OBJ])
+    if batch[KEY][0] == "":
+        return _batch(items)
+    records = sorted(items, key=lambda k: (k.record.source, k.record.record))
+    image, rejects = build.resolve_image(records[0].image, records, cfg, out_dir)
+    rejected = {(r.source, r.record) for r in rejects}
+    pairs = [] if image is None else [image] + [
+        (image, k) for k in records if (k.record.source, k.record.record) not in rejected]
+    return _batch([*rejects, *pairs])
+
+
+class _Annotate:
+    """An actor: loads the Whisper model once, then annotates batches. Rejects
+    and images pass through; images meet their annotations in the join."""
+
+    def __init__(self, cfg: build.BuildConfig) -> None:
+        self.annotator = build.Annotator(cfg)
+
+    def __call__(self, batch: Batch) -> Batch:
+        out = [item if isinstance(item, (Reject, LoadedImage)) else self.annotator(item[1],
+                                                                                   item[0])
+               for item in batch[OBJ]]
+        return _batch(out, _sha)
+
+
+def _sha(obj: Any) -> str:
+    if isinstance(obj, Reject):
+        return ""
+    return obj.sha256 if isinstance(obj, LoadedImage) else obj.image_sha256
+
+
+def _join(batch: Batch, cfg: build.BuildConfig, previous: build.Previous) -> Batch:
+    items = list(batch[OBJ])
+    if batch[KEY][0] == "":
+        return _batch(items)
+    images = [o for o in items if isinstance(o, LoadedImage)]
+    annotations = [o for o in items if not isinstance(o, LoadedImage)]
+    if not annotations:
+        return _batch([])
+    kept = build.exclude_known(build.join_image(images, annotations, cfg), previous)
+    return _batch(kept if isinstance(kept, list) else [kept])
+
+
+def _summary(batch: Batch) -> Batch:
+    """What the driver needs: rejects whole, samples as key, size and sources."""
+    out = []
+    for obj in batch[OBJ]:
+        out.append(obj if isinstance(obj, Reject) else
+                   (obj.key, build.planned_size(obj), [s["file"] for s in obj.json["sources"]]))
+    return _batch(out)
+
+
+def _write(batch: Batch, mapping: dict[str, int], out_dir: str, cfg: build.BuildConfig,
+           previous: build.Previous) -> Batch:
+    samples = list(batch[OBJ])
+    return _batch([build.write_or_keep(mapping[samples[0].key], samples, out_dir, cfg,
+                                       previous)])
+
+
+def run(cfg: build.BuildConfig, out_dir: str, *, address: str | None = None,
+        num_cpus: int | None = None, concurrency: int = 1, num_gpus: float = 0,
+        mode: str = "resume") -> None:
+    """Build ``out_dir`` from ``cfg.raw_dir`` with Ray Data."""
+    if not ray.is_initialized():
+        ray.init(address=address, num_cpus=num_cpus, include_dashboard=False,
+                 log_to_driver=False)
+    files = [str(p) for p in build.input_files(cfg.raw_dir)]
+    previous = build.prepare_output(out_dir, mode)
+    parts = max(1, int(ray.available_resources().get("CPU", 1)))
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+    records = ray.data.from_items([{OBJ: f} for f in files]).map_batches(
+        _read, batch_format="numpy").materialize()
+    read = Counter()
+    for row in records.select_columns([OBJ]).iter_rows():
+        read[_source(row[OBJ])] += 1
+    seconds["read"], start = time.perf_counter() - start, time.perf_counter()
+    joined = (records.groupby(KEY, num_partitions=parts)
+              .map_groups(lambda b: _resolve(b, cfg, out_dir), batch_format="numpy")
+              .map_batches(_Annotate, fn_constructor_args=(cfg,), batch_size=8,
+                           batch_format="numpy", concurrency=concurrency,
+                           num_gpus=num_gpus or None)
+              .groupby(KEY, num_partitions=parts)
+              .map_groups(lambda b: _join(b, cfg, previous), batch_format="numpy")
+              .materialize())
+    rejects, sizes, accepted = [], {}, Counter()
+    for row in joined.map_batches(_summary, batch_format="numpy").iter_rows():
+        item = row[OBJ]
+        if isinstance(item, Reject):
+            rejects.append(item)
+        else:
+            key, size, files_of_sources = item
+            sizes[key] = size
+            accepted.update(files_of_sources)
+    seconds["image+annotate+join"], start = time.perf_counter() - start, time.perf_counter()
+    mapping = assign_shards(sizes, cfg.shards.max_samples, cfg.shards.max_bytes,
+                            previous.start_index)
+    written = (joined.filter(lambda r: not isinstance(r[OBJ], Reject))
+               .map(lambda r: {OBJ: r[OBJ], "shard": mapping[r[OBJ].key]})
+               .groupby("shard", num_partitions=parts)
+               .map_groups(lambda b: _write(b, mapping, out_dir, cfg, previous),
+                           batch_format="numpy")
+               .take_all())
+    seconds["write"], start = time.perf_counter() - start, time.perf_counter()
+    build.finish(out_dir, cfg, "ray", [row[OBJ] for row in written], rejects, read, accepted,
+                 previous)
+    seconds["finish"] = time.perf_counter() - start
+    build.record_stage_seconds(out_dir, seconds)
