@@ -8,9 +8,11 @@ option passes through, so ``--runner DataflowRunner --project …`` or
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +71,30 @@ class _Annotate(beam.DoFn):
             yield beam.pvalue.TaggedOutput(REJECT, out)
         else:
             yield (out.image_sha256, out)
+
+
+class _ResolveBatch(beam.DoFn):
+    """Resolves a batch of image refs on a thread pool: reading, hashing and
+    decoding release the GIL, so one worker uses every core for this stage."""
+
+    def __init__(self, cfg: build.BuildConfig, out_dir: str) -> None:
+        self.cfg, self.out_dir = cfg, out_dir
+
+    def setup(self) -> None:
+        self.pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
+        self.timer = _timer("image")
+
+    def teardown(self) -> None:
+        self.pool.shutdown()
+
+    def process(self, batch: list[tuple[str, Sequence[build.Keyed]]]) -> Iterator[Any]:
+        start = time.perf_counter()
+        results = list(self.pool.map(lambda e: list(_resolve(e, self.cfg, self.out_dir)),
+                                     batch))
+        self.timer.inc(int((time.perf_counter() - start) * 1e6))
+        for outs in results:
+            for out in outs:
+                yield beam.pvalue.TaggedOutput(REJECT, out) if isinstance(out, Reject) else out
 
 
 def _resolve(element: tuple[str, Sequence[build.Keyed]], cfg: build.BuildConfig,
