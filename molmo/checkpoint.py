@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import re
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
@@ -27,6 +26,7 @@ import torch
 
 from molmo.config import MolmoConfig, from_official_config, to_official_config
 from molmo.model.molmo import Molmo
+from pixmo.atomic import atomic_directory
 from pixmo.errors import PixmoError
 
 log = logging.getLogger(__name__)
@@ -291,24 +291,8 @@ class _ShardWriter:
 
 def _write_dir(path: Path, overwrite: bool, fill: Callable[[Path], None]) -> Path:
     """Run ``fill`` on a temporary sibling directory, then rename it to ``path``."""
-    if path.exists() and any(path.iterdir()) and not overwrite:
-        raise PixmoError("output directory exists and is not empty (pass overwrite)",
-                         file=str(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with atomic_directory(path, overwrite=overwrite) as tmp:
         fill(tmp)
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 

@@ -16,13 +16,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from pixmo.atomic import atomic_directory
 from pixmo.errors import PixmoError
 
 logger = logging.getLogger(__name__)
@@ -251,23 +250,9 @@ class MolmoTokenizer:
 
 def _write_dir_atomic(target: Path, tok: Any, cfg: dict[str, Any], *, overwrite: bool) -> Path:
     """Build the directory under a temporary name beside ``target``, then rename it into place."""
-    if target.exists() and not overwrite and any(target.iterdir()):
-        raise PixmoError("tokenizer directory exists and is not empty", file=str(target))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+    with atomic_directory(target, overwrite=overwrite) as tmp:
         tok.save(str(tmp / "tokenizer.json"))
         (tmp / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2) + "\n", "utf-8")
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return target
 
 
