@@ -42,6 +42,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from molmo.train import main_train
+
+    return main_train(args.config, resume=args.resume, print_config=args.print_config)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from molmo.evaluate import evaluate_run
+
+    result = evaluate_run(args.config, checkpoint=args.checkpoint, out_dir=args.out,
+                          device=args.device)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="molmo", description="Molmo models: load, convert, "
                                      "run and train.")
@@ -65,6 +82,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=200)
     p.add_argument("--out", default=None, help="PNG with the answer's points drawn")
     p.set_defaults(run=cmd_predict)
+
+    p = sub.add_parser("train", help="train on PixMo shards (also under torchrun)")
+    p.add_argument("config", help="training YAML (see configs/)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config with every default, then exit")
+    p.set_defaults(run=cmd_train)
+
+    p = sub.add_parser("eval", help="pointing F1 and counting accuracy on held-out shards")
+    p.add_argument("config", help="the training YAML (its eval section names the data)")
+    p.add_argument("--checkpoint", default=None, help="model directory (default RUN_DIR/model)")
+    p.add_argument("--out", default=None, help="output folder (default RUN_DIR/eval/final)")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(run=cmd_eval)
     return parser
 
 

@@ -47,6 +47,7 @@ from molmo.sampling import (
 )
 from molmo.tasks import DEFAULT_MAX_PIXELS, TaskConfig, build_example, load_image
 from molmo.tokenizer import TextTokenizer
+from pixmo.config_io import from_mapping
 from pixmo.errors import PixmoError
 
 log = logging.getLogger(__name__)
@@ -134,29 +135,7 @@ class DataConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DataConfig:
         """From the ``data:`` section of a training YAML; unknown keys are refused."""
-        data = dict(_checked_keys(cls, data, "data"))
-        datasets = []
-        for i, entry in enumerate(data.get("datasets", ())):
-            entry = dict(_checked_keys(DatasetConfig, entry, f"data.datasets[{i}]"))
-            if isinstance(entry.get("source"), list):
-                entry["source"] = tuple(entry["source"])
-            tasks = dict(_checked_keys(TaskConfig, entry.get("tasks", {}),
-                                       f"data.datasets[{i}].tasks"))
-            if "tasks" in tasks:
-                tasks["tasks"] = tuple(tasks["tasks"])
-            entry["tasks"] = TaskConfig(**tasks)
-            datasets.append(DatasetConfig(**entry))
-        data["datasets"] = tuple(datasets)
-        return cls(**data)
-
-
-def _checked_keys(cls: type, data: Any, where: str) -> dict[str, Any]:
-    if not isinstance(data, dict):
-        raise ValueError(f"{where} must be a mapping, got {type(data).__name__}")
-    unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
-    if unknown:
-        raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
-    return data
+        return from_mapping(cls, data, "data")
 
 
 @dataclass(frozen=True)

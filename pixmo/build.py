@@ -22,12 +22,13 @@ import os
 import shutil
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from pixmo.atomic import atomic_write_bytes, remove_partials
 from pixmo.captions import CaptionConfig, CaptionWriter
+from pixmo.config_io import to_plain
 from pixmo.errors import PixmoError
 from pixmo.images import (
     ImageConfig,
@@ -86,15 +87,7 @@ class BuildConfig:
     shards: ShardConfig = field(default_factory=ShardConfig)
 
     def to_json(self) -> dict[str, Any]:
-        return _jsonable(asdict(self))
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
+        return to_plain(self)
 
 
 @dataclass(frozen=True)
