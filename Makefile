@@ -18,6 +18,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 test: $(STAMP)
+	@command -v chromium >/dev/null || echo "note: the report test needs Chromium: apt-get install -y --no-install-recommends chromium"
 	$(BIN)/python -m pytest -q tests
 
 demo: $(STAMP)

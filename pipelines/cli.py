@@ -150,6 +150,27 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_synth(args: argparse.Namespace) -> int:
+    from pixmo.synth import SynthConfig, synthesize
+
+    report = synthesize(args.out, scenes=args.scenes, seed=args.seed,
+                        config=SynthConfig(first_index=args.first_index,
+                                           bad_records=not args.no_bad_records))
+    print(f"wrote {args.out}: {report.images} images, {report.caption_sessions} caption "
+          f"sessions ({report.audio_seconds:.0f} s of speech), {report.point_annotations} "
+          f"pointing annotations, {report.bad_records} deliberately bad records; the truth is "
+          f"in {report.truth}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pixmo.report import write_report
+
+    out = write_report(args.dir, args.out, run_dir=args.run, eval_dataset_dir=args.eval_data)
+    print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pixmo", description="Build and check PixMo-style "
                                      "multimodal datasets.")
@@ -183,6 +204,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override the subset's own policy")
     p.add_argument("--shard-samples", type=int, default=1000)
     p.set_defaults(run=cmd_import)
+
+    p = sub.add_parser("synth", help="synthetic raw annotations: scenes, spoken descriptions, "
+                       "click logs and deliberately bad records")
+    p.add_argument("--out", required=True, help="raw directory to create")
+    p.add_argument("--scenes", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--first-index", type=int, default=0,
+                   help="number scenes from here (a held-out split of the same seed)")
+    p.add_argument("--no-bad-records", action="store_true")
+    p.set_defaults(run=cmd_synth)
+
+    p = sub.add_parser("report", help="a self-contained HTML page about a dataset (and a run)")
+    p.add_argument("dir", help="dataset directory")
+    p.add_argument("--out", required=True, help="HTML file to write")
+    p.add_argument("--run", default=None, help="training run directory (loss curve, eval)")
+    p.add_argument("--eval-data", default=None, help="held-out dataset the eval ran on")
+    p.set_defaults(run=cmd_report)
 
     p = sub.add_parser("transcribe", help="transcribe audio files, one JSON line each")
     p.add_argument("audio", nargs="+", help="audio files (wav, flac, ogg/opus, mp3, m4a, webm)")
