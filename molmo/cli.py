@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dst")
     p.add_argument("--to", required=True, choices=("ours", "official"))
     p.add_argument("--overwrite", action="store_true")
-    p.set_defaults(run=cmd_convert)
+    p.set_defaults(handler=cmd_convert)
 
     p = sub.add_parser("predict", help="answer a prompt about an image; points are drawn")
     p.add_argument("--checkpoint", required=True, help="official or our checkpoint directory")
@@ -81,21 +81,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--max-new-tokens", type=int, default=200)
     p.add_argument("--out", default=None, help="PNG with the answer's points drawn")
-    p.set_defaults(run=cmd_predict)
+    p.set_defaults(handler=cmd_predict)
 
     p = sub.add_parser("train", help="train on PixMo shards (also under torchrun)")
     p.add_argument("config", help="training YAML (see configs/)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved config with every default, then exit")
-    p.set_defaults(run=cmd_train)
+    p.set_defaults(handler=cmd_train)
 
     p = sub.add_parser("eval", help="pointing F1 and counting accuracy on held-out shards")
     p.add_argument("config", help="the training YAML (its eval section names the data)")
     p.add_argument("--checkpoint", default=None, help="model directory (default RUN_DIR/model)")
     p.add_argument("--out", default=None, help="output folder (default RUN_DIR/eval/final)")
     p.add_argument("--device", default="cpu")
-    p.set_defaults(run=cmd_eval)
+    p.set_defaults(handler=cmd_eval)
     return parser
 
 
@@ -104,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        return args.run(args)
+        return args.handler(args)
     except PixmoError as exc:
         print(f"molmo {args.command}: {exc}", file=sys.stderr)
         return 2

@@ -179,17 +179,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("inspect", help="counts, shard sizes, annotation kinds, one sample")
     p.add_argument("dir", help="dataset directory")
-    p.set_defaults(run=cmd_inspect)
+    p.set_defaults(handler=cmd_inspect)
 
     p = sub.add_parser("validate", help="check shards, sample JSON, manifest and dataset.json")
     p.add_argument("dir", help="dataset directory")
-    p.set_defaults(run=cmd_validate)
+    p.set_defaults(handler=cmd_validate)
 
     p = sub.add_parser("show", help="draw one sample's image with its points")
     p.add_argument("dir", help="dataset directory")
     p.add_argument("--key", required=True, help="sample key")
     p.add_argument("--out", required=True, help="PNG file to write")
-    p.set_defaults(run=cmd_show)
+    p.set_defaults(handler=cmd_show)
 
     from pixmo.sources import SUBSETS
 
@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sha256-policy", default=None, choices=("strict", "flag", "none"),
                    help="override the subset's own policy")
     p.add_argument("--shard-samples", type=int, default=1000)
-    p.set_defaults(run=cmd_import)
+    p.set_defaults(handler=cmd_import)
 
     p = sub.add_parser("synth", help="synthetic raw annotations: scenes, spoken descriptions, "
                        "click logs and deliberately bad records")
@@ -213,14 +213,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--first-index", type=int, default=0,
                    help="number scenes from here (a held-out split of the same seed)")
     p.add_argument("--no-bad-records", action="store_true")
-    p.set_defaults(run=cmd_synth)
+    p.set_defaults(handler=cmd_synth)
 
     p = sub.add_parser("report", help="a self-contained HTML page about a dataset (and a run)")
     p.add_argument("dir", help="dataset directory")
     p.add_argument("--out", required=True, help="HTML file to write")
     p.add_argument("--run", default=None, help="training run directory (loss curve, eval)")
     p.add_argument("--eval-data", default=None, help="held-out dataset the eval ran on")
-    p.set_defaults(run=cmd_report)
+    p.set_defaults(handler=cmd_report)
 
     p = sub.add_parser("transcribe", help="transcribe audio files, one JSON line each")
     p.add_argument("audio", nargs="+", help="audio files (wav, flac, ogg/opus, mp3, m4a, webm)")
@@ -230,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--min-speech-s", type=float, default=60.0,
                    help="shortest accepted speech (PixMo: 60)")
-    p.set_defaults(run=cmd_transcribe)
+    p.set_defaults(handler=cmd_transcribe)
 
     p = sub.add_parser("build", help="raw annotations to shards with Beam or Ray; unknown "
                        "flags go to Beam, e.g. --runner DataflowRunner --project P")
@@ -253,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="shortest accepted speech per session (PixMo: 60)")
     p.add_argument("--shard-samples", type=int, default=1000)
     p.add_argument("--shard-bytes", type=int, default=1 << 30)
-    p.set_defaults(run=cmd_build, passthrough=True)
+    p.set_defaults(handler=cmd_build, passthrough=True)
     return parser
 
 
@@ -263,9 +263,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         build_parser().error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    run: Command = args.run
+    if not args.verbose:  # engines and Whisper log every bundle and clip at INFO
+        for noisy in ("apache_beam", "faster_whisper", "ray"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+    handler: Command = args.handler
     try:
-        return run(args, extra) if getattr(args, "passthrough", False) else run(args)
+        return handler(args, extra) if getattr(args, "passthrough", False) else handler(args)
     except PixmoError as exc:
         print(f"pixmo {args.command}: {exc}", file=sys.stderr)
         return 2

@@ -1,18 +1,29 @@
+"""The demo's own pieces (the whole chain runs in `make demo`, about 10 minutes)."""
+
 from __future__ import annotations
 
-from pipelines.demo import main, scenes
-from pixmo.dataset import verify
-from pixmo.shards import iter_samples
+from molmo.config import preset
+from molmo.model.molmo import Molmo
+from molmo.train_config import TrainConfig
+from pipelines.demo import TOKENIZER_VOCAB, tokenizer_texts, train_config
+from pixmo.shards import ShardConfig, write_dataset
+from tests.conftest import make_sample
 
 
-def test_demo_builds_a_valid_dataset(tmp_path, capsys):
-    assert main(["--out", str(tmp_path), "--scenes", "30", "--seed", "3"]) == 0
-    out = capsys.readouterr().out
-    assert "wrote 30 samples in 1 shards" in out
-    assert verify(tmp_path / "dataset") == []
-    read = list(iter_samples(tmp_path / "dataset"))
-    assert [s.key for s in read] == [s.key for s in scenes(30, 3)]
-    for sample in read:
-        total = sum(p["count"] for p in sample.json["points"])
-        assert 1 <= total <= 6
-        assert all(0 <= c <= 100 for p in sample.json["points"] for xy in p["points"] for c in xy)
+def test_demo_training_config_loads_and_fits_the_tokenizer(tmp_path):
+    cfg = TrainConfig.from_dict(train_config(tmp_path, steps=40))
+    assert cfg.steps == 40 and cfg.model.preset == "demo"
+    assert cfg.parallel.strategy == "ddp" and cfg.data.max_crops == 1
+    model_cfg = preset("demo")
+    assert model_cfg.llm.vocab_size == TOKENIZER_VOCAB
+    params = sum(p.numel() for p in Molmo(model_cfg).parameters())
+    assert 1_000_000 < params < 3_000_000  # small enough to train on 2 CPU cores in minutes
+
+
+def test_tokenizer_texts_cover_captions_prompts_and_point_answers(tmp_path):
+    write_dataset(tmp_path, [make_sample(i) for i in range(3)], name="t",
+                  config=ShardConfig(max_samples=10))
+    texts = tokenizer_texts(tmp_path)
+    assert sum("A plain square of colour number" in t for t in texts) == 3
+    assert sum(t.startswith("Counting the <point") for t in texts) == 3
+    assert len(texts) == 3 * 4  # a caption, a point answer and two prompts per sample

@@ -187,3 +187,15 @@ def test_report_renders_in_headless_chromium(dataset, tmp_path):
     assert pixels.shape[:2] == (1600, 1200)
     assert pixels.std() > 20  # text, tables and plots, not a blank page
     assert (pixels.reshape(-1, 3) == [59, 117, 175]).all(axis=1).sum() > 500  # the bars
+
+
+def test_cli_report_with_a_run(dataset, tmp_path, capsys):
+    from pipelines.cli import main
+
+    ds, samples = dataset
+    run = _run_dir(tmp_path / "run", samples)
+    out = tmp_path / "cli.html"
+    assert main(["report", str(ds), "--out", str(out), "--run", str(run),
+                 "--eval-data", str(ds)]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {out}"
+    assert "<svg" in out.read_text()
