@@ -85,6 +85,10 @@ def engine(name: str, raw: str, out: str) -> None:
         from pipelines import beam
 
         beam.run(cfg, out, workers=2)
+    elif name == "beam-threads":
+        from pipelines import beam
+
+        beam.run(cfg, out, ["--direct_running_mode=multi_threading", "--direct_num_workers=2"])
     else:
         from pipelines import ray as ray_engine
 
@@ -111,7 +115,7 @@ def measure(what: str, raw: Path, out: Path) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=10_000)
-    parser.add_argument("--engines", default="beam,beam2,ray")
+    parser.add_argument("--engines", default="beam,beam-threads,beam2,ray")
     args = parser.parse_args()
     engines = args.engines.split(",")
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, python "
@@ -127,11 +131,11 @@ def main() -> None:
             results[what] = (t_large, rss_small, rss_large)
         floor = args.n / results["plain"][0]
         print(f"{args.n} samples (images about 10 KiB, transcription off)")
-        print(f"{'run':8s} {'samples/s':>10s} {'vs plain':>9s} {'peak RSS N/10':>14s} "
+        print(f"{'run':12s} {'samples/s':>10s} {'vs plain':>9s} {'peak RSS N/10':>14s} "
               f"{'peak RSS N':>11s}")
         for what, (seconds, rss_small, rss_large) in results.items():
             rate = args.n / seconds
-            print(f"{what:8s} {rate:10.0f} {rate / floor:8.2f}x {rss_small:12.0f} MiB "
+            print(f"{what:12s} {rate:10.0f} {rate / floor:8.2f}x {rss_small:12.0f} MiB "
                   f"{rss_large:7.0f} MiB")
 
 
