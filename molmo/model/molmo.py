@@ -29,20 +29,27 @@ class Molmo(nn.Module):
         self.init_weights()
 
     @torch.no_grad()
-    def init_weights(self, std: float = 0.02) -> None:
-        """Random init for training from scratch (a no-op on the meta device)."""
+    def init_weights(self) -> None:
+        """Random init for training from scratch (a no-op on the meta device).
+
+        Matrices are N(0, 1/fan_in) and token embeddings N(0, 1), so activations are of
+        order 1 at every stage. A fixed small std (0.02) would starve the image path of
+        small models: the connector's SwiGLU multiplies two near-zero branches, so image
+        features and their gradients start orders of magnitude below the text's.
+        """
         for module in self.modules():
             if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, std=std)
+                nn.init.normal_(module.weight, std=module.in_features ** -0.5)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
             elif isinstance(module, (nn.LayerNorm, RMSNorm)):
                 nn.init.ones_(module.weight)
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
-        for p in (self.vision.class_embed, self.vision.pos_embed, self.llm.embed.base,
-                  self.llm.embed.extra):
-            nn.init.normal_(p, std=std)
+        for p in (self.llm.embed.base, self.llm.embed.extra):
+            nn.init.normal_(p, std=1.0)
+        for p in (self.vision.class_embed, self.vision.pos_embed):
+            nn.init.normal_(p, std=0.5)
         if self.connector.pad_embed is not None:
             nn.init.zeros_(self.connector.pad_embed)
 
