@@ -69,6 +69,7 @@ class SynthConfig:
     png_share: float = 0.3
     exif_share: float = 0.15
     multi_speaker_share: float = 0.3  # images described by 2-3 speakers
+    speech_share: float = 1.0  # images with spoken descriptions; the rest only have clicks
     # eSpeak NG's female variants (+f1..+f5) add breath noise that differs from run
     # to run; these voices give the same samples every time
     voices: tuple[Voice, ...] = (Voice("en-us", 50), Voice("en", 55), Voice("en+m3", 40),
@@ -88,7 +89,8 @@ class SynthConfig:
     def __post_init__(self) -> None:
         if self.first_index < 0:
             raise ValueError(f"SynthConfig.first_index must be >= 0, got {self.first_index}")
-        for name in ("png_share", "exif_share", "multi_speaker_share", "two_annotator_share",
+        for name in ("png_share", "exif_share", "multi_speaker_share", "speech_share",
+                     "two_annotator_share",
                      "miss_rate", "duplicate_rate", "absent_label_share"):
             value = getattr(self, name)
             if not 0 <= value <= 1:
@@ -114,7 +116,7 @@ class SynthReport:
     audio_seconds: float
     truth: str  # path of truth.json
     # the build's QC must be set so that good clips pass and the short clip does not
-    qc_assumptions: dict[str, float] = field(default_factory=dict)
+    qc_assumptions: dict[str, float | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -244,6 +246,8 @@ def _make_image(root: Path, index: int, seed: int, cfg: SynthConfig) -> _Image:
 
     speakers = 1 if rng.random() >= cfg.multi_speaker_share else int(rng.integers(2, 4))
     speaker_ids = rng.choice(np.arange(1, 13), size=speakers, replace=False)
+    if cfg.speech_share < 1 and rng.random() >= cfg.speech_share:
+        speaker_ids = speaker_ids[:0]  # only clicked, never described
     captions, speech, descriptions = [], [], []
     for k, speaker_id in enumerate(speaker_ids):
         text = describe(scene, rng)
@@ -450,7 +454,7 @@ def synthesize(out_dir: str | os.PathLike[str], *, scenes: int, seed: int,
                 for n, ln in enumerate(lines, start=1) if ln.reason is not None]
     good_seconds = [d["seconds"] for m in made for d in m.truth["descriptions"]]
     qc = {"min_speech_s_above": SHORT_CLIP_S, "min_speech_s_at_most": math.floor(
-        min(good_seconds) * 0.6 * 10) / 10}
+        min(good_seconds) * 0.6 * 10) / 10 if good_seconds else None}
     truth = {"seed": seed, "first_index": cfg.first_index, "scenes": scenes,
              "qc_assumptions": qc, "images": [m.truth for m in made], "bad_records": bad}
     atomic_write_bytes(root / "truth.json", json.dumps(truth, indent=1).encode() + b"\n")

@@ -204,3 +204,13 @@ def test_refuses_bad_arguments(raw, tmp_path):
         synthesize(raw, scenes=1, seed=1)
     with pytest.raises(ValueError, match="SynthConfig.png_share"):
         SynthConfig(png_share=2.0)
+
+
+def test_speech_share_leaves_images_undescribed(tmp_path):
+    from pixmo.synth import SynthConfig, synthesize
+
+    report = synthesize(tmp_path / "raw", scenes=3, seed=4,
+                        config=SynthConfig(speech_share=0.0, bad_records=False))
+    assert report.images == 3 and report.caption_sessions == 0 and report.audio_seconds == 0
+    assert report.point_annotations > 0
+    assert (tmp_path / "raw/captions.jsonl").read_text() == ""
