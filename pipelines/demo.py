@@ -82,13 +82,17 @@ def tokenizer_texts(dataset: Path, seed: int = 0) -> list[str]:
     return texts
 
 
-def synth(out: Path, scenes: int, first_index: int, bad_records: bool) -> int:
+def synth(out: Path, scenes: int, first_index: int, bad_records: bool,
+          speech_share: float) -> int:
     """Scenes made for counting: one labelled group of 2-7 small copies beside one large
-    object, so the answer to "how many" is spread and a model must look to get it right."""
+    object, so the answer to "how many" is spread and a model must look to get it right.
+    Only ``speech_share`` of the images are described aloud (speech costs seconds an image,
+    clicks nothing), so the model sees many images in a few minutes."""
     scene = SceneConfig(min_objects=1, max_objects=1, counting_share=1.0, min_count=2,
                         max_count=7)
     report = synthesize(out, scenes=scenes, seed=0, config=SynthConfig(
-        scene=scene, first_index=first_index, bad_records=bad_records))
+        scene=scene, first_index=first_index, bad_records=bad_records,
+        speech_share=speech_share))
     print(f"{report.images} images, {report.caption_sessions} spoken descriptions "
           f"({report.audio_seconds:.0f} s), {report.point_annotations} pointing annotations, "
           f"{report.bad_records} deliberately bad records in {out}")
@@ -106,9 +110,11 @@ def step(title: str, fn: Callable[[], int], timings: dict[str, float]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.demo")
     parser.add_argument("--out", default="demo-output")
-    parser.add_argument("--scenes", type=int, default=60)
-    parser.add_argument("--heldout-scenes", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=240)
+    parser.add_argument("--scenes", type=int, default=480)
+    parser.add_argument("--speech-share", type=float, default=0.125,
+                        help="share of training images described aloud")
+    parser.add_argument("--heldout-scenes", type=int, default=24)
+    parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--engine", default="beam", choices=("beam", "ray"))
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -117,13 +123,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True)
     timings: dict[str, float] = {}
     raw, heldout = out / "raw", out / "raw-heldout"
-    step("synthesise raw annotations", lambda: synth(raw, args.scenes, 0, True), timings)
+    step("synthesise raw annotations",
+         lambda: synth(raw, args.scenes, 0, True, args.speech_share), timings)
     step("synthesise held-out scenes",
-         lambda: synth(heldout, args.heldout_scenes, args.scenes, False), timings)
+         lambda: synth(heldout, args.heldout_scenes, args.scenes, False, 1.0), timings)
     for src, dst in ((raw, "pixmo"), (heldout, "pixmo-heldout")):
         step(f"build {dst} ({args.engine})", lambda src=src, dst=dst: pixmo_main(
             ["build", "--raw", str(src), "--out", str(out / "data" / dst), "--engine",
-             args.engine, "--min-speech-s", MIN_SPEECH_S, "--shard-samples", "32"]), timings)
+             args.engine, "--min-speech-s", MIN_SPEECH_S, "--shard-samples", "128"]), timings)
     step("validate", lambda: pixmo_main(["validate", str(out / "data/pixmo")]), timings)
 
     def tokenizer() -> int:
