@@ -47,6 +47,10 @@ class SceneConfig:
     counting_share: float = 0.25  # scenes that also hold many copies of one shape
     min_count: int = 8
     max_count: int = 18
+    count_radius: float = 0.045  # the counted copies' radius, a share of the shorter side
+    colours: tuple[str, ...] = tuple(COLOURS)
+    shapes: tuple[str, ...] = SHAPES
+    backgrounds: tuple[str, ...] = BACKGROUNDS
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_objects <= self.max_objects:
@@ -55,6 +59,15 @@ class SceneConfig:
         if not 2 <= self.min_count <= self.max_count <= len(NUMBERS) - 1:
             raise ValueError(f"SceneConfig needs 2 <= min_count <= max_count <= "
                              f"{len(NUMBERS) - 1}, got {self.min_count}, {self.max_count}")
+        for name, known in (("colours", COLOURS), ("shapes", SHAPES),
+                            ("backgrounds", BACKGROUNDS)):
+            chosen = getattr(self, name)
+            if not chosen or set(chosen) - set(known):
+                raise ValueError(f"SceneConfig.{name} must be a non-empty subset of "
+                                 f"{tuple(known)}, got {chosen}")
+        if not 0 < self.count_radius < 0.5:
+            raise ValueError(f"SceneConfig.count_radius must be in (0, 0.5), got "
+                             f"{self.count_radius}")
         if not 0 <= self.counting_share <= 1:
             raise ValueError(f"SceneConfig.counting_share must be in [0, 1], got "
                              f"{self.counting_share}")
@@ -113,7 +126,7 @@ class Scene:
 def make_scene(rng: np.random.Generator, cfg: SceneConfig) -> Scene:
     """A random scene: a background and objects whose centres stay visible."""
     width, height = cfg.sizes[int(rng.integers(len(cfg.sizes)))]
-    background = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
+    background = cfg.backgrounds[int(rng.integers(len(cfg.backgrounds)))]
     pale = ("yellow", "blue", "green", "orange", "purple", "red")
     first, second = rng.choice(pale, size=2, replace=False)
     bg = (str(first), str(second))
@@ -122,11 +135,11 @@ def make_scene(rng: np.random.Generator, cfg: SceneConfig) -> Scene:
     n = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
     counting = None
     if rng.random() < cfg.counting_share:
-        counting = (str(rng.choice(list(COLOURS))), str(rng.choice(SHAPES)))
+        counting = (str(rng.choice(cfg.colours)), str(rng.choice(cfg.shapes)))
     for _ in range(n):
         size = SIZES[int(rng.integers(2))]
         radius = short * (rng.uniform(0.06, 0.09) if size == "small" else rng.uniform(0.12, 0.17))
-        colour, shape = str(rng.choice(list(COLOURS))), str(rng.choice(SHAPES))
+        colour, shape = str(rng.choice(cfg.colours)), str(rng.choice(cfg.shapes))
         if counting is not None and (colour, shape) == counting:
             continue  # the counting label is only the many small copies
         obj = _place(rng, objects, shape, colour, size, radius, width, height, overlap=True)
@@ -135,7 +148,7 @@ def make_scene(rng: np.random.Generator, cfg: SceneConfig) -> Scene:
     if counting is not None:
         k = int(rng.integers(cfg.min_count, cfg.max_count + 1))
         for _ in range(k):
-            obj = _place(rng, objects, counting[1], counting[0], "small", short * 0.045,
+            obj = _place(rng, objects, counting[1], counting[0], "small", short * cfg.count_radius,
                          width, height, overlap=False)
             if obj is not None:
                 objects.append(obj)

@@ -41,7 +41,7 @@ import numpy as np
 from pixmo.atomic import atomic_write_bytes
 from pixmo.errors import PixmoError
 from pixmo.rejects import Reason
-from pixmo.scenes import COLOURS, SHAPES, Scene, SceneConfig, describe, make_scene, render
+from pixmo.scenes import Scene, SceneConfig, describe, make_scene, render
 
 log = logging.getLogger(__name__)
 
@@ -212,10 +212,10 @@ def _in_units(points: list[tuple[float, float]], scene: Scene, orientation: int 
     return out
 
 
-def _absent_label(rng: np.random.Generator, scene: Scene) -> str:
+def _absent_label(rng: np.random.Generator, scene: Scene, cfg: SceneConfig) -> str:
     present = set(scene.groups())
     while True:
-        label = f"{rng.choice(list(COLOURS))} {rng.choice(SHAPES)}"
+        label = f"{rng.choice(cfg.colours)} {rng.choice(cfg.shapes)}"
         if label not in present:
             return label
 
@@ -270,7 +270,7 @@ def _make_image(root: Path, index: int, seed: int, cfg: SynthConfig) -> _Image:
 
     points = []
     labels = list(scene.groups())
-    absent = [_absent_label(rng, scene)] if rng.random() < cfg.absent_label_share else []
+    absent = [_absent_label(rng, scene, cfg.scene)] if rng.random() < cfg.absent_label_share else []
     for label in [*labels, *absent]:
         method = "counting" if label == scene.counting_label else "pointing"
         annotators = 2 if rng.random() < cfg.two_annotator_share else 1

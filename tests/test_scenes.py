@@ -64,3 +64,21 @@ def test_config_is_checked():
         SceneConfig(min_objects=0)
     with pytest.raises(ValueError, match="max_count"):
         SceneConfig(max_count=50)
+
+
+def test_scene_config_restricts_colours_shapes_backgrounds_and_count_size():
+    cfg = SceneConfig(min_objects=1, max_objects=1, counting_share=1.0, min_count=2,
+                      max_count=6, count_radius=0.07, colours=("red", "blue"),
+                      shapes=("circle",), backgrounds=("gradient",))
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        scene = make_scene(rng, cfg)
+        assert scene.background == "gradient"
+        assert {o.colour for o in scene.objects} <= {"red", "blue"}
+        assert {o.shape for o in scene.objects} == {"circle"}
+        counted = scene.groups()[scene.counting_label]
+        assert 2 <= len(counted) <= 6
+        assert all(abs(o.radius - 0.07 * min(scene.width, scene.height)) < 1e-9
+                   for o in counted)
+    with pytest.raises(ValueError, match="SceneConfig.shapes"):
+        SceneConfig(shapes=("blob",))
