@@ -4,13 +4,20 @@ does it hold?
 Writes a synthetic dataset (JPEG photos-sized images, a caption, three point sets and a QA pair
 per sample), then, each in a fresh process so peak RSS is its own: reads the shards with plain
 webdataset and no decoding (the I/O floor), and runs ``MolmoLoader`` (finite epoch, default
-336 px / 12 crop preprocessing) with 0, 1 and 2 workers. Prints samples/s, the ratios against 0
-workers and against the floor, and the peak RSS of the main process and of the largest worker;
-then the 2-worker run again on a dataset ``--scale`` times larger, reading the same number of
-samples, to show that memory does not grow with the dataset. "steady" leaves out each worker's
-first batch (process start). CPU time is split between the main process and the workers.
+336 px / 12 crop preprocessing) with 0, 1 and 2 workers, for each crop transport
+(``--pixel-dtypes``): uint8 crops normalised by the consumer (``normalize_images``, on CPU here,
+inside the timing; in training it runs on the GPU) or float32 crops normalised in the workers.
+Prints samples/s into model-ready batches, the ratios against 0 workers and against the floor,
+and the peak RSS of the main process and of the largest worker; then the 2-worker run again on a
+dataset ``--scale`` times larger, reading the same number of samples, to show that memory does
+not grow with the dataset. Time and CPU count from after the imports; "steady" leaves out each
+worker's first batch (process start). CPU time is split between the main process and the
+workers (read from /proc while the workers live); as two cores do at most 2 CPU-seconds per
+second, 2 x (CPU per sample with 0 workers) / (CPU per sample with 2 workers) is the most that
+2 workers can gain on two idle cores.
 
     python benchmarks/loader.py [--samples 160] [--batch 4] [--scale 4] [--repeats 2]
+                                [--pixel-dtypes uint8 float32]
 """
 
 from __future__ import annotations
@@ -79,54 +86,84 @@ def prepare(out: Path, samples: int, scale: int) -> None:
     train_bpe_tokenizer(texts, out / "tok", vocab_size=1024)
 
 
-def _usage() -> dict:
+def _stat(pid: str) -> list[str]:
+    """Fields of /proc/PID/stat from the third (state) on: the name may hold spaces."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def _cpu_seconds() -> tuple[float, float]:
+    """CPU seconds so far of this process and of its live children (the DataLoader workers)."""
+    def cpu(fields: list[str]) -> float:
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+    me, kids = str(os.getpid()), 0.0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and entry.name != me:
+            try:
+                fields = _stat(entry.name)
+            except OSError:  # exited meanwhile
+                continue
+            if fields[1] == me:  # parent pid
+                kids += cpu(fields)
+    return cpu(_stat("self")), kids
+
+
+def _peak_rss() -> dict:
     """Peak RSS (MiB) of this process (VmHWM: its own, not inherited across exec) and of its
-    largest finished child, and the CPU seconds of each (DataLoader workers are children and
-    have exited when this is called)."""
+    largest finished child (the workers have exited when this is called)."""
     status = Path("/proc/self/status").read_text()
     hwm_kib = int(next(line for line in status.splitlines() if line.startswith("VmHWM:"))
                   .split()[1])
-    own, kids = (resource.getrusage(who) for who in (resource.RUSAGE_SELF,
-                                                     resource.RUSAGE_CHILDREN))
-    return {"rss_main": hwm_kib / 1024, "rss_worker": kids.ru_maxrss / 1024,
-            "cpu_main": own.ru_utime + own.ru_stime, "cpu_workers": kids.ru_utime + kids.ru_stime}
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"rss_main": hwm_kib / 1024, "rss_worker": kids.ru_maxrss / 1024}
 
 
 def run_one(spec: dict) -> dict:
-    """One measurement, in this (fresh) process."""
+    """One measurement, in this (fresh) process, from after the imports. The steady rate and
+    CPU leave out each worker's first batch (process start)."""
     import torch
 
     torch.set_num_threads(1)  # one core per process: workers get one thread each too
-    start = time.perf_counter()
-    steady_at, steady_n = start, 0
     if spec["kind"] == "webdataset":
         import webdataset as wds
 
         from pixmo.shards import shard_urls
 
+        start, cpu_at = time.perf_counter(), _cpu_seconds()
         dataset = wds.WebDataset(shard_urls(spec["data"]), shardshuffle=False,
                                  empty_check=False)
         n = sum(1 for _ in dataset)
+        steady_at, steady_n, cpu_end = start, 0, _cpu_seconds()
     else:
         from molmo.data import DataConfig, DatasetConfig, MolmoLoader
+        from molmo.preprocess import normalize_images
         from molmo.tokenizer import MolmoTokenizer
 
+        start = time.perf_counter()
         cfg = DataConfig(datasets=(DatasetConfig("bench", spec["data"]),),
                          batch_size=spec["batch"], mode="finite",
-                         num_workers=spec["workers"], shuffle_block=64)
-        batches = iter(MolmoLoader(cfg, MolmoTokenizer.from_dir(spec["tokenizer"])))
+                         num_workers=spec["workers"], shuffle_block=64,
+                         pixel_dtype=spec["pixel_dtype"])
+        loader = MolmoLoader(cfg, MolmoTokenizer.from_dir(spec["tokenizer"]))
+        batches = iter(loader)
         n = 0
         warmup = spec["batch"] * max(spec["workers"], 1)  # each worker's first batch
         for batch in batches:
+            if cfg.pixel_dtype == "uint8":  # the consumer's share of making it model-ready
+                batch = normalize_images(batch, loader.processor.config)
+            assert batch["images"].dtype == torch.float32
             n += batch["input_ids"].shape[0]
             if n == warmup:
-                steady_at, steady_n = time.perf_counter(), n
+                steady_at, steady_n, cpu_at = time.perf_counter(), n, _cpu_seconds()
             if n >= spec["limit"]:
                 break
+        cpu_end = _cpu_seconds()
         batches.close()  # stops and joins the workers
     end = time.perf_counter()
-    return {"samples": n, "rate": n / (end - start),
-            "steady": (n - steady_n) / (end - steady_at), **_usage()}
+    steady = n - steady_n
+    return {"samples": n, "rate": n / (end - start), "steady": steady / (end - steady_at),
+            "cpu_main": (cpu_end[0] - cpu_at[0]) / steady,
+            "cpu_workers": (cpu_end[1] - cpu_at[1]) / steady, **_peak_rss()}
 
 
 def measure(spec: dict) -> dict:
@@ -141,6 +178,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--scale", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2, help="interleaved runs; median shown")
+    parser.add_argument("--pixel-dtypes", nargs="+", choices=("uint8", "float32"),
+                        default=["uint8", "float32"],
+                        help="crop transports to measure; the first also gets the large dataset")
     parser.add_argument("--run", help=argparse.SUPPRESS)
     parser.add_argument("--prepare", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -160,11 +200,13 @@ def main() -> None:
                   "limit": args.samples}
         specs = {"webdataset, no decoding (I/O floor)": {"kind": "webdataset",
                                                           "data": str(small)}}
-        for workers in (0, 1, 2):
-            specs[f"MolmoLoader, {workers} workers"] = {"data": str(small), "workers": workers,
-                                                        **common}
-        specs[f"MolmoLoader, 2 workers, {args.scale}x dataset"] = {
-            "data": str(large), "workers": 2, **common}
+        for dtype in args.pixel_dtypes:
+            for workers in (0, 1, 2):
+                specs[_name(dtype, workers)] = {"data": str(small), "workers": workers,
+                                                "pixel_dtype": dtype, **common}
+        first = args.pixel_dtypes[0]
+        specs[f"{_name(first, 2)}, {args.scale}x dataset"] = {
+            "data": str(large), "workers": 2, "pixel_dtype": first, **common}
         runs: dict[str, list[dict]] = {name: [] for name in specs}
         for _ in range(args.repeats):
             for name, spec in specs.items():
@@ -174,23 +216,36 @@ def main() -> None:
           f"{os.getloadavg()[0]:.1f}, Python {platform.python_version()}; {args.samples} samples "
           f"read per run (640x480 JPEG), batch {args.batch}, default preprocessing (336 px "
           f"crops, up to 12); median of {args.repeats}")
-    print(f"{'run':44s} {'samples/s':>9s} {'steady':>7s} {'CPU ms/sample':>18s} "
+    print(f"{'run':52s} {'samples/s':>9s} {'steady':>7s} {'steady CPU ms/sample':>18s} "
           f"{'peak RSS MiB':>18s}")
-    print(f"{'':44s} {'':>9s} {'':>7s} {'main':>8s} {'workers':>9s} {'main':>8s} "
+    print(f"{'':52s} {'':>9s} {'':>7s} {'main':>8s} {'workers':>9s} {'main':>8s} "
           f"{'worker':>9s}")
-    steady = {}
+    steady, cpu = {}, {}
     for name, results in runs.items():
         r = sorted(results, key=lambda x: x["steady"])[len(results) // 2]
         steady[name] = r["steady"]
-        n = r["samples"]
-        print(f"{name:44s} {r['rate']:9.1f} {r['steady']:7.1f} {1000 * r['cpu_main'] / n:8.1f} "
-              f"{1000 * r['cpu_workers'] / n:9.1f} {r['rss_main']:8.0f} {r['rss_worker']:9.0f}")
-    base = steady["MolmoLoader, 0 workers"]
-    for workers in (1, 2):
-        print(f"{workers} workers / 0 workers (steady samples/s): "
-              f"{steady[f'MolmoLoader, {workers} workers'] / base:.2f}x")
+        cpu[name] = r["cpu_main"] + r["cpu_workers"]
+        print(f"{name:52s} {r['rate']:9.1f} {r['steady']:7.1f} {1000 * r['cpu_main']:8.1f} "
+              f"{1000 * r['cpu_workers']:9.1f} {r['rss_main']:8.0f} {r['rss_worker']:9.0f}")
+    for dtype in args.pixel_dtypes:
+        base = steady[_name(dtype, 0)]
+        for workers in (1, 2):
+            print(f"{dtype}: {workers} workers / 0 workers (steady samples/s): "
+                  f"{steady[_name(dtype, workers)] / base:.2f}x")
+        # Two cores do at most 2 s of CPU per second: the CPU per sample bounds the speed-up.
+        print(f"{dtype}: CPU bound for 2 workers on 2 idle cores: 2 x "
+              f"{1000 * cpu[_name(dtype, 0)]:.1f} / {1000 * cpu[_name(dtype, 2)]:.1f} ms = "
+              f"{2 * cpu[_name(dtype, 0)] / cpu[_name(dtype, 2)]:.2f}x")
+    if len(set(args.pixel_dtypes)) == 2:
+        uint8_2 = steady[_name("uint8", 2)]
+        print(f"uint8 2 workers / float32 0 workers: {uint8_2 / steady[_name('float32', 0)]:.2f}x"
+              f"; uint8 / float32, 2 workers: {uint8_2 / steady[_name('float32', 2)]:.2f}x")
     floor = steady["webdataset, no decoding (I/O floor)"]
-    print(f"I/O floor / 2 workers: {floor / steady['MolmoLoader, 2 workers']:.0f}x")
+    print(f"I/O floor / 2 workers ({first}): {floor / steady[_name(first, 2)]:.0f}x")
+
+
+def _name(pixel_dtype: str, workers: int) -> str:
+    return f"MolmoLoader, {pixel_dtype} crops, {workers} workers"
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from molmo.preprocess import MolmoProcessor, PreprocessConfig, collate
+from molmo.preprocess import PIXEL_DTYPES, MolmoProcessor, PreprocessConfig, collate
 from molmo.sampling import (
     BlockStream,
     EpochOrder,
@@ -92,6 +92,9 @@ class DataConfig:
     many datasets with large images). ``max_sequence_length``
     truncates examples at the end (never inside the image block, which comes first);
     ``max_crops`` None keeps the preprocessor's. Batches pad to their longest example.
+    ``pixel_dtype``: how crops travel from the workers. "uint8" (unnormalised pixels, a quarter
+    of the bytes of float32) needs ``molmo.preprocess.normalize_images`` on the consumer side,
+    which the training loop runs on its device; "float32" yields model-ready crops.
     """
 
     datasets: tuple[DatasetConfig, ...]
@@ -107,6 +110,7 @@ class DataConfig:
     prefetch_factor: int = 2
     pin_memory: bool = False
     worker_timeout_s: float = 0.0  # a worker silent this long fails the run (0: wait forever)
+    pixel_dtype: str = "uint8"
 
     def __post_init__(self) -> None:
         if not self.datasets:
@@ -131,6 +135,9 @@ class DataConfig:
                              f"got {self.worker_timeout_s}")
         if self.max_crops is not None and self.max_crops < 1:
             raise ValueError(f"DataConfig.max_crops must be >= 1, got {self.max_crops}")
+        if self.pixel_dtype not in PIXEL_DTYPES:
+            raise ValueError(f"DataConfig.pixel_dtype must be one of {PIXEL_DTYPES}, "
+                             f"got {self.pixel_dtype!r}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DataConfig:
@@ -335,10 +342,11 @@ class MolmoLoader:
     """Batches for one rank. ``rank``/``world_size`` default to torch.distributed's (or 0/1).
 
     Iterating yields dicts of tensors from ``molmo.preprocess.collate`` (input_ids, labels,
-    loss_masks, position_ids, subsegment_ids, images, image_masks, image_input_idx). In finite
-    mode one iteration is one epoch and the next continues with the next epoch; in resampled
-    mode iteration never ends. Breaking out of a loop and iterating again continues after the
-    last batch received.
+    loss_masks, position_ids, subsegment_ids, images, image_masks, image_input_idx); with
+    ``pixel_dtype`` "uint8" the images are uint8 with a ``crop_mask``, for
+    ``molmo.preprocess.normalize_images`` to make model-ready. In finite mode one iteration is
+    one epoch and the next continues with the next epoch; in resampled mode iteration never
+    ends. Breaking out of a loop and iterating again continues after the last batch received.
     """
 
     def __init__(self, config: DataConfig, tokenizer: TextTokenizer,
@@ -353,7 +361,7 @@ class MolmoLoader:
         preprocess = dataclasses.replace(
             preprocess, max_sequence_length=config.max_sequence_length,
             max_crops=config.max_crops or preprocess.max_crops)
-        self.processor = MolmoProcessor(tokenizer, preprocess)
+        self.processor = MolmoProcessor(tokenizer, preprocess, pixel_dtype=config.pixel_dtype)
         self.shards = tuple(tuple(resolve_shards(d.source, i))
                             for i, d in enumerate(config.datasets))
         self.sizes = [sum(s.samples for s in shards) for shards in self.shards]

@@ -11,6 +11,12 @@ Molmo-7B-D-0924 exactly, including its quirks (tiling of images under 112 px, th
 
 The official resize is TensorFlow's antialiased bilinear; torch ``F.interpolate`` with
 ``antialias=True`` matches it to about 2e-5 in [0, 1] pixel units.
+
+Crops come in two forms (``pixel_dtype``): "float32", CLIP-normalised and model-ready (the
+official form), or "uint8", the resized pixels rounded to 0..255 (padding 0), a quarter of the
+bytes for DataLoader workers to ship; :func:`normalize_images` turns a collated uint8 batch into
+the float32 form on whatever device it is on, within 0.5/255 of the float path before
+normalisation.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 PREFIX_SUBSEGMENT = 10000  # BOS + image tokens: visible to every conversation
 WEIGHTINGS = ("none", "root_subsegments")
+PIXEL_DTYPES = ("float32", "uint8")
 
 
 @dataclass(frozen=True)
@@ -127,18 +134,18 @@ class ImageInput:
     """One image as the model takes it; ``image_input_idx`` is relative to the block start."""
 
     tiling: tuple[int, int]  # (rows, cols) of hi-res crops
-    images: np.ndarray  # [n_crops, 576, 588] float32, global view first, CLIP-normalised
+    images: np.ndarray  # [n_crops, 576, 588] global view first: float32 CLIP-normalised, or uint8
     image_masks: np.ndarray  # [n_crops, 576] float32, fraction of real pixels per patch
     tokens: np.ndarray  # [T] int64: global block then hi-res block
     image_input_idx: np.ndarray  # [n_crops, 144] int32 position in ``tokens``, -100 = dropped
 
     @classmethod
-    def empty(cls, cfg: PreprocessConfig) -> ImageInput:
+    def empty(cls, cfg: PreprocessConfig, pixel_dtype: str = "float32") -> ImageInput:
         """No image: zero crops, no tokens."""
         n_patches = cfg.patches_per_side**2
         return cls(
             (0, 0),
-            np.zeros((0, n_patches, cfg.patch_dim), np.float32),
+            np.zeros((0, n_patches, cfg.patch_dim), _numpy_dtype(pixel_dtype)),
             np.zeros((0, n_patches), np.float32),
             np.zeros((0,), np.int64),
             np.zeros((0, cfg.tokens_per_crop), np.int32),
@@ -174,11 +181,20 @@ def select_tiling(height: int, width: int, window: int, max_crops: int) -> tuple
     return int(rows), int(cols)
 
 
-def resize_and_pad(pixels: torch.Tensor, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+def _numpy_dtype(pixel_dtype: str) -> np.dtype:
+    if pixel_dtype not in PIXEL_DTYPES:
+        raise ValueError(f"pixel_dtype must be one of {PIXEL_DTYPES}, got {pixel_dtype!r}")
+    return np.dtype(pixel_dtype)
+
+
+def resize_and_pad(
+    pixels: torch.Tensor, height: int, width: int, pixel_dtype: str = "float32"
+) -> tuple[np.ndarray, np.ndarray]:
     """Aspect-preserving resize of [3, H, W] pixels in [0, 1] into (height, width), centred.
 
-    Returns pixels [height, width, 3] float32 with 0 in the padding, and a bool mask of real
-    pixels. Scale and sizes are computed in float32 and truncated, as in the official code.
+    Returns pixels [height, width, 3] with 0 in the padding (float32 in [0, 1], or uint8
+    round(255 x)), and a bool mask of real pixels. Scale and sizes are computed in float32 and
+    truncated, as in the official code.
     """
     h, w = pixels.shape[-2:]
     scale = min(np.float32(height) / np.float32(h), np.float32(width) / np.float32(w))
@@ -187,8 +203,11 @@ def resize_and_pad(pixels: torch.Tensor, height: int, width: int) -> tuple[np.nd
     resized = F.interpolate(
         pixels[None], size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False
     )[0].clamp_(0.0, 1.0)
+    dtype = _numpy_dtype(pixel_dtype)
+    if dtype == np.uint8:
+        resized = resized.mul_(255.0).round_().to(torch.uint8)
     top, left = (height - new_h) // 2, (width - new_w) // 2
-    out = np.zeros((height, width, 3), np.float32)
+    out = np.zeros((height, width, 3), dtype)
     out[top : top + new_h, left : left + new_w] = resized.permute(1, 2, 0).numpy()
     mask = np.zeros((height, width), bool)
     mask[top : top + new_h, left : left + new_w] = True
@@ -267,8 +286,13 @@ def _to_pixels(image: Any) -> torch.Tensor:
     return torch.tensor(arr).permute(2, 0, 1).float() / 255.0
 
 
-def preprocess_image(image: Any, cfg: PreprocessConfig, ids: ImageTokenIds) -> ImageInput:
-    """Global view + overlapping crops, patches, masks and token layout of one image."""
+def preprocess_image(
+    image: Any, cfg: PreprocessConfig, ids: ImageTokenIds, pixel_dtype: str = "float32"
+) -> ImageInput:
+    """Global view + overlapping crops, patches, masks and token layout of one image.
+
+    ``pixel_dtype`` "uint8" leaves the crops unnormalised (see :func:`normalize_images`).
+    """
     pixels = _to_pixels(image)
     h, w = pixels.shape[-2:]
     crop, patch = cfg.crop_size, cfg.patch_size
@@ -278,9 +302,9 @@ def preprocess_image(image: Any, cfg: PreprocessConfig, ids: ImageTokenIds) -> I
     rows, cols = tiling
 
     hires, hires_mask = resize_and_pad(
-        pixels, rows * window_px + margin_px, cols * window_px + margin_px
+        pixels, rows * window_px + margin_px, cols * window_px + margin_px, pixel_dtype
     )
-    glob, glob_mask = resize_and_pad(pixels, crop, crop)
+    glob, glob_mask = resize_and_pad(pixels, crop, crop, pixel_dtype)
     crops = [glob]
     masks = [glob_mask]
     for i in range(rows):
@@ -290,9 +314,10 @@ def preprocess_image(image: Any, cfg: PreprocessConfig, ids: ImageTokenIds) -> I
             masks.append(hires_mask[y0 : y0 + crop, x0 : x0 + crop])
 
     images = _patchify(np.stack(crops), patch)
-    mean = np.asarray(cfg.image_mean, np.float32)
-    std = np.asarray(cfg.image_std, np.float32)
-    images = ((images.reshape(*images.shape[:2], -1, 3) - mean) / std).reshape(images.shape)
+    if pixel_dtype == "float32":
+        mean = np.asarray(cfg.image_mean, np.float32)
+        std = np.asarray(cfg.image_std, np.float32)
+        images = ((images.reshape(*images.shape[:2], -1, 3) - mean) / std).reshape(images.shape)
     image_masks = _patchify(np.stack(masks), patch).astype(np.float32).mean(axis=-1)
     if cfg.official_mask_quirk:
         # Official off-by-one: the hi-res masks, then a row of -1, paired with [global, hi-res...].
@@ -310,11 +335,22 @@ class MolmoProcessor:
     several independent conversations in one sequence. The model lets query i see key j when
     j <= i and ``subsegment_ids[i] <= subsegment_ids[j]`` (so conversations never see each
     other); with one conversation this is plain causal attention.
+
+    ``pixel_dtype`` "uint8" emits unnormalised uint8 crops, for the training loader to ship
+    cheaply; the model needs them through ``collate`` and :func:`normalize_images`.
     """
 
-    def __init__(self, tokenizer: TextTokenizer, config: PreprocessConfig | None = None) -> None:
+    def __init__(
+        self,
+        tokenizer: TextTokenizer,
+        config: PreprocessConfig | None = None,
+        *,
+        pixel_dtype: str = "float32",
+    ) -> None:
+        _numpy_dtype(pixel_dtype)
         self.tokenizer = tokenizer
         self.config = config or PreprocessConfig()
+        self.pixel_dtype = pixel_dtype
 
     @property
     def bos_id(self) -> int:
@@ -338,17 +374,18 @@ class MolmoProcessor:
         Returns numpy arrays: ``input_ids`` [L] int64; ``labels`` [L] int64, the next token
         where it is a target, else -100; ``loss_masks`` [L] float32, the weight of ``labels``;
         ``position_ids`` [L] int64; ``subsegment_ids`` [L] int32; ``images`` [N, 576, 588]
-        float32; ``image_masks`` [N, 576] float32; ``image_input_idx`` [N, 144] int32 (absolute
-        positions in ``input_ids``, -100 = dropped token). N = 0 without an image.
+        float32 (or uint8, see ``pixel_dtype``); ``image_masks`` [N, 576] float32;
+        ``image_input_idx`` [N, 144] int32 (absolute positions in ``input_ids``, -100 = dropped
+        token). N = 0 without an image.
         """
         cfg = self.config
         if not weight >= 0.0:
             raise PixmoError(f"example weight must be >= 0, got {weight}", field="weight")
         conversations = as_conversations(text, style)
         if image is None:
-            img = ImageInput.empty(cfg)
+            img = ImageInput.empty(cfg, self.pixel_dtype)
         else:
-            img = preprocess_image(image, cfg, self.tokenizer.image_ids)
+            img = preprocess_image(image, cfg, self.tokenizer.image_ids, self.pixel_dtype)
         prefix = np.concatenate([[self.bos_id], img.tokens]).astype(np.int64)
         out = self._sequence(
             prefix, [tokenize_conversation(c, self.tokenizer, cfg.chat) for c in conversations]
@@ -423,7 +460,9 @@ def collate(
 
     Sequences pad to the longest (or ``pad_to_length``), crops to the most crops (or
     ``pad_crops_to``, e.g. ``max_crops + 1`` for static shapes). Padded crops are all -1,
-    which the model treats as absent; padded ``input_ids`` are -1.
+    which the model treats as absent; padded ``input_ids`` are -1. uint8 crops pad with 0
+    instead, and the batch gains ``crop_mask`` [B, N] bool (True for real crops), which
+    :func:`normalize_images` needs to restore the -1 crops.
     """
     if not examples:
         raise ValueError("collate needs at least one example")
@@ -431,8 +470,16 @@ def collate(
     for i, ex in enumerate(examples):
         if set(ex) != keys:
             raise ValueError(f"example {i} has keys {sorted(ex)}, expected {sorted(keys)}")
+    dtypes = sorted({str(np.asarray(ex["images"]).dtype) for ex in examples})
+    uint8 = "uint8" in dtypes
+    if uint8 and len(dtypes) > 1:
+        raise ValueError(
+            f"collate: images mix dtypes {dtypes}; uint8 crops must not be "
+            "batched with normalised ones"
+        )
+    crop_padding = {**CROP_PADDING, "images": 0} if uint8 else CROP_PADDING
     batch: dict[str, torch.Tensor] = {}
-    for padding, target in ((SEQUENCE_PADDING, pad_to_length), (CROP_PADDING, pad_crops_to)):
+    for padding, target in ((SEQUENCE_PADDING, pad_to_length), (crop_padding, pad_crops_to)):
         for key, value in padding.items():
             arrays = [np.asarray(ex[key]) for ex in examples]
             longest = max(a.shape[0] for a in arrays)
@@ -443,4 +490,31 @@ def collate(
             for b, a in enumerate(arrays):
                 out[b, : a.shape[0]] = a
             batch[key] = torch.from_numpy(out)
+    if uint8:
+        crops = torch.tensor([len(ex["images"]) for ex in examples])
+        batch["crop_mask"] = torch.arange(batch["images"].shape[1])[None, :] < crops[:, None]
     return batch
+
+
+def normalize_images(
+    batch: dict[str, torch.Tensor], cfg: PreprocessConfig
+) -> dict[str, torch.Tensor]:
+    """A collated uint8 batch in the model-ready form, on the batch's device.
+
+    ``images`` become float32 (u8 / 255 - mean) / std per channel and padded crops all -1, as
+    the float32 path gives them; ``crop_mask`` is dropped, the other tensors are kept as they
+    are. Meant to run after the batch has moved to the training device, so the workers and the
+    host-to-device copy carry a quarter of the bytes.
+    """
+    out = dict(batch)
+    images, crop_mask = out.pop("images"), out.pop("crop_mask")
+    if images.dtype != torch.uint8:
+        raise ValueError(f"normalize_images expects uint8 images, got {images.dtype}")
+    # Channels interleave along the last axis (patch pixels x 3); per-position constants keep
+    # the arithmetic on a contiguous axis.
+    repeat = images.shape[-1] // 3
+    mean = torch.tensor(cfg.image_mean, dtype=torch.float32, device=images.device).repeat(repeat)
+    std = torch.tensor(cfg.image_std, dtype=torch.float32, device=images.device).repeat(repeat)
+    pixels = images.float().div_(255.0).sub_(mean).div_(std)
+    out["images"] = pixels.masked_fill_(~crop_mask[..., None, None], -1.0)
+    return out

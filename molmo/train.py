@@ -35,6 +35,7 @@ from molmo.data import BatchInfo, MolmoLoader
 from molmo.metrics import FlopModel, MetricsWriter, StepTotals, peak_flops
 from molmo.model.molmo import Molmo, token_loss
 from molmo.optim import build_optimizer, clip_per_group, freeze, set_lrs
+from molmo.preprocess import normalize_images
 from molmo.tokenizer import MolmoTokenizer
 from molmo.train_checkpoint import Checkpointer
 from molmo.train_config import TrainConfig
@@ -152,6 +153,8 @@ def train_step(run: Run, micro: Sequence[tuple[dict[str, torch.Tensor], BatchInf
     tokens = crops = 0
     for i, (batch, info) in enumerate(micro):
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        if cfg.data.pixel_dtype == "uint8":  # crops travel as uint8, normalised on the device
+            batch = normalize_images(batch, run.loader.processor.config)
         with parallel.grad_sync(run.model, i == len(micro) - 1), _autocast(run):
             logits = run.model(*(batch[k] for k in MODEL_INPUTS),
                                position_ids=batch["position_ids"],

@@ -3,6 +3,8 @@ preprocessor and real DataLoader worker processes."""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import logging
 
@@ -10,15 +12,16 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_sample
+from PIL import Image
 from test_sampling import break_json, make_dataset, truncate_inside_member
 
 from molmo.data import DataConfig, DatasetConfig, MolmoLoader
-from molmo.preprocess import PreprocessConfig
+from molmo.preprocess import PreprocessConfig, normalize_images
 from molmo.tasks import CAPTION_TEMPLATES, TaskConfig
 from molmo.tokenizer import train_bpe_tokenizer
 from pixmo.errors import PixmoError
 from pixmo.point_prompts import POINT_COUNT_TEMPLATES, POINTING_TEMPLATES
-from pixmo.shards import ShardConfig, write_dataset
+from pixmo.shards import ShardConfig, ShardSample, write_dataset
 
 # Small crops keep preprocessing fast; the layout logic is the same as at 336 px.
 PRE = PreprocessConfig(crop_size=112, overlap_margins=(2, 2), max_crops=2,
@@ -37,6 +40,19 @@ def tokenizer(tmp_path_factory):
 def dataset(tmp_path_factory):
     """37 samples in 3 shards: fewer shards than the 4 slots of 2 ranks x 2 workers."""
     return make_dataset(tmp_path_factory.mktemp("data") / "ds", 37, 15)
+
+
+def noisy_sample(i: int, size: tuple[int, int] = (150, 100)) -> ShardSample:
+    """``make_sample(i)`` with a random-noise PNG: resized, its pixels fall between the uint8
+    levels, so uint8 crops really round (a plain colour stays exact)."""
+    obj = make_sample(i, size).json
+    pixels = np.random.default_rng(i).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    data = buf.getvalue()
+    digest = hashlib.sha256(data).hexdigest()
+    obj["key"], obj["image"]["sha256"] = digest[:20], digest
+    return ShardSample(key=obj["key"], json=obj, files={"png": data})
 
 
 def config(*datasets: DatasetConfig, **kw) -> DataConfig:
@@ -227,14 +243,19 @@ def test_no_usable_sample_stops_instead_of_spinning(tokenizer, tmp_path):
         run(loader, 1)
 
 
-def test_batches_are_model_ready(tokenizer, tmp_path):
+@pytest.mark.parametrize("pixel_dtype", ["uint8", "float32"])
+def test_batches_are_model_ready(tokenizer, tmp_path, pixel_dtype):
     samples = [make_sample(i, size=(32 + 90 * (i % 3), 24)) for i in range(8)]
     for s in samples[::2]:  # more conversations on some samples
         s.json["qa"] = [{"question": "What is it?", "answer": "A square."}]
     write_dataset(tmp_path / "ds", samples, name="ds")
     cfg = config(DatasetConfig("ds", str(tmp_path / "ds")), batch_size=4, num_workers=0,
-                 mode="finite")
+                 mode="finite", pixel_dtype=pixel_dtype)
     for batch, _, _ in run(MolmoLoader(cfg, tokenizer, PRE)):
+        assert batch["images"].dtype == getattr(torch, pixel_dtype)
+        if pixel_dtype == "uint8":
+            assert batch["crop_mask"].shape == batch["images"].shape[:2]
+            batch = normalize_images(batch, PRE)
         ids, labels, weights = batch["input_ids"], batch["labels"], batch["loss_masks"]
         assert ids.dtype == torch.int64 and batch["images"].dtype == torch.float32
         lengths = (ids != -1).sum(1)
@@ -249,6 +270,31 @@ def test_batches_are_model_ready(tokenizer, tmp_path):
             assert (weights[row][~targets] == 0).all()
             idx = batch["image_input_idx"][row]
             assert idx.max() < lengths[row]
+
+
+def test_uint8_transport_gives_the_float32_batches(tokenizer, tmp_path):
+    """Two real workers shipping uint8 crops: after normalize_images, the float32 mode's
+    batches, up to the uint8 rounding (<= 0.5/255 in [0, 1] pixel units)."""
+    write_dataset(tmp_path / "ds", [noisy_sample(i) for i in range(9)], name="ds",
+                  config=ShardConfig(max_samples=4))
+    source = DatasetConfig("ds", str(tmp_path / "ds"))
+    floats = run(MolmoLoader(config(source, mode="finite", pixel_dtype="float32"), tokenizer,
+                             PRE))
+    uint8s = run(MolmoLoader(config(source, mode="finite"), tokenizer, PRE))
+    assert len(floats) == 6  # 9 samples, 2 workers, batch 2: the epoch padded to 12
+    std = torch.tensor(PRE.image_std).repeat(PRE.patch_dim // 3)
+    errors = []
+    for (f, fi, _), (u, ui, _) in zip(floats, uint8s, strict=True):
+        assert fi.keys == ui.keys and u["images"].dtype == torch.uint8
+        got = normalize_images(u, PRE)
+        assert got.keys() == f.keys()
+        for key in f.keys() - {"images"}:
+            assert torch.equal(got[key], f[key]), key
+        absent = (f["images"] == -1).flatten(2).all(2)
+        assert torch.equal(absent, ~u["crop_mask"])
+        assert (got["images"][absent] == -1).all()
+        errors.append(((got["images"] - f["images"])[~absent] * std).abs().max().item())
+    assert 0.4 / 255 < max(errors) <= 0.5 / 255 + 1e-6
 
 
 def test_truncation_keeps_the_image_block(tokenizer, tmp_path):
@@ -285,6 +331,9 @@ def test_config_from_dict():
     with pytest.raises(ValueError, match=r"data.datasets\[0\].tasks: unknown keys \['style'\]"):
         DataConfig.from_dict({"datasets": [{"name": "a", "source": "a",
                                             "tasks": {"style": "x"}}]})
+    assert cfg.pixel_dtype == "uint8"
+    with pytest.raises(ValueError, match="pixel_dtype must be one of"):
+        DataConfig.from_dict({"pixel_dtype": "bf16", "datasets": [{"name": "a", "source": "a"}]})
     with pytest.raises(ValueError, match="worker_timeout_s must be >= 0"):
         DataConfig.from_dict({"worker_timeout_s": -1,
                               "datasets": [{"name": "a", "source": "a"}]})

@@ -19,6 +19,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 import yaml
 from conftest import make_sample
+from test_data import noisy_sample
 from test_sampling import make_dataset
 
 from molmo.checkpoint import from_pretrained
@@ -29,6 +30,7 @@ from molmo.train import main_train, train
 from molmo.train_config import TrainConfig
 from pixmo.errors import PixmoError
 from pixmo.point_prompts import POINT_COUNT_TEMPLATES, POINTING_TEMPLATES
+from pixmo.shards import write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 10
@@ -207,3 +209,29 @@ def test_loss_on_a_small_fixed_set_halves_and_model_exports(setup, tmp_path):
     assert model.cfg.vision.image_size == 112
     assert model.llm.lm_head.weight.abs().sum() > 0
     assert torch.isfinite(model.llm.lm_head.weight).all()
+
+
+def test_uint8_crops_train_like_float32_crops(setup, tmp_path):
+    """The loader's default uint8 crops, normalised on the device in ``train_step``, follow the
+    float32 crops' loss curve up to the pixel rounding; evaluation inside the uint8 run gets
+    float32 crops from its own processor and scores like the float32 run. Noise images, so the
+    rounding is real."""
+    _, _, tok = setup
+    data = tmp_path / "noisy"
+    write_dataset(data, [noisy_sample(i) for i in range(8)], name="noisy")
+    curves, evals = {}, {}
+    for dtype in ("uint8", "float32"):
+        cfg = tiny_config(tmp_path / dtype, data, tok, steps=3,
+                          data={"num_workers": 0, "pixel_dtype": dtype},
+                          checkpoint={"interval": 0, "final": False},
+                          eval={"interval": 3, "captions": str(data), "max_examples": 2})
+        train(TrainConfig.from_dict(cfg))
+        curves[dtype] = losses(tmp_path / dtype)
+        evals[dtype] = json.loads((tmp_path / dtype / "eval" / "step_3" / "eval.json")
+                                  .read_text())
+    assert sorted(curves["uint8"]) == sorted(curves["float32"]) == [1, 2, 3]
+    for step, row in curves["float32"].items():
+        assert curves["uint8"][step]["tokens"] == row["tokens"]
+        assert curves["uint8"][step]["loss"] == pytest.approx(row["loss"], rel=1e-4)
+    assert evals["uint8"]["caption_loss"] == pytest.approx(evals["float32"]["caption_loss"],
+                                                           rel=1e-4)
