@@ -4,11 +4,13 @@ All three read the same generated raw directory (images + points.jsonl,
 transcription off, so the data path is what is timed) and write shards. The
 plain loop reads each image, checks it, hashes it and writes it with
 webdataset's ``ShardWriter``: the floor any engine must approach. Each run is
-a separate process, timed from outside (start-up included), with its peak RSS
-(Ray's workers are not children of the driver, so its figure is the driver's).
-Memory is measured at N/10 and N samples to show whether it stays flat.
+a separate process, timed from outside (start-up included). Memory is the
+driver's peak RSS and the peak PSS of the driver with every process under it
+(pool workers, Ray's raylet and workers), at N/10 and N samples, to show
+whether it stays flat. The machine may be shared: ``--repeats`` interleaves
+rounds of plain loop and engines, and the load average is printed with each.
 
-    python benchmarks/build.py [--n 10000] [--engines beam,ray]
+    python benchmarks/build.py [--n 10000] [--engines beam,ray] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -19,17 +21,19 @@ import json
 import os
 import platform
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def make_raw(root: Path, n: int, seed: int = 0) -> None:
-    """n distinct JPEGs (about 10 KiB each) with one pointing record each."""
+    """n distinct 256x192 JPEGs (about 3 KiB each) with one pointing record each."""
     from PIL import Image, ImageDraw
 
     rng = random.Random(seed)
@@ -72,50 +76,97 @@ def plain(raw: str, out: str) -> None:
                                  "points": record["points"]}})
 
 
+ENGINES = {
+    # name: (engine, Beam options, --workers)
+    "beam": ("beam", ["--direct_running_mode=in_memory"], 1),
+    "beam-workers2": ("beam", ["--direct_running_mode=in_memory"], 2),
+    "beam-mp2": ("beam", ["--direct_running_mode=multi_processing",
+                          "--direct_num_workers=2"], 1),
+    "beam-threads2": ("beam", ["--direct_running_mode=multi_threading",
+                               "--direct_num_workers=2"], 1),
+    "ray": ("ray", [], 2),
+}
+
+
 def engine(name: str, raw: str, out: str) -> None:
     from pixmo.build import BuildConfig
     from pixmo.shards import ShardConfig
 
     cfg = BuildConfig(raw_dir=raw, transcribe=False, shards=ShardConfig(max_samples=1000))
-    if name == "beam":
+    kind, options, workers = ENGINES[name]
+    if kind == "beam":
         from pipelines import beam
 
-        beam.run(cfg, out, ["--direct_running_mode=in_memory"])
-    elif name == "beam2":
-        from pipelines import beam
-
-        beam.run(cfg, out, workers=2)
-    elif name == "beam-threads":
-        from pipelines import beam
-
-        beam.run(cfg, out, ["--direct_running_mode=multi_threading", "--direct_num_workers=2"])
+        beam.run(cfg, out, options, workers=workers)
     else:
         from pipelines import ray as ray_engine
 
-        ray_engine.run(cfg, out, num_cpus=2)
+        ray_engine.run(cfg, out, num_cpus=workers)
 
 
-def measure(what: str, raw: Path, out: Path) -> tuple[float, float]:
-    """Seconds and peak RSS (MiB) of one run in a fresh process; the peak is the
-    larger of the process itself and the children it waited for."""
+def _tree_pss_mib(root: int) -> float:
+    """Proportional set size of a process and all its descendants (shared pages
+    split between the processes that share them, so forked workers are not
+    counted twice)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        todo += children.get(pid, [])
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total / 1024
+
+
+@dataclass
+class Run:
+    seconds: float
+    driver_rss_mib: float  # peak RSS of the driver process (getrusage)
+    tree_pss_mib: float  # peak PSS of the driver and every process under it, sampled
+
+
+def measure(what: str, raw: Path, out: Path) -> Run:
+    """One run in a fresh process, timed from outside (start-up included)."""
     code = (f"import sys, resource; sys.path.insert(0, {str(REPO)!r}); "
             "from benchmarks.build import plain, engine; ")
     code += f"plain({str(raw)!r}, {str(out)!r})" if what == "plain" else \
         f"engine({what!r}, {str(raw)!r}, {str(out)!r})"
-    code += ("; print(max(resource.getrusage(w).ru_maxrss for w in "
-             "(resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)))")
+    code += "; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    peak = 0.0
+    while proc.poll() is None:
+        peak = max(peak, _tree_pss_mib(proc.pid))
+        time.sleep(0.1)
     seconds = time.perf_counter() - start
+    stdout, stderr = proc.communicate()
     if proc.returncode != 0:
-        raise SystemExit(f"{what} failed:\n{proc.stderr[-3000:]}")
-    return seconds, int(proc.stdout.split()[-1]) / 1024
+        raise SystemExit(f"{what} failed:\n{stderr[-3000:]}")
+    shutil.rmtree(out)
+    return Run(seconds, int(stdout.split()[-1]) / 1024, peak)
+
+
+def _load() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=10_000)
-    parser.add_argument("--engines", default="beam,beam-threads,beam2,ray")
+    parser.add_argument("--engines", default=",".join(ENGINES))
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="rounds at N, each timing the plain loop and then every engine")
     args = parser.parse_args()
     engines = args.engines.split(",")
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, python "
@@ -124,19 +175,27 @@ def main() -> None:
         small, large = Path(tmp, "raw-small"), Path(tmp, "raw-large")
         make_raw(small, args.n // 10, seed=1)
         make_raw(large, args.n, seed=2)
-        results = {}
-        for what in ["plain", *engines]:
-            t_small, rss_small = measure(what, small, Path(tmp, f"{what}-small"))
-            t_large, rss_large = measure(what, large, Path(tmp, f"{what}-large"))
-            results[what] = (t_large, rss_small, rss_large)
-        floor = args.n / results["plain"][0]
-        print(f"{args.n} samples (images about 10 KiB, transcription off)")
-        print(f"{'run':12s} {'samples/s':>10s} {'vs plain':>9s} {'peak RSS N/10':>14s} "
-              f"{'peak RSS N':>11s}")
-        for what, (seconds, rss_small, rss_large) in results.items():
-            rate = args.n / seconds
-            print(f"{what:12s} {rate:10.0f} {rate / floor:8.2f}x {rss_small:12.0f} MiB "
-                  f"{rss_large:7.0f} MiB")
+        runs = ["plain", *engines]
+        memory = {what: measure(what, small, Path(tmp, f"{what}-small")) for what in runs}
+        rounds = []
+        for i in range(args.repeats):
+            before = _load()
+            rounds.append({what: measure(what, large, Path(tmp, f"{what}-large"))
+                           for what in runs})
+            print(f"round {i + 1}: load average {before} before, {_load()} after")
+        image_kib = sum(p.stat().st_size for p in large.glob("images/*")) / args.n / 1024
+        print(f"{args.n} samples (images {image_kib:.1f} KiB on average, transcription off); "
+              "samples/s per round, ratio to the plain loop of the same round; peak memory "
+              "at N/10 and N (driver RSS | whole process tree PSS, MiB; N: last round)")
+        for what in runs:
+            rates = [args.n / r[what].seconds for r in rounds]
+            ratios = [args.n / r[what].seconds / (args.n / r["plain"].seconds) for r in rounds]
+            last = rounds[-1][what]
+            print(f"{what:14s} " + " ".join(f"{rate:6.0f}/s {ratio:4.2f}x"
+                                            for rate, ratio in zip(rates, ratios, strict=True))
+                  + f"   memory {memory[what].driver_rss_mib:4.0f} | "
+                  f"{memory[what].tree_pss_mib:4.0f} -> {last.driver_rss_mib:4.0f} | "
+                  f"{last.tree_pss_mib:4.0f}")
 
 
 if __name__ == "__main__":

@@ -1,191 +1,301 @@
 """The build as an Apache Beam graph: wiring of the stages in ``pixmo.build``.
 
 Runs locally on FnApiRunner (DirectRunner would first try to download the
-Prism binary); ``--workers N`` uses its multi-processing mode. Any other Beam
-option passes through, so ``--runner DataflowRunner --project …`` or
-``--runner FlinkRunner --flink_master …`` run the same graph on a cluster.
+Prism binary); with ``workers`` > 1 the image, annotation and shard-writing
+stages run on that many local processes (``pipelines.pool``). Any other Beam
+option passes through: FnApiRunner's own ``--direct_running_mode=multi_processing``,
+or ``--runner DataflowRunner --project …`` and ``--runner FlinkRunner
+--flink_master …`` to run the same graph on a cluster (there ``workers`` stays
+1: each core already runs its own Beam worker).
+
+Three groupings, each as lean as the data allows: records by image
+reference (an image is read once however many records name it), image parts
+by content hash (two names for the same bytes make one sample), and planned
+samples by shard. What crosses them carries no pixels: an image part is the
+image's description and its annotations, a planned sample its encoded JSON.
+What ``finish`` needs (rejects, per-file read and accepted counts, written
+shards, seconds per stage) every stage sends to one "books" output as
+(kind, item) pairs, counts and seconds once per bundle, so the ledger and
+the timings reach ``finish`` on any runner.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.metrics.metric import Metrics, MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.transforms.window import GlobalWindows
 
+from pipelines import pool, progress
+from pipelines.pool import StagePool
 from pixmo import build
+from pixmo.errors import PixmoError
 from pixmo.rejects import Reject
-from pixmo.samples import assign_shards
 
-REJECT = "reject"
-
-
-STAGE_TIME = "pixmo-stage-us"  # Beam counter namespace: microseconds spent per stage
-
-
-def _timer(stage: str) -> Any:
-    return Metrics.counter(STAGE_TIME, stage)
+BOOKS, SIZES = "books", "sizes"  # side outputs: to finish, to the shard plan
+REJECT, READ, ACCEPTED, WRITTEN, SECONDS = "reject", "read", "accepted", "written", "seconds"
+STAGES = (("read", "records"), ("image", "images"), ("annotate", "records"),
+          ("join", "samples"), ("write", "shards"))
 
 
-class _Tag(beam.DoFn):
-    """Runs a stage, sends its rejects to a tagged output and times it."""
+def _book(kind: str, item: Any) -> beam.pvalue.TaggedOutput:
+    return beam.pvalue.TaggedOutput(BOOKS, (kind, item))
 
-    def __init__(self, stage: str, fn: Any) -> None:
-        self.stage, self.fn = stage, fn
+
+class _Stage(beam.DoFn):
+    """Base of the build's DoFns: adds up the seconds each stage spends in a
+    bundle and books them once, at the bundle's end."""
+
+    def start_bundle(self) -> None:
+        self.seconds: Counter[str] = Counter()
+
+    def timed(self, stage: str, seconds: float, done: int = 1) -> None:
+        self.seconds[stage] += seconds
+        progress.advance(stage, done)
+
+    def finish_bundle(self) -> Iterator[Any]:
+        yield from _windowed(_book(SECONDS, item) for item in self.seconds.items())
+
+
+def _windowed(outputs: Iterable[Any]) -> Iterator[Any]:
+    """Outputs of ``finish_bundle``, which must name their window."""
+    for out in outputs:
+        if isinstance(out, beam.pvalue.TaggedOutput):
+            yield beam.pvalue.TaggedOutput(out.tag, GlobalWindows.windowed_value(out.value))
+        else:
+            yield GlobalWindows.windowed_value(out)
+
+
+class _Read(_Stage):
+    """Records of one raw file, schema-checked, keyed by the image they name."""
+
+    def __init__(self, raw_dir: str) -> None:
+        self.raw_dir = raw_dir
+
+    def process(self, name: str) -> Iterator[Any]:
+        start, n = time.perf_counter(), 0
+        for item in build.read_raw(self.raw_dir, name):
+            n += 1
+            out = item if isinstance(item, Reject) else build.check_record(item)
+            yield _book(REJECT, out) if isinstance(out, Reject) else (out.image, out.pack())
+        self.timed("read", time.perf_counter() - start, n)
+        yield _book(READ, (name, n))
+
+
+class _Pooled(_Stage):
+    """A stage whose work runs in batches on a ``StagePool`` of local
+    processes, or inline, one element at a time, when ``processes`` is 1."""
+
+    batch_size = 1
+
+    def __init__(self, processes: int) -> None:
+        self.processes = processes
 
     def setup(self) -> None:
-        self.timer = _timer(self.stage)
+        self.pool = StagePool(self.processes) if self.processes > 1 else None
+
+    def teardown(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+
+    def start_bundle(self) -> None:
+        super().start_bundle()
+        self.batch: list[Any] = []
+
+    def work(self, batch: list[Any]) -> tuple[Any, ...]:
+        """The function and arguments that process one batch."""
+        raise NotImplementedError
+
+    def emit(self, result: Any) -> Iterator[Any]:
+        """Outputs of one batch's result."""
+        raise NotImplementedError
 
     def process(self, element: Any) -> Iterator[Any]:
-        start = time.perf_counter()
-        outs = list(self.fn(element))
-        self.timer.inc(int((time.perf_counter() - start) * 1e6))
-        for out in outs:
-            yield beam.pvalue.TaggedOutput(REJECT, out) if isinstance(out, Reject) else out
+        self.batch.append(element)
+        if self.pool is None:
+            fn, *args = self.work(self.batch)
+            self.batch = []
+            yield from self.emit(fn(*args))
+        elif len(self.batch) >= self.batch_size:
+            batch, self.batch = self.batch, []
+            for result in self.pool.submit(*self.work(batch)):
+                yield from self.emit(result)
+
+    def finish_bundle(self) -> Iterator[Any]:
+        if self.pool is not None:
+            if self.batch:
+                yield from _windowed(out for result in self.pool.submit(*self.work(self.batch))
+                                     for out in self.emit(result))
+            yield from _windowed(out for result in self.pool.drain()
+                                 for out in self.emit(result))
+        yield from super().finish_bundle()
 
 
-class _Annotate(beam.DoFn):
-    """Loads the Whisper model once per worker (``setup``), then annotates."""
+class _Image(_Pooled):
+    """Loads the image one reference names, once, then annotates every record
+    naming it. The Whisper model is loaded once per process: in ``setup``, or
+    by each pool worker."""
 
-    def __init__(self, cfg: build.BuildConfig) -> None:
-        self.cfg = cfg
-        self.annotator: build.Annotator | None = None
+    batch_size = 32
 
-    def setup(self) -> None:
-        self.annotator = build.Annotator(self.cfg)
-        self.timer = _timer("annotate")
-
-    def process(self, element: tuple[Any, build.Keyed]) -> Iterator[Any]:
-        image, keyed = element
-        start = time.perf_counter()
-        out = self.annotator(keyed, image)
-        self.timer.inc(int((time.perf_counter() - start) * 1e6))
-        if isinstance(out, Reject):
-            yield beam.pvalue.TaggedOutput(REJECT, out)
-        else:
-            yield (out.image_sha256, out)
-
-
-class _ResolveBatch(beam.DoFn):
-    """Resolves a batch of image refs on a thread pool: reading, hashing and
-    decoding release the GIL, so one worker uses every core for this stage."""
-
-    def __init__(self, cfg: build.BuildConfig, out_dir: str) -> None:
+    def __init__(self, cfg: build.BuildConfig, out_dir: str, processes: int) -> None:
+        super().__init__(processes)
         self.cfg, self.out_dir = cfg, out_dir
 
     def setup(self) -> None:
-        self.pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
-        self.timer = _timer("image")
+        super().setup()
+        self.annotator = build.Annotator(self.cfg) if self.pool is None else None
 
-    def teardown(self) -> None:
-        self.pool.shutdown()
+    def work(self, batch: list[Any]) -> tuple[Any, ...]:
+        groups = [(ref, list(records)) for ref, records in batch]
+        return pool.image_batch, groups, self.cfg, self.out_dir, self.annotator
 
-    def process(self, batch: list[tuple[str, Sequence[build.Keyed]]]) -> Iterator[Any]:
+    def emit(self, result: list[pool.ImageResult]) -> Iterator[Any]:
+        for out in result:
+            self.timed("image", out.image_seconds)
+            if out.part is not None:
+                self.timed("annotate", out.annotate_seconds, out.annotated)
+                yield out.sha256, out.part
+            for reject in out.rejects:
+                yield _book(REJECT, reject)
+
+
+class _Join(_Stage):
+    """One sample per content hash, planned for its shard; counts the records
+    it accepts per input file once per bundle."""
+
+    def __init__(self, cfg: build.BuildConfig, previous: build.Previous) -> None:
+        self.cfg, self.previous = cfg, previous
+
+    def start_bundle(self) -> None:
+        super().start_bundle()
+        self.accepted: Counter[str] = Counter()
+
+    def process(self, element: tuple[str, Iterable[build.Packed]]) -> Iterator[Any]:
         start = time.perf_counter()
-        results = list(self.pool.map(lambda e: list(_resolve(e, self.cfg, self.out_dir)),
-                                     batch))
-        self.timer.inc(int((time.perf_counter() - start) * 1e6))
-        for outs in results:
-            for out in outs:
-                yield beam.pvalue.TaggedOutput(REJECT, out) if isinstance(out, Reject) else out
+        parts = [build.ImagePart.unpack(p) for p in element[1]]
+        out = build.join_sample([p.image for p in parts],
+                                [a for p in parts for a in p.annotations], self.cfg,
+                                self.previous)
+        if isinstance(out, list):
+            for reject in out:
+                yield _book(REJECT, reject)
+            self.timed("join", time.perf_counter() - start, 0)
+            return
+        self.accepted.update(s["file"] for s in out.json["sources"])
+        planned = build.plan(out)
+        self.timed("join", time.perf_counter() - start)
+        yield beam.pvalue.TaggedOutput(SIZES, (planned.key, planned.size))
+        yield planned.pack()
+
+    def finish_bundle(self) -> Iterator[Any]:
+        yield from super().finish_bundle()
+        yield from _windowed(_book(ACCEPTED, item) for item in self.accepted.items())
 
 
-def _resolve(element: tuple[str, Sequence[build.Keyed]], cfg: build.BuildConfig,
-             out_dir: str) -> Iterator[Any]:
-    ref, records = element
-    records = sorted(records, key=lambda k: (k.record.source, k.record.record))
-    image, rejects = build.resolve_image(ref, records, cfg, out_dir)
-    yield from rejects
-    rejected = {(r.source, r.record) for r in rejects}
-    if image is not None:
-        yield beam.pvalue.TaggedOutput("image", (image.sha256, image))
-        for keyed in records:
-            if (keyed.record.source, keyed.record.record) not in rejected:
-                yield (image, keyed)
+class _Write(_Pooled):
+    """Writes one shard (or keeps it, when committed and current)."""
+
+    def __init__(self, cfg: build.BuildConfig, out_dir: str, previous: build.Previous,
+                 processes: int) -> None:
+        super().__init__(processes)
+        self.cfg, self.out_dir, self.previous = cfg, out_dir, previous
+
+    def work(self, batch: list[Any]) -> tuple[Any, ...]:
+        ((index, samples),) = batch
+        return (pool.write_shard, index, list(samples), self.out_dir, self.cfg,
+                self.previous.committed.get(index))
+
+    def emit(self, result: tuple[Any, float]) -> Iterator[Any]:
+        written, seconds = result
+        self.timed("write", seconds)
+        yield _book(WRITTEN, written)
 
 
-def _join(element: tuple[str, dict[str, list[Any]]], cfg: build.BuildConfig,
-          previous: build.Previous) -> Iterator[Any]:
-    _, grouped = element
-    if grouped["annotations"]:
-        sample = build.join_image(grouped["images"], grouped["annotations"], cfg)
-        kept = build.exclude_known(sample, previous)
-        yield from kept if isinstance(kept, list) else [kept]
+def _assign(sizes: list[tuple[str, int]], cfg: build.BuildConfig, start: int
+            ) -> build.ShardPlan:
+    plan = build.ShardPlan.assign(sizes, cfg.shards, start)
+    progress.set_total("write", plan.shards)
+    return plan
 
 
-def _assign(sizes: list[tuple[str, int]], cfg: build.BuildConfig, start: int) -> dict[str, int]:
-    return assign_shards(dict(sizes), cfg.shards.max_samples, cfg.shards.max_bytes, start)
+def _by_shard(packed: build.Packed, plan: build.ShardPlan) -> tuple[int, build.Packed]:
+    return plan.shard_of(build.PlannedSample.unpack(packed).key), packed
 
 
-def _finish(_: Any, written: list[Any], rejects: list[Reject], read: list[tuple[str, int]],
-            accepted: list[tuple[str, int]], out_dir: str, cfg: build.BuildConfig,
+def _finish(books: list[tuple[str, Any]], out_dir: str, cfg: build.BuildConfig,
             previous: build.Previous) -> dict[str, Any]:
-    return build.finish(out_dir, cfg, "beam", written, rejects, Counter(dict(read)),
-                        Counter(dict(accepted)), previous)
+    """``build.finish`` on everything the stages booked: written shards,
+    rejects, and counts and seconds to add up."""
+    written, rejects = [], []
+    totals: dict[str, Counter[str]] = {READ: Counter(), ACCEPTED: Counter(), SECONDS: Counter()}
+    for kind, item in books:
+        if kind == WRITTEN:
+            written.append(item)
+        elif kind == REJECT:
+            rejects.append(item)
+        else:
+            totals[kind][item[0]] += item[1]
+    return build.finish(out_dir, cfg, "beam", written, rejects, totals[READ], totals[ACCEPTED],
+                        previous, stage_seconds=dict(totals[SECONDS]))
+
+
+def _runner_args(beam_args: Sequence[str]) -> list[str]:
+    args = list(beam_args)
+    if not any(a.startswith("--runner") for a in args):
+        args += ["--runner=FnApiRunner"]
+    return args
+
+
+def runs_in_process(beam_args: Sequence[str]) -> bool:
+    """Whether the DoFns run in this process (FnApiRunner's in-memory mode,
+    the default): where ``pipelines.progress`` sees their counts, and where a
+    stage pool is the only other work on the machine's cores."""
+    options = PipelineOptions(_runner_args(beam_args)).get_all_options()
+    return (str(options["runner"]).endswith("FnApiRunner")
+            and options.get("direct_running_mode") in (None, "in_memory"))
 
 
 def run(cfg: build.BuildConfig, out_dir: str, beam_args: Sequence[str] = (),
         workers: int = 1, mode: str = "resume") -> None:
-    """Build ``out_dir`` from ``cfg.raw_dir`` with Beam."""
-    args = list(beam_args)
-    if not any(a.startswith("--runner") for a in args):
-        args += ["--runner=FnApiRunner"]
-        if workers > 1:
-            args += ["--direct_running_mode=multi_processing",
-                     f"--direct_num_workers={workers}"]
-    files = [str(p) for p in build.input_files(cfg.raw_dir)]
+    """Build ``out_dir`` (a path or fsspec URL) from ``cfg.raw_dir`` with Beam;
+    ``workers`` processes load images and write shards."""
+    args = _runner_args(beam_args)
+    if workers > 1:
+        if not runs_in_process(beam_args):
+            raise PixmoError("--workers is for the local in-memory runner; a cluster or "
+                             "multi-processing runner already runs a Beam worker per core",
+                             field="workers")
+        pool.start_server()
+    files = build.input_files(cfg.raw_dir)
     previous = build.prepare_output(out_dir, mode)
     p = beam.Pipeline(options=PipelineOptions(args))
-    raw = (p | "Files" >> beam.Create(files)
-           | "Read" >> beam.ParDo(_Tag("read", lambda f: build.read_raw(Path(f))))
-           .with_outputs(REJECT, main="records"))
-    read = ((raw.records, raw[REJECT]) | "AllRead" >> beam.Flatten()
-            | "SourceOf" >> beam.Map(lambda r: r.source)
-            | "CountRead" >> beam.combiners.Count.PerElement())
-    checked = (raw.records
-               | "Check" >> beam.ParDo(_Tag("check", lambda r: [build.check_record(r)]))
-               .with_outputs(REJECT, main="keyed"))
-    resolved = (checked.keyed
-                | "ByImageRef" >> beam.Map(lambda k: (k.image, k))
-                | "GroupByRef" >> beam.GroupByKey()
-                | "Resolve" >> beam.ParDo(_Tag("image", lambda e: _resolve(e, cfg, out_dir)))
-                .with_outputs(REJECT, "image", main="pairs"))
-    annotated = (resolved.pairs
-                 | "Annotate" >> beam.ParDo(_Annotate(cfg)).with_outputs(REJECT,
-                                                                         main="anns"))
-    joined = ({"images": resolved.image, "annotations": annotated.anns}
-              | "JoinByHash" >> beam.CoGroupByKey()
-              | "Sample" >> beam.ParDo(_Tag("join", lambda e: _join(e, cfg, previous)))
-              .with_outputs(REJECT, main="samples"))
-    samples = joined.samples
-    mapping = (samples | "Sizes" >> beam.Map(lambda s: (s.key, build.planned_size(s)))
-               | "AllSizes" >> beam.combiners.ToList()
-               | "Assign" >> beam.Map(_assign, cfg, previous.start_index))
-    written = (samples
-               | "ShardOf" >> beam.Map(lambda s, m: (m[s.key], s),
-                                       beam.pvalue.AsSingleton(mapping))
+    read = (p | "Files" >> beam.Create(files)
+            | "Read" >> beam.ParDo(_Read(cfg.raw_dir)).with_outputs(BOOKS, main="records"))
+    images = (read.records | "GroupByRef" >> beam.GroupByKey()
+              | "Image" >> beam.ParDo(_Image(cfg, out_dir, workers)).with_outputs(
+                  BOOKS, main="parts"))
+    joined = (images.parts | "GroupByHash" >> beam.GroupByKey()
+              | "Join" >> beam.ParDo(_Join(cfg, previous)).with_outputs(BOOKS, SIZES,
+                                                                        main="samples"))
+    plan = (joined[SIZES]
+            | "AllSizes" >> beam.CombineGlobally(beam.combiners.ToListCombineFn())
+            .without_defaults()
+            | "Assign" >> beam.Map(_assign, cfg, previous.start_index))
+    no_samples = build.ShardPlan(first_keys=(), start=previous.start_index)
+    written = (joined.samples
+               | "ShardOf" >> beam.Map(_by_shard, beam.pvalue.AsSingleton(
+                   plan, default_value=no_samples))
                | "GroupByShard" >> beam.GroupByKey()
-               | "WriteShard" >> beam.ParDo(_Tag("write", lambda e: [build.write_or_keep(
-                   *e, out_dir, cfg, previous)])))
-    accepted = (samples
-                | "SourcesOf" >> beam.FlatMap(lambda s: [x["file"]
-                                                         for x in s.json["sources"]])
-                | "CountAccepted" >> beam.combiners.Count.PerElement())
-    rejects = ((raw[REJECT], checked[REJECT], resolved[REJECT], annotated[REJECT],
-                joined[REJECT]) | "AllRejects" >> beam.Flatten())
-    (p | "Once" >> beam.Create([None])
-     | "Finish" >> beam.Map(_finish, beam.pvalue.AsList(written),
-                            beam.pvalue.AsList(rejects), beam.pvalue.AsList(read),
-                            beam.pvalue.AsList(accepted), out_dir, cfg, previous))
-    result = p.run()
-    result.wait_until_finish()
-    counters = result.metrics().query(MetricsFilter().with_namespace(STAGE_TIME))["counters"]
-    build.record_stage_seconds(out_dir, {c.key.metric.name: c.committed / 1e6
-                                         for c in counters})
+               | "Write" >> beam.ParDo(_Write(cfg, out_dir, previous, workers)).with_outputs(
+                   BOOKS))
+    ((read[BOOKS], images[BOOKS], joined[BOOKS], written[BOOKS]) | "Books" >> beam.Flatten()
+     # never empty (every input file books its count); lists without a default for
+     # empty input take two fewer steps, one of them a second decoded copy of the list
+     | "AllBooks" >> beam.CombineGlobally(beam.combiners.ToListCombineFn()).without_defaults()
+     | "Finish" >> beam.Map(_finish, out_dir, cfg, previous))
+    p.run().wait_until_finish()

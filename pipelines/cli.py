@@ -7,6 +7,7 @@ result; a ``PixmoError`` becomes one line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -102,12 +103,13 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
 
 def cmd_build(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
     from pixmo.build import BuildConfig
-    from pixmo.shards import ShardConfig
+    from pixmo.remote import Folder
+    from pixmo.shards import ShardConfig, read_dataset_json
     from pixmo.speech import QCConfig, SpeechConfig
 
     speech = SpeechConfig(model=args.whisper_model, device=args.device,
                           qc=QCConfig(min_speech_s=args.min_speech_s))
-    cfg = BuildConfig(raw_dir=args.raw, name=args.name or Path(args.out).name,
+    cfg = BuildConfig(raw_dir=args.raw, name=args.name or Path(args.out.rstrip("/")).name,
                       transcribe=not args.no_transcribe, speech=speech,
                       shards=ShardConfig(max_samples=args.shard_samples,
                                          max_bytes=args.shard_bytes))
@@ -120,11 +122,14 @@ def cmd_build(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
                        num_gpus=args.gpus_per_worker, mode=args.mode)
     else:
         from pipelines import beam
+        from pipelines.progress import Progress
 
-        beam.run(cfg, args.out, beam_args, workers=args.workers, mode=args.mode)
-    from pixmo.shards import read_dataset_json
-
-    description = read_dataset_json(Path(args.out) / "dataset.json")
+        shown = beam.runs_in_process(beam_args)
+        with (Progress(beam.STAGES, interval=args.progress_interval) if shown
+              else contextlib.nullcontext()):
+            beam.run(cfg, args.out, beam_args, workers=args.workers, mode=args.mode)
+    with Folder(args.out).local_copy("dataset.json") as path:
+        description = read_dataset_json(path)
     counts = description["counts"]
     print(f"built {args.out}: {counts['samples']:,} samples in {counts['shards']} shards, "
           f"{_human_bytes(counts['bytes'])}")
@@ -234,14 +239,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("build", help="raw annotations to shards with Beam or Ray; unknown "
                        "flags go to Beam, e.g. --runner DataflowRunner --project P")
-    p.add_argument("--raw", required=True, help="raw input directory (see README)")
-    p.add_argument("--out", required=True, help="output dataset directory")
+    p.add_argument("--raw", required=True,
+                   help="raw input directory, a path or an fsspec URL (s3://, gs://, ...)")
+    p.add_argument("--out", required=True,
+                   help="output dataset directory, a path or an fsspec URL")
     p.add_argument("--engine", default="beam", choices=("beam", "ray"))
     p.add_argument("--mode", default="resume", choices=("resume", "overwrite", "extend"),
                    help="resume: keep committed shards (default); overwrite: start again; "
                    "extend: add new images as new shards")
     p.add_argument("--workers", type=int, default=1,
-                   help="Beam: local worker processes; Ray: transcription actors")
+                   help="Beam: local processes for the image, annotation (Whisper) and "
+                   "shard-writing stages; Ray: transcription actors")
+    p.add_argument("--progress-interval", type=float, default=10.0,
+                   help="Beam: seconds between progress lines when stderr is not a terminal")
     p.add_argument("--ray-address", default=None, help="join a Ray cluster (e.g. auto)")
     p.add_argument("--gpus-per-worker", type=float, default=0,
                    help="Ray: GPUs for each transcription actor")

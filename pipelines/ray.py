@@ -14,7 +14,6 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,7 +22,6 @@ import ray
 from pixmo import build
 from pixmo.images import LoadedImage
 from pixmo.rejects import Reject
-from pixmo.samples import assign_shards
 
 OBJ = "obj"
 KEY = "key"
@@ -40,10 +38,10 @@ def _batch(objs: Iterable[Any], key: Callable[[Any], str] | None = None) -> Batc
     return out
 
 
-def _read(batch: Batch) -> Batch:
+def _read(batch: Batch, raw_dir: str) -> Batch:
     out = []
-    for path in batch[OBJ]:
-        for item in build.read_raw(Path(path)):
+    for name in batch[OBJ]:
+        for item in build.read_raw(raw_dir, name):
             out.append(item if isinstance(item, Reject) else build.check_record(item))
     return _batch(out, lambda o: "" if isinstance(o, Reject) else o.image)
 
@@ -85,31 +83,30 @@ def _sha(obj: Any) -> str:
 
 
 def _join(batch: Batch, cfg: build.BuildConfig, previous: build.Previous) -> Batch:
+    """Samples come out planned, each with the input files of its records."""
     items = list(batch[OBJ])
     if batch[KEY][0] == "":
         return _batch(items)
     images = [o for o in items if isinstance(o, LoadedImage)]
     annotations = [o for o in items if not isinstance(o, LoadedImage)]
-    if not annotations:
-        return _batch([])
-    kept = build.exclude_known(build.join_image(images, annotations, cfg), previous)
-    return _batch(kept if isinstance(kept, list) else [kept])
+    out = build.join_sample(images, annotations, cfg, previous)
+    if isinstance(out, list):
+        return _batch(out)
+    return _batch([(build.plan(out), [s["file"] for s in out.json["sources"]])])
 
 
 def _summary(batch: Batch) -> Batch:
     """What the driver needs: rejects whole, samples as key, size and sources."""
-    out = []
-    for obj in batch[OBJ]:
-        out.append(obj if isinstance(obj, Reject) else
-                   (obj.key, build.planned_size(obj), [s["file"] for s in obj.json["sources"]]))
-    return _batch(out)
+    return _batch([obj if isinstance(obj, Reject) else (obj[0].key, obj[0].size, obj[1])
+                   for obj in batch[OBJ]])
 
 
-def _write(batch: Batch, mapping: dict[str, int], out_dir: str, cfg: build.BuildConfig,
+def _write(batch: Batch, plan: build.ShardPlan, out_dir: str, cfg: build.BuildConfig,
            previous: build.Previous) -> Batch:
     samples = list(batch[OBJ])
-    return _batch([build.write_or_keep(mapping[samples[0].key], samples, out_dir, cfg,
-                                       previous)])
+    index = plan.shard_of(samples[0].key)
+    return _batch([build.write_or_keep(index, samples, out_dir, cfg,
+                                       previous.committed.get(index))])
 
 
 def run(cfg: build.BuildConfig, out_dir: str, *, address: str | None = None,
@@ -119,13 +116,13 @@ def run(cfg: build.BuildConfig, out_dir: str, *, address: str | None = None,
     if not ray.is_initialized():
         ray.init(address=address, num_cpus=num_cpus, include_dashboard=False,
                  log_to_driver=False)
-    files = [str(p) for p in build.input_files(cfg.raw_dir)]
+    files = build.input_files(cfg.raw_dir)
     previous = build.prepare_output(out_dir, mode)
     parts = max(1, int(ray.available_resources().get("CPU", 1)))
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     records = ray.data.from_items([{OBJ: f} for f in files]).map_batches(
-        _read, batch_format="numpy").materialize()
+        _read, fn_args=(cfg.raw_dir,), batch_format="numpy").materialize()
     read = Counter()
     for row in records.select_columns([OBJ]).iter_rows():
         read[_source(row[OBJ])] += 1
@@ -138,26 +135,23 @@ def run(cfg: build.BuildConfig, out_dir: str, *, address: str | None = None,
               .groupby(KEY, num_partitions=parts)
               .map_groups(lambda b: _join(b, cfg, previous), batch_format="numpy")
               .materialize())
-    rejects, sizes, accepted = [], {}, Counter()
+    rejects, sizes, accepted = [], [], Counter()
     for row in joined.map_batches(_summary, batch_format="numpy").iter_rows():
         item = row[OBJ]
         if isinstance(item, Reject):
             rejects.append(item)
         else:
             key, size, files_of_sources = item
-            sizes[key] = size
+            sizes.append((key, size))
             accepted.update(files_of_sources)
     seconds["image+annotate+join"], start = time.perf_counter() - start, time.perf_counter()
-    mapping = assign_shards(sizes, cfg.shards.max_samples, cfg.shards.max_bytes,
-                            previous.start_index)
+    plan = build.ShardPlan.assign(sizes, cfg.shards, previous.start_index)
     written = (joined.filter(lambda r: not isinstance(r[OBJ], Reject))
-               .map(lambda r: {OBJ: r[OBJ], "shard": mapping[r[OBJ].key]})
+               .map(lambda r: {OBJ: r[OBJ][0], "shard": plan.shard_of(r[OBJ][0].key)})
                .groupby("shard", num_partitions=parts)
-               .map_groups(lambda b: _write(b, mapping, out_dir, cfg, previous),
+               .map_groups(lambda b: _write(b, plan, out_dir, cfg, previous),
                            batch_format="numpy")
                .take_all())
-    seconds["write"], start = time.perf_counter() - start, time.perf_counter()
+    seconds["write"] = time.perf_counter() - start
     build.finish(out_dir, cfg, "ray", [row[OBJ] for row in written], rejects, read, accepted,
-                 previous)
-    seconds["finish"] = time.perf_counter() - start
-    build.record_stage_seconds(out_dir, seconds)
+                 previous, stage_seconds=seconds)

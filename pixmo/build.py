@@ -7,26 +7,37 @@ Every stage is a plain function of records, so the Beam and Ray pipelines in
 2. ``check_record``    schema of each kind -> ``Keyed`` (image ref, record) | ``Reject``
 3. ``resolve_image``   one image ref -> ``LoadedImage`` | rejects for every record naming it
 4. ``Annotator``       record + its image -> ``Annotation`` (transcript or points) | ``Reject``
-5. ``join_image``      all annotations of one content hash -> ``ShardSample``
-6. ``assign_shards`` / ``write_shard`` / ``finish``   (pixmo.samples, pixmo.shards)
+5. ``join_sample``     everything about one content hash -> ``ShardSample`` -> ``plan``
+6. ``assign_shards`` / ``write_or_keep`` / ``finish``   (pixmo.samples, pixmo.shards)
 
 Input records are counted per file, so ``finish`` can prove that every
 record read ended in a sample's ``sources`` or in ``rejects.parquet``.
+
+The raw folder and the output folder may be local paths or fsspec URLs
+(``pixmo.remote.Folder``); every stage reads and writes through them, so a
+stage runs the same on the driver, on a local worker or on a cluster.
+Commit order in the output: each shard's tar, then its marker; manifest and
+rejects; ``dataset.json`` last, so a folder with a dataset.json is finished.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import json
 import logging
 import os
-import shutil
+import tempfile
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, fields, replace
+from functools import cache
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
-from pixmo.atomic import atomic_write_bytes, remove_partials
+from pixmo import remote
+from pixmo.atomic import PARTIAL_SUFFIX
 from pixmo.captions import CaptionConfig, CaptionWriter
 from pixmo.config_io import to_plain
 from pixmo.errors import PixmoError
@@ -34,15 +45,15 @@ from pixmo.images import (
     ImageConfig,
     ImageRejected,
     LoadedImage,
+    decode_image,
     inside,
-    load_image,
     read_image_bytes,
 )
 from pixmo.points import ImageInfo, PointAnnotation, PointsConfig, merge_annotations
 from pixmo.points import validate_points as _validate_points
 from pixmo.records import RawRecord, read_records
 from pixmo.rejects import Reason, Reject
-from pixmo.samples import ImageAnnotations, build_sample, merge_images
+from pixmo.samples import ImageAnnotations, assign_shards, build_sample, merge_images
 from pixmo.shards import (
     DATASET_JSON,
     MANIFEST,
@@ -53,8 +64,7 @@ from pixmo.shards import (
     ShardStats,
     committed_shards,
     describe,
-    estimated_size,
-    file_sha256,
+    json_bytes,
     manifest_row,
     read_dataset_json,
     read_manifest,
@@ -77,7 +87,7 @@ KINDS = {"captions": "caption_session", "points": "point_annotation"}
 class BuildConfig:
     """Everything a build needs; recorded in dataset.json."""
 
-    raw_dir: str
+    raw_dir: str  # a local path or an fsspec URL
     name: str = "pixmo"
     transcribe: bool = True
     speech: SpeechConfig = field(default_factory=SpeechConfig)
@@ -90,6 +100,22 @@ class BuildConfig:
         return to_plain(self)
 
 
+# Keyed records, image parts and planned samples are what engines move between
+# workers. ``pack`` turns each into a tuple of plain values: Beam encodes that
+# natively, about twice as fast and half as big as the pickled dataclass.
+Packed = tuple[Any, ...]
+
+
+@cache
+def _field_getter(cls: type) -> Callable[[Any], Packed]:
+    return attrgetter(*(f.name for f in fields(cls)))
+
+
+def _values(obj: Any) -> Packed:
+    """A flat dataclass's field values, in the order its constructor takes them."""
+    return _field_getter(type(obj))(obj)
+
+
 @dataclass(frozen=True)
 class Keyed:
     """A schema-valid raw record with the image it names."""
@@ -97,6 +123,14 @@ class Keyed:
     kind: str  # caption_session | point_annotation
     image: str
     record: RawRecord
+
+    def pack(self) -> Packed:
+        return self.kind, self.image, self.record.source, self.record.record, self.record.data
+
+    @classmethod
+    def unpack(cls, packed: Packed) -> Keyed:
+        kind, image, source, record, data = packed
+        return cls(kind, image, RawRecord(source, record, data))
 
 
 @dataclass(frozen=True)
@@ -111,22 +145,64 @@ class Annotation:
     points: PointAnnotation | None = None
 
 
+@dataclass(frozen=True)
+class ImagePart:
+    """What one image reference contributes to the sample of its content hash:
+    the image (without its bytes) and the annotations of the records naming it."""
+
+    image: LoadedImage
+    annotations: tuple[Annotation, ...]
+
+    def pack(self) -> Packed:
+        return _values(self.image), tuple(
+            (a.image_sha256, a.kind, a.source, a.record, a.transcript,
+             None if a.points is None else _values(a.points)) for a in self.annotations)
+
+    @classmethod
+    def unpack(cls, packed: Packed) -> ImagePart:
+        image, annotations = packed
+        return cls(LoadedImage(*image), tuple(
+            Annotation(sha, kind, source, record, transcript,
+                       None if points is None else PointAnnotation(*points))
+            for sha, kind, source, record, transcript, points in annotations))
+
+
+@dataclass(frozen=True)
+class PlannedSample:
+    """A sample on its way to a shard: the sample JSON already encoded (as the
+    tar will hold it), the image bytes not attached yet."""
+
+    key: str
+    json: bytes
+    extension: str
+    size: int  # bytes in the tar once the image is attached
+
+    def pack(self) -> Packed:
+        return _values(self)
+
+    @classmethod
+    def unpack(cls, packed: Packed) -> PlannedSample:
+        return cls(*packed)
+
+
 # --------------------------------------------------------------------------- 1-2
 
 
-def input_files(raw_dir: str | os.PathLike[str]) -> list[Path]:
-    """``captions.jsonl``/``.parquet`` and ``points.jsonl``/``.parquet`` that exist."""
-    root = Path(raw_dir)
-    found = [root / f"{stem}{ext}" for stem in KINDS for ext in (".jsonl", ".parquet")
-             if (root / f"{stem}{ext}").is_file()]
+def input_files(raw_dir: str | os.PathLike[str]) -> list[str]:
+    """Names of ``captions.jsonl``/``.parquet`` and ``points.jsonl``/``.parquet`` that exist."""
+    raw = remote.Folder(os.fspath(raw_dir))
+    found = [f"{stem}{ext}" for stem in KINDS for ext in (".jsonl", ".parquet")
+             if raw.is_file(f"{stem}{ext}")]
     if not found:
-        raise PixmoError("no captions.jsonl, points.jsonl or .parquet inputs", file=str(root))
+        raise PixmoError("no captions.jsonl, points.jsonl or .parquet inputs",
+                         file=os.fspath(raw_dir))
     return found
 
 
-def read_raw(path: Path) -> Iterator[RawRecord | Reject]:
-    """Records of one raw file, named by the file's name within the raw directory."""
-    return read_records(path, "read", source=path.name)
+def read_raw(raw_dir: str, name: str) -> Iterator[RawRecord | Reject]:
+    """Records of one raw file, named by the file's name within the raw folder."""
+    with remote.Folder(raw_dir).local_copy(name) as path:
+        yield from read_records(path, "read", source=name)
 
 
 def kind_of(source: str) -> str:
@@ -155,6 +231,25 @@ def check_record(record: RawRecord) -> Keyed | Reject:
 STAGING = ".staging"  # downloaded image bytes, by sha256, until the shards are written
 
 
+def read_image(ref: str, cfg: BuildConfig) -> bytes:
+    """The bytes a record's ``image`` names: an http(s) URL, or a path inside
+    the raw folder, which may itself be remote. Raises ``ImageRejected``."""
+    raw = remote.Folder(cfg.raw_dir)
+    if not raw.remote or "://" in ref:
+        return read_image_bytes(ref, raw.local, cfg.image)
+    name = remote.inside(ref)
+    if name is None:
+        raise ImageRejected(Reason.IMAGE_NOT_FOUND, f"{ref!r} points outside {cfg.raw_dir}")
+    try:
+        size = raw.size(name)
+        if size > cfg.image.max_bytes:
+            raise ImageRejected(Reason.IMAGE_TOO_LARGE,
+                                f"{size} bytes exceeds the limit of {cfg.image.max_bytes}")
+        return raw.read_bytes(name)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+        raise ImageRejected(Reason.IMAGE_NOT_FOUND, f"no file {ref}") from exc
+
+
 def resolve_image(ref: str, records: Sequence[Keyed], cfg: BuildConfig,
                   out_dir: str | os.PathLike[str]) -> tuple[LoadedImage | None, list[Reject]]:
     """Load and check the image one ref names, once for all records naming it.
@@ -162,11 +257,11 @@ def resolve_image(ref: str, records: Sequence[Keyed], cfg: BuildConfig,
     broken image rejects every record that names it.
 
     The image comes back without its bytes, so engines shuffle descriptions,
-    not pixels: ``attach_images`` reads them again when its shard is written
+    not pixels: ``write_or_keep`` reads them again when its shard is written
     (downloads are kept in the output's staging folder until then)."""
     expected = {k.record.data.get("image_sha256") for k in records} - {None}
     try:
-        image = load_image(ref, cfg.raw_dir, cfg.image)
+        image = decode_image(read_image(ref, cfg), ref, cfg.image)
     except ImageRejected as exc:
         return None, [Reject("image", exc.reason, exc.detail, k.record.source, k.record.record)
                       for k in records]
@@ -181,7 +276,7 @@ def resolve_image(ref: str, records: Sequence[Keyed], cfg: BuildConfig,
         else:
             image = replace(image, sha256_flagged=True)
     if _is_url(ref):
-        atomic_write_bytes(Path(out_dir) / STAGING / image.sha256, image.data)
+        remote.Folder(os.fspath(out_dir)).write_bytes(f"{STAGING}/{image.sha256}", image.data)
     return replace(image, data=b""), rejects
 
 
@@ -189,26 +284,58 @@ def _is_url(ref: str) -> bool:
     return ref.startswith(("http://", "https://"))
 
 
-def attach_images(samples: Iterable[ShardSample], cfg: BuildConfig,
-                  out_dir: str | os.PathLike[str]) -> list[ShardSample]:
-    """Give samples their image bytes back, checked against the recorded hash."""
-    out = []
-    for sample in samples:
-        image = sample.json["image"]
+def _attached(samples: Iterable[PlannedSample], cfg: BuildConfig,
+              out: remote.Folder) -> Iterator[ShardSample]:
+    """Samples with their image bytes back, checked against the recorded hash;
+    one at a time, so a shard's images are never all in memory."""
+    for planned in samples:
+        obj = json.loads(planned.json)
+        image = obj["image"]
         ref = image["source"]
-        data = (Path(out_dir, STAGING, image["sha256"]).read_bytes() if _is_url(ref)
-                else read_image_bytes(ref, cfg.raw_dir, cfg.image))
+        data = (out.read_bytes(f"{STAGING}/{image['sha256']}") if _is_url(ref)
+                else read_image(ref, cfg))
         if hashlib.sha256(data).hexdigest() != image["sha256"]:
             raise PixmoError("image changed while the build ran", file=ref,
-                             record=sample.key, field="image.sha256")
-        ext = next(iter(sample.files))
-        out.append(replace(sample, files={ext: data}))
-    return out
+                             record=planned.key, field="image.sha256")
+        yield ShardSample(key=planned.key, json=obj, files={planned.extension: data})
 
 
-def planned_size(sample: ShardSample) -> int:
-    """Tar bytes of a sample whose image bytes are not attached yet."""
-    return estimated_size(sample) + -(-sample.json["image"]["bytes"] // 512) * 512
+@dataclass(frozen=True)
+class ShardPlan:
+    """Which shard each sample goes to. Shards are runs of sorted keys, so the
+    first key of each is the whole plan: a few strings however many samples,
+    cheap to hand to every worker."""
+
+    first_keys: tuple[str, ...]
+    start: int
+
+    @classmethod
+    def assign(cls, sizes: Iterable[tuple[str, int]], cfg: ShardConfig, start: int
+               ) -> ShardPlan:
+        mapping = assign_shards(dict(sizes), cfg.max_samples, cfg.max_bytes, start)
+        firsts: dict[int, str] = {}
+        for key in sorted(mapping):
+            firsts.setdefault(mapping[key], key)
+        return cls(first_keys=tuple(firsts[i] for i in sorted(firsts)), start=start)
+
+    @property
+    def shards(self) -> int:
+        return len(self.first_keys)
+
+    def shard_of(self, key: str) -> int:
+        return self.start + bisect.bisect_right(self.first_keys, key) - 1
+
+
+def _tar_member_bytes(size: int) -> int:
+    return 512 + -(-size // 512) * 512  # header block plus data padded to blocks
+
+
+def plan(sample: ShardSample) -> PlannedSample:
+    """The sample's JSON encoded once, with the tar bytes it will take."""
+    (extension,) = sample.files
+    encoded = json_bytes(sample.json)
+    size = _tar_member_bytes(len(encoded)) + _tar_member_bytes(sample.json["image"]["bytes"])
+    return PlannedSample(key=sample.key, json=encoded, extension=extension, size=size)
 
 
 # --------------------------------------------------------------------------- 4
@@ -240,19 +367,38 @@ class Annotator:
                           "transcription is switched off for this build", record.source,
                           record.record)
         data = record.data
-        audio_path = inside(self.cfg.raw_dir, data["audio"])
-        if audio_path is None:
+        raw = remote.Folder(self.cfg.raw_dir)
+        audio = inside(raw.local, data["audio"]) if not raw.remote else remote.inside(
+            data["audio"])
+        if audio is None:
             return Reject("transcribe", Reason.AUDIO_NOT_FOUND,
                           f"{data['audio']!r} points outside the raw directory", record.source,
                           record.record)
-        _, result = self._transcriber.transcribe_path(
-            audio_path, annotator=data["annotator"], session_id=data["session_id"],
-            language=data.get("language"))
+        session = {"annotator": data["annotator"], "session_id": data["session_id"],
+                   "language": data.get("language")}
+        if raw.remote:
+            try:
+                with raw.local_copy(audio) as path:
+                    _, result = self._transcriber.transcribe_path(path, **session)
+            except FileNotFoundError:
+                result = Reject("transcribe", Reason.AUDIO_NOT_FOUND, "no such file",
+                                record.source, record.record)
+        else:
+            _, result = self._transcriber.transcribe_path(audio, **session)
         if isinstance(result, Reject):
             return Reject(result.stage, result.reason, result.detail, record.source,
                           record.record)
         return Annotation(image.sha256, keyed.kind, record.source, record.record,
                           transcript=result.to_record())
+
+    def part(self, image: LoadedImage, records: Iterable[Keyed]
+             ) -> tuple[ImagePart, list[Reject]]:
+        """Annotate every record naming one image."""
+        annotations, rejects = [], []
+        for keyed in records:
+            out = self(keyed, image)
+            (rejects if isinstance(out, Reject) else annotations).append(out)
+        return ImagePart(image, tuple(annotations)), rejects
 
 
 # --------------------------------------------------------------------------- 5
@@ -280,6 +426,16 @@ def join_image(images: Sequence[LoadedImage], annotations: Sequence[Annotation],
         sources=[(a.source, a.record) for a in annotations]))
 
 
+def join_sample(images: Sequence[LoadedImage], annotations: Sequence[Annotation],
+                cfg: BuildConfig, previous: Previous) -> ShardSample | list[Reject]:
+    """The sample of one content hash, or rejects (extend mode: an image the
+    dataset holds already); no sample (an empty list) when every record naming
+    these bytes was rejected."""
+    if not annotations:
+        return []
+    return exclude_known(join_image(images, annotations, cfg), previous)
+
+
 # --------------------------------------------------------------------------- 6
 
 MODES = ("resume", "overwrite", "extend")
@@ -289,9 +445,10 @@ MODES = ("resume", "overwrite", "extend")
 class Previous:
     """What an output directory already holds when a build starts."""
 
+    # committed shards this build may keep (if current) or must remove
     committed: dict[int, ShardStats] = field(default_factory=dict)
-    # extend mode: the finished dataset being added to
-    extending: bool = False
+    # extend mode: the finished dataset being added to, which stays as it is
+    base: dict[int, ShardStats] = field(default_factory=dict)
     keys: frozenset[str] = frozenset()
     rows: list[dict[str, Any]] = field(default_factory=list)
     rejects: list[dict[str, str]] = field(default_factory=list)
@@ -300,41 +457,55 @@ class Previous:
     @property
     def start_index(self) -> int:
         """Where new shards are numbered from: after the dataset being extended."""
-        return max(self.committed) + 1 if self.extending and self.committed else 0
+        return max(self.base) + 1 if self.base else 0
 
 
 def prepare_output(out_dir: str | os.PathLike[str], mode: str) -> Previous:
-    """Make ``out_dir`` ready for a build.
+    """Make ``out_dir`` (a path or URL) ready for a build.
 
     ``overwrite`` removes an earlier build. ``resume`` (the default) keeps
     committed shards, which are reused where the new assignment gives them
     the same samples, and removes what an interrupted run left half-done.
-    ``extend`` keeps a finished dataset and adds new images as new shards.
+    ``extend`` keeps a finished dataset and adds new images as new shards;
+    what an interrupted extend committed beyond the shards, manifest rows
+    and rejects its dataset.json accounts for is treated as in ``resume``.
+    Except in ``extend``, dataset.json goes first: until the build has
+    finished again the folder is not a finished dataset.
     """
     if mode not in MODES:
         raise PixmoError(f"mode must be one of {', '.join(MODES)}, got {mode!r}",
                          field="mode")
-    out = Path(out_dir)
-    shards = out / SHARDS_DIR
+    out = remote.Folder(os.fspath(out_dir))
+    if mode != "extend":
+        out.remove(DATASET_JSON)
     if mode == "overwrite":
-        for path in [*shards.glob("*"), out / MANIFEST, out / REJECTS, out / DATASET_JSON]:
-            path.unlink(missing_ok=True)
-        shutil.rmtree(out / STAGING, ignore_errors=True)
-    shards.mkdir(parents=True, exist_ok=True)
-    remove_partials(shards)
-    committed = {s.index: s for s in committed_shards(out)}
-    for tar in shards.glob("*.tar"):
-        if tar.name not in {s.shard for s in committed.values()}:
-            tar.unlink()  # renamed but never marked: not trusted
+        for name in [*out.glob(f"{SHARDS_DIR}/*"), MANIFEST, REJECTS]:
+            out.remove(name)  # markers (.json) sort before their tars
+        out.remove_tree(STAGING)
+    out.makedirs(SHARDS_DIR)
+    for leftover in out.glob(f"{SHARDS_DIR}/*{PARTIAL_SUFFIX}"):  # killed writers
+        out.remove(leftover)
+    committed = {s.index: s for s in committed_shards(out_dir)}
+    marked = {f"{SHARDS_DIR}/{s.shard}" for s in committed.values()}
+    for tar in out.glob(f"{SHARDS_DIR}/*.tar"):
+        if tar not in marked:
+            out.remove(tar)  # renamed but never marked: not trusted
     if mode != "extend":
         return Previous(committed=committed)
-    if not (out / DATASET_JSON).is_file():
-        raise PixmoError("extend needs a finished dataset (no dataset.json)", file=str(out))
-    description = read_dataset_json(out / DATASET_JSON)
-    rows = read_manifest(out / MANIFEST)
-    return Previous(committed=committed, extending=True, keys=frozenset(r["key"] for r in rows),
-                    rows=rows,
-                    rejects=read_rejects(out / REJECTS), ledger=description.get("ledger", []))
+    if not out.is_file(DATASET_JSON):
+        raise PixmoError("extend needs a finished dataset (no dataset.json)",
+                         file=os.fspath(out_dir))
+    with out.local_copy(DATASET_JSON) as path:
+        description = read_dataset_json(path)
+    names = {s["shard"] for s in description["shards"]}
+    with out.local_copy(MANIFEST) as path:
+        rows = [r for r in read_manifest(path) if r["shard"] in names]
+    with out.local_copy(REJECTS) as path:  # a later build's rejects follow the dataset's own
+        rejects = read_rejects(path)[:description["counts"].get("rejects")]
+    return Previous(committed={i: s for i, s in committed.items() if s.shard not in names},
+                    base={i: s for i, s in committed.items() if s.shard in names},
+                    keys=frozenset(r["key"] for r in rows), rows=rows, rejects=rejects,
+                    ledger=description.get("ledger", []))
 
 
 def exclude_known(sample: ShardSample, previous: Previous) -> ShardSample | list[Reject]:
@@ -347,21 +518,33 @@ def exclude_known(sample: ShardSample, previous: Previous) -> ShardSample | list
                    "earlier build", s["file"], s["record"]) for s in sample.json["sources"]]
 
 
-def write_or_keep(index: int, samples: Iterable[ShardSample], out_dir: str | os.PathLike[str],
-                  cfg: BuildConfig, previous: Previous
+def write_or_keep(index: int, samples: Iterable[PlannedSample], out_dir: str | os.PathLike[str],
+                  cfg: BuildConfig, old: ShardStats | None
                   ) -> tuple[ShardStats, list[dict[str, Any]]]:
-    """Write shard ``index``, unless a committed shard holding exactly these
-    samples is already there: committed shards are never rewritten. "Exactly"
-    is proven by hash: the tar these samples would make, the marker and the
-    file on disk must all agree."""
-    samples = attach_images(sorted(samples, key=lambda s: s.key), cfg, out_dir)
-    old = previous.committed.get(index)
-    if old is not None and tar_digest(samples) == (old.sha256, old.bytes):
-        tar = Path(out_dir) / SHARDS_DIR / old.shard
-        if file_sha256(tar) == old.sha256:
+    """Write shard ``index``, unless ``old``, the committed shard of that index
+    (``Previous.committed``), holds exactly these samples: committed shards are
+    never rewritten. "Exactly" is proven by hash: the tar these samples would
+    make, the marker and the file in the output folder must all agree. A shard
+    that is rewritten is unmarked first, so no reader pairs its old marker with
+    new bytes."""
+    samples = sorted(samples, key=lambda s: s.key)
+    out = remote.Folder(os.fspath(out_dir))
+    if old is not None:
+        tar = f"{SHARDS_DIR}/{old.shard}"
+        if (tar_digest(_attached(samples, cfg, out)) == (old.sha256, old.bytes)
+                and out.sha256(tar) == old.sha256):
             log.info("keeping committed %s", old.shard)
-            return old, [manifest_row(s, old.shard) for s in samples]
-    return write_shard(out_dir, index, samples, cfg.shards.prefix)
+            return old, [manifest_row(ShardSample(s.key, json.loads(s.json)), old.shard)
+                         for s in samples]
+        out.remove(tar.removesuffix(".tar") + ".json")
+    if not out.remote:
+        return write_shard(out.local, index, _attached(samples, cfg, out), cfg.shards.prefix)
+    with tempfile.TemporaryDirectory(prefix="pixmo-shard-") as tmp:
+        stats, rows = write_shard(tmp, index, _attached(samples, cfg, out), cfg.shards.prefix)
+        shard = Path(tmp, SHARDS_DIR, stats.shard)
+        out.put(shard, f"{SHARDS_DIR}/{stats.shard}")
+        out.put(shard.with_suffix(".json"), f"{SHARDS_DIR}/{shard.with_suffix('.json').name}")
+    return stats, rows
 
 
 def ledger(read: Counter[str], accepted: Counter[str],
@@ -375,42 +558,39 @@ def ledger(read: Counter[str], accepted: Counter[str],
 def finish(out_dir: str | os.PathLike[str], cfg: BuildConfig, engine: str,
            written: Sequence[tuple[ShardStats, list[dict[str, Any]]]],
            rejects: Sequence[Reject], read: Counter[str], accepted: Counter[str],
-           previous: Previous) -> dict[str, Any]:
+           previous: Previous, stage_seconds: dict[str, float] | None = None
+           ) -> dict[str, Any]:
     """Write manifest, rejects and dataset.json (last); check the ledger identity."""
-    out = Path(out_dir)
+    out = remote.Folder(os.fspath(out_dir))
     books = ledger(read, accepted, rejects)
     for entry in books:
         if entry["read"] != entry["accepted"] + entry["rejected"]:
             raise PixmoError(f"ledger does not balance: read {entry['read']}, accepted "
                              f"{entry['accepted']}, rejected {entry['rejected']}",
                              file=entry["file"])
-    kept = list(previous.committed.values()) if previous.extending else []
-    stats = sorted([*kept, *(s for s, _ in written)], key=lambda s: s.index)
+    stats = sorted([*previous.base.values(), *(s for s, _ in written)], key=lambda s: s.index)
     for stale in set(previous.committed) - {s.index for s in stats}:
         # an earlier run's shard beyond this run's assignment: unmark, then remove
-        tar = out / SHARDS_DIR / previous.committed[stale].shard
-        tar.with_suffix(".json").unlink()
-        tar.unlink(missing_ok=True)
+        tar = f"{SHARDS_DIR}/{previous.committed[stale].shard}"
+        out.remove(tar.removesuffix(".tar") + ".json")
+        out.remove(tar)
     rows = sorted([*previous.rows, *(r for _, rs in written for r in rs)],
                   key=lambda r: (r["shard"], r["key"]))
     reject_rows = [*previous.rejects, *(r.to_row() for r in sorted(
         rejects, key=lambda r: (r.source, int(r.record) if r.record.isdigit() else 0,
                                 r.record, r.stage)))]
-    write_manifest(rows, out / MANIFEST)
-    write_rejects(reject_rows, out / REJECTS)
+    with out.local_target(MANIFEST) as path:
+        write_manifest(rows, path)
+    with out.local_target(REJECTS) as path:
+        write_rejects(reject_rows, path)
     description = describe(cfg.name, stats, engine=engine, build_config=cfg.to_json(),
                            ledger=[*previous.ledger, *books],
                            rejects_by_reason=dict(sorted(Counter(
                                r["reason"] for r in reject_rows).items())))
     description["counts"]["rejects"] = len(reject_rows)
-    write_dataset_json(description, out / DATASET_JSON)
-    shutil.rmtree(out / STAGING, ignore_errors=True)
+    if stage_seconds is not None:
+        description["stage_seconds"] = {k: round(v, 3) for k, v in sorted(stage_seconds.items())}
+    with out.local_target(DATASET_JSON) as path:
+        write_dataset_json(description, path)
+    out.remove_tree(STAGING)
     return description
-
-
-def record_stage_seconds(out_dir: str | os.PathLike[str], seconds: dict[str, float]) -> None:
-    """Add the time each stage took (known to the engine only after the run) to dataset.json."""
-    path = Path(out_dir) / DATASET_JSON
-    description = read_dataset_json(path)
-    description["stage_seconds"] = {k: round(v, 3) for k, v in sorted(seconds.items())}
-    write_dataset_json(description, path)

@@ -107,3 +107,27 @@ def test_extend_adds_new_shards(tmp_path):
     reasons = sorted(r["reason"] for r in read_rejects(out / "rejects.parquet"))
     assert reasons == ["already_in_dataset", "already_in_dataset", "image_not_found",
                        "image_not_found"]
+
+
+def test_extend_interrupted_before_dataset_json_then_rerun(tmp_path):
+    """An extend killed after its shards, manifest and rejects were written but
+    before dataset.json: the re-run counts only what the old dataset.json
+    accounts for as the dataset, and reuses the new shards."""
+    out = tmp_path / "out"
+    assert main(_build_args(make_points_raw(tmp_path / "raw1", 5), out)) == 0
+    old_description = (out / "dataset.json").read_bytes()
+    raw2 = make_points_raw(tmp_path / "raw2", 4, first=3)
+    assert main([*_build_args(raw2, out), "--mode", "extend"]) == 0
+    expected = (_snapshot(out), read_rejects(out / "rejects.parquet"),
+                read_dataset_json(out / "dataset.json"))
+    new_shards = {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.tar")}
+
+    (out / "dataset.json").write_bytes(old_description)  # as if killed before dataset.json
+    assert main([*_build_args(raw2, out), "--mode", "extend"]) == 0
+    assert verify(out) == []
+    description = read_dataset_json(out / "dataset.json")
+    assert _snapshot(out) == expected[0]
+    assert read_rejects(out / "rejects.parquet") == expected[1]
+    for key in ("counts", "shards", "ledger", "rejects_by_reason"):
+        assert description[key] == expected[2][key]
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.tar")} == new_shards

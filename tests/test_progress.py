@@ -1,0 +1,100 @@
+"""Build progress: one line per interval off a terminal, bars on one, and the
+counts a real Beam build reports while it runs."""
+
+from __future__ import annotations
+
+import io
+import re
+import threading
+import time
+
+import pytest
+
+from pipelines import progress
+from pipelines.cli import main
+from pipelines.progress import Progress
+from tests.test_build import make_raw
+
+STAGES = (("read", "records"), ("write", "shards"))
+
+
+def test_lines_while_running_then_a_final_line():
+    stream = io.StringIO()
+    with Progress(STAGES, stream=stream, interval=0.01, tty=False):
+        progress.advance("read", 1200)
+        deadline = time.monotonic() + 60
+        while "read 1,200 records" not in stream.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        progress.set_total("write", 3)
+        progress.advance("write")
+    lines = stream.getvalue().splitlines()
+    assert any(re.fullmatch(r"progress \d+s: read 1,200 records \| write 0 shards", line)
+               for line in lines)
+    assert re.fullmatch(r"done \d+s: read 1,200 records \| write 1/3 shards", lines[-1])
+    progress.advance("read")  # no display showing: counted nowhere, no error
+
+
+def test_bars_on_a_terminal():
+    stream = io.StringIO()
+    with Progress(STAGES, stream=stream, tty=True):
+        progress.set_total("write", 4)
+        progress.advance("write", 4)
+        progress.advance("read", 7)
+    drawn = stream.getvalue()
+    assert re.search(r"read\s*: 7 records", drawn)
+    assert re.search(r"write\s*: 100%.*4/4", drawn)
+
+
+def test_one_display_at_a_time():
+    with Progress(STAGES, stream=io.StringIO(), tty=False):
+        with pytest.raises(RuntimeError, match="already showing"):
+            Progress(STAGES, stream=io.StringIO(), tty=False).__enter__()
+
+
+def test_build_reports_every_stage_while_it_runs(tmp_path, capsys):
+    """The Beam build's DoFns count into the display as they go: a watcher
+    thread sees counts between zero and the end, the last line has them all."""
+    raw = make_raw(tmp_path / "raw")
+    seen: list[int] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            active = progress._active
+            if active is not None:
+                seen.append(active.counts["read"].done)
+            time.sleep(0.001)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        assert main(["build", "--raw", str(raw), "--out", str(tmp_path / "out"),
+                     "--no-transcribe", "--progress-interval", "0.05"]) == 0
+    finally:
+        stop.set()
+        watcher.join()
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[-1].startswith("done ")
+    # 17 records; 6 images named, 4 of them readable; 11 records reach the annotator
+    # (one more names its image with the wrong sha256); c.png gets no sample
+    assert lines[-1].endswith("read 17 records | image 6 images | annotate 11 records | "
+                              "join 2 samples | write 1/1 shards")
+    assert any(line.startswith("progress ") for line in lines)
+    assert seen and seen[-1] == 17 and 0 in seen  # counted while the build ran
+
+
+@pytest.mark.parametrize(("beam_args", "shown"), [
+    ([], True),
+    (["--direct_running_mode=in_memory"], True),
+    (["--direct_running_mode=multi_processing", "--direct_num_workers=2"], False),
+    (["--runner", "DataflowRunner", "--project", "p"], False),
+])
+def test_progress_only_where_the_dofns_run_in_this_process(beam_args, shown):
+    from pipelines.beam import run, runs_in_process
+    from pixmo.build import BuildConfig
+    from pixmo.errors import PixmoError
+
+    assert runs_in_process(beam_args) is shown
+    if not shown:  # and a stage pool only there
+        with pytest.raises(PixmoError, match="--workers is for the local in-memory runner"):
+            run(BuildConfig(raw_dir="unused"), "unused", beam_args, workers=2)
