@@ -52,11 +52,16 @@ def train_config(out: Path, steps: int) -> dict[str, Any]:
                                "tasks": {"tasks": ["point_count", "pointing"],
                                          "point_count_prob": 0.8}}],
                  "batch_size": 4, "num_workers": 1, "mode": "resampled",
-                 "max_sequence_length": 640, "max_crops": 1, "seed": 2},
-        "preprocess": {"official_mask_quirk": False,
+                 "max_sequence_length": 384, "max_crops": 1, "seed": 2},
+        "preprocess": {"crop_size": 112, "overlap_margins": [2, 2],
+                       "official_mask_quirk": False,
                        "conversation_weighting": "root_subsegments"},
-        "optim": {"connector": {"lr": 2.0e-3, "warmup_steps": 20},
-                  "vit": {"lr": 2.0e-3, "warmup_steps": 20},
+        # The image path learns 20x slower than the LLM. At one rate the first steps, while
+        # the LLM learns the answer format, drive the patch embedding towards zero and the
+        # image tokens become a content-free attention sink (measured: patch_embed norm
+        # shrank 20x, losses with true and shuffled images equal to 4 digits).
+        "optim": {"connector": {"lr": 1.0e-4, "warmup_steps": 20},
+                  "vit": {"lr": 1.0e-4, "warmup_steps": 20},
                   "llm": {"lr": 2.0e-3, "warmup_steps": 20}, "z_loss": 1.0e-4},
         "parallel": {"strategy": "ddp", "precision": "fp32", "device": "cpu"},
         "checkpoint": {"interval": max(steps // 2, 1), "keep": 1, "export": True},
@@ -82,17 +87,21 @@ def tokenizer_texts(dataset: Path, seed: int = 0) -> list[str]:
     return texts
 
 
-def synth(out: Path, scenes: int, first_index: int, bad_records: bool,
+def synth(out: Path, scenes: int, first_index: int, heldout: bool,
           speech_share: float) -> int:
-    """Scenes made for counting: one labelled group of 2-7 small copies beside one large
-    object, so the answer to "how many" is spread and a model must look to get it right.
-    Only ``speech_share`` of the images are described aloud (speech costs seconds an image,
-    clicks nothing), so the model sees many images in a few minutes."""
-    scene = SceneConfig(min_objects=1, max_objects=1, counting_share=1.0, min_count=2,
-                        max_count=7)
+    """Scenes a model trained from scratch for minutes can learn to count: 1-7 copies of
+    one shape (3 colours x 3 shapes) on a plain background, so the answer to "how many" is
+    spread and a model must look to get it right. Only ``speech_share`` of the images are
+    described aloud (speech costs seconds an image, clicks nothing), so the model sees many
+    images in a few minutes. Training clicks keep the simulated annotators' misses and
+    duplicates, and the bad records; held-out clicks miss nothing, so the truth is exact."""
+    scene = SceneConfig(min_objects=0, max_objects=0, counting_share=1.0, min_count=1,
+                        max_count=7, count_radius=0.08, colours=("red", "blue", "black"),
+                        shapes=("circle", "square", "triangle"), backgrounds=("plain",))
+    extra = {"miss_rate": 0.0, "bad_records": False} if heldout else {}
     report = synthesize(out, scenes=scenes, seed=0, config=SynthConfig(
-        scene=scene, first_index=first_index, bad_records=bad_records,
-        speech_share=speech_share))
+        scene=scene, first_index=first_index, speech_share=speech_share,
+        absent_label_share=0.0, **extra))
     print(f"{report.images} images, {report.caption_sessions} spoken descriptions "
           f"({report.audio_seconds:.0f} s), {report.point_annotations} pointing annotations, "
           f"{report.bad_records} deliberately bad records in {out}")
@@ -110,11 +119,11 @@ def step(title: str, fn: Callable[[], int], timings: dict[str, float]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.demo")
     parser.add_argument("--out", default="demo-output")
-    parser.add_argument("--scenes", type=int, default=480)
-    parser.add_argument("--speech-share", type=float, default=0.125,
+    parser.add_argument("--scenes", type=int, default=1500)
+    parser.add_argument("--speech-share", type=float, default=0.04,
                         help="share of training images described aloud")
-    parser.add_argument("--heldout-scenes", type=int, default=24)
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--heldout-scenes", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--engine", default="beam", choices=("beam", "ray"))
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -124,9 +133,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     timings: dict[str, float] = {}
     raw, heldout = out / "raw", out / "raw-heldout"
     step("synthesise raw annotations",
-         lambda: synth(raw, args.scenes, 0, True, args.speech_share), timings)
+         lambda: synth(raw, args.scenes, 0, False, args.speech_share), timings)
     step("synthesise held-out scenes",
-         lambda: synth(heldout, args.heldout_scenes, args.scenes, False, 1.0), timings)
+         lambda: synth(heldout, args.heldout_scenes, args.scenes, True, 0.25), timings)
     for src, dst in ((raw, "pixmo"), (heldout, "pixmo-heldout")):
         step(f"build {dst} ({args.engine})", lambda src=src, dst=dst: pixmo_main(
             ["build", "--raw", str(src), "--out", str(out / "data" / dst), "--engine",

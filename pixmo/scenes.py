@@ -1,7 +1,7 @@
 """Synthetic scenes with known objects, and what a person would say about them.
 
 A scene is a few coloured shapes (circle, square, triangle, star, diamond,
-hexagon) of two sizes on a background (gradient, noise or stripes), placed so
+hexagon) of two sizes on a background (gradient, noise, stripes or plain), placed so
 that shapes may overlap but no shape hides another's centre: the centre is
 where an annotator clicks, and it is the ground truth for pointing. Some
 scenes hold many small copies of one shape, for counting.
@@ -29,7 +29,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "black": (25, 25, 25),
     "white": (250, 250, 250),
 }
-BACKGROUNDS = ("gradient", "noise", "stripes")
+BACKGROUNDS = ("gradient", "noise", "stripes", "plain")
 SIZES = ("small", "large")
 NUMBERS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
            "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen",
@@ -50,14 +50,17 @@ class SceneConfig:
     count_radius: float = 0.045  # the counted copies' radius, a share of the shorter side
     colours: tuple[str, ...] = tuple(COLOURS)
     shapes: tuple[str, ...] = SHAPES
-    backgrounds: tuple[str, ...] = BACKGROUNDS
+    backgrounds: tuple[str, ...] = ("gradient", "noise", "stripes")  # "plain" on request
 
     def __post_init__(self) -> None:
-        if not 1 <= self.min_objects <= self.max_objects:
-            raise ValueError(f"SceneConfig needs 1 <= min_objects <= max_objects, got "
+        if not 0 <= self.min_objects <= self.max_objects:
+            raise ValueError(f"SceneConfig needs 0 <= min_objects <= max_objects, got "
                              f"{self.min_objects}, {self.max_objects}")
-        if not 2 <= self.min_count <= self.max_count <= len(NUMBERS) - 1:
-            raise ValueError(f"SceneConfig needs 2 <= min_count <= max_count <= "
+        if self.min_objects == 0 and self.counting_share < 1:
+            raise ValueError("SceneConfig: min_objects 0 needs counting_share 1, or a scene "
+                             "could be empty")
+        if not 1 <= self.min_count <= self.max_count <= len(NUMBERS) - 1:
+            raise ValueError(f"SceneConfig needs 1 <= min_count <= max_count <= "
                              f"{len(NUMBERS) - 1}, got {self.min_count}, {self.max_count}")
         for name, known in (("colours", COLOURS), ("shapes", SHAPES),
                             ("backgrounds", BACKGROUNDS)):
@@ -213,6 +216,8 @@ def _background(scene: Scene, rng: np.random.Generator) -> np.ndarray:
         if rng.random() < 0.5:
             t = np.linspace(0, 1, h)[:, None, None] * np.ones((1, w, 1))
         pixels = a * (1 - t) + b * t
+    elif scene.background == "plain":
+        pixels = a * np.ones((h, w, 1))
     elif scene.background == "stripes":
         period = int(rng.integers(12, 40))
         yy, xx = np.mgrid[0:h, 0:w]
@@ -304,6 +309,7 @@ def describe(scene: Scene, rng: np.random.Generator) -> str:
         "gradient": f"The background is a smooth gradient from pale {bg[0]} to pale {bg[1]}.",
         "stripes": f"The background has pale {bg[0]} and {bg[1]} stripes.",
         "noise": f"The background is a blotchy, noisy mix of pale {bg[0]} and {bg[1]}.",
+        "plain": f"The background is plain pale {bg[0]}.",
     }[scene.background])
     return " ".join(sentences)
 

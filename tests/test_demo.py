@@ -15,6 +15,9 @@ def test_demo_training_config_loads_and_fits_the_tokenizer(tmp_path):
     assert cfg.steps == 40 and cfg.model.preset == "demo"
     assert cfg.parallel.strategy == "ddp" and cfg.data.max_crops == 1
     model_cfg = preset("demo")
+    assert model_cfg.vision.image_size == cfg.preprocess.crop_size == 112
+    # the image path learns slower than the LLM, or its content collapses (pipelines/demo.py)
+    assert cfg.optim.vit.lr < cfg.optim.llm.lr and cfg.optim.connector.lr < cfg.optim.llm.lr
     assert model_cfg.llm.vocab_size == TOKENIZER_VOCAB
     params = sum(p.numel() for p in Molmo(model_cfg).parameters())
     assert 1_000_000 < params < 3_000_000  # small enough to train on 2 CPU cores in minutes

@@ -61,7 +61,13 @@ def test_counting_scenes_and_occlusion_happen():
 
 def test_config_is_checked():
     with pytest.raises(ValueError, match="min_objects"):
-        SceneConfig(min_objects=0)
+        SceneConfig(min_objects=-1)
+    with pytest.raises(ValueError, match="could be empty"):
+        SceneConfig(min_objects=0, counting_share=0.5)
+    with pytest.raises(ValueError, match="min_count"):
+        SceneConfig(min_count=0)
+    with pytest.raises(ValueError, match="backgrounds"):
+        SceneConfig(backgrounds=("checkerboard",))
     with pytest.raises(ValueError, match="max_count"):
         SceneConfig(max_count=50)
 
@@ -82,3 +88,26 @@ def test_scene_config_restricts_colours_shapes_backgrounds_and_count_size():
                    for o in counted)
     with pytest.raises(ValueError, match="SceneConfig.shapes"):
         SceneConfig(shapes=("blob",))
+
+
+def test_counting_only_scenes_on_a_plain_background():
+    """The demo's scenes: one labelled group of 1-7 copies and nothing else, on one colour."""
+    cfg = SceneConfig(min_objects=0, max_objects=0, counting_share=1.0, min_count=1,
+                      max_count=7, backgrounds=("plain",))
+    rng = np.random.default_rng(5)
+    counts = set()
+    for _ in range(40):
+        scene = make_scene(rng, cfg)
+        pixels = np.asarray(render(scene, rng))
+        assert set(scene.groups()) == {scene.counting_label}
+        counts.add(len(scene.objects))
+        assert scene.background == "plain"
+        away = [(x, y) for x in range(0, scene.width, 7) for y in range(0, scene.height, 7)
+                if all((x - o.x) ** 2 + (y - o.y) ** 2 > (o.radius + 3) ** 2
+                       for o in scene.objects)]
+        assert len({tuple(pixels[y, x]) for x, y in away}) == 1  # one colour off the shapes
+        text = describe(scene, rng)
+        assert "plain pale" in text
+        n = len(scene.objects)
+        assert f"I counted {NUMBERS[n]} small" in text
+    assert counts == set(range(1, 8))
