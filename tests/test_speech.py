@@ -369,9 +369,12 @@ def test_openai_whisper_detects_language_with_a_multilingual_model(tmp_path):
     dims = whisper.model.ModelDimensions(
         n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=2, n_audio_layer=1,
         n_vocab=51865, n_text_ctx=448, n_text_state=64, n_text_head=2, n_text_layer=1)
+    model = whisper.model.Whisper(dims)
+    # openai-whisper leaves the decoder's positional embedding as torch.empty (real
+    # checkpoints overwrite it); uninitialised memory made this test NaN now and then
+    torch.nn.init.normal_(model.decoder.positional_embedding, std=0.02)
     path = tmp_path / "random-multilingual.pt"
-    torch.save({"dims": asdict(dims), "model_state_dict": whisper.model.Whisper(dims).state_dict()},
-               path)
+    torch.save({"dims": asdict(dims), "model_state_dict": model.state_dict()}, path)
     backend = load_backend(SpeechConfig(backend="openai-whisper", model=str(path), beam_size=1))
     assert backend.model.is_multilingual
     decoding = backend.decode(read_audio(SPEECH / "desk.flac").samples[: 3 * SAMPLE_RATE])
