@@ -13,6 +13,10 @@ reference (an image is read once however many records name it), image parts
 by content hash (two names for the same bytes make one sample), and planned
 samples by shard. What crosses them carries no pixels: an image part is the
 image's description and its annotations, a planned sample its encoded JSON.
+On this machine they go through files (``pipelines.shuffle``), so memory does
+not grow with the input; the samples then reach their shards in key order,
+cut into shards as they stream past. On a cluster they are Beam's own
+GroupByKey, and shards come from a plan of every sample's size.
 What ``finish`` needs (rejects, per-file read and accepted counts, written
 shards, seconds per stage) every stage sends to one "books" output as
 (kind, item) pairs, counts and seconds once per bundle, so the ledger and
@@ -21,6 +25,9 @@ the timings reach ``finish`` on any runner.
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -30,11 +37,12 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms.window import GlobalWindows
 
-from pipelines import pool, progress
+from pipelines import pool, progress, shuffle
 from pipelines.pool import StagePool
 from pixmo import build
 from pixmo.errors import PixmoError
 from pixmo.rejects import Reject
+from pixmo.samples import ShardCutter
 
 BOOKS, SIZES = "books", "sizes"  # side outputs: to finish, to the shard plan
 REJECT, READ, ACCEPTED, WRITTEN, SECONDS = "reject", "read", "accepted", "written", "seconds"
@@ -168,8 +176,8 @@ class _Join(_Stage):
     """One sample per content hash, planned for its shard; counts the records
     it accepts per input file once per bundle."""
 
-    def __init__(self, cfg: build.BuildConfig, previous: build.Previous) -> None:
-        self.cfg, self.previous = cfg, previous
+    def __init__(self, cfg: build.BuildConfig, previous: build.Previous, sizes: bool) -> None:
+        self.cfg, self.previous, self.sizes = cfg, previous, sizes
 
     def start_bundle(self) -> None:
         super().start_bundle()
@@ -189,8 +197,9 @@ class _Join(_Stage):
         self.accepted.update(s["file"] for s in out.json["sources"])
         planned = build.plan(out)
         self.timed("join", time.perf_counter() - start)
-        yield beam.pvalue.TaggedOutput(SIZES, (planned.key, planned.size))
-        yield planned.pack()
+        if self.sizes:
+            yield beam.pvalue.TaggedOutput(SIZES, (planned.key, planned.size))
+        yield planned.key, planned.pack()
 
     def finish_bundle(self) -> Iterator[Any]:
         yield from super().finish_bundle()
@@ -216,6 +225,26 @@ class _Write(_Pooled):
         yield _book(WRITTEN, written)
 
 
+class _Cut(beam.DoFn):
+    """Shards from samples spilled in key order: one shard in memory at a time."""
+
+    def __init__(self, cfg: build.BuildConfig, start: int) -> None:
+        self.cfg, self.start = cfg, start
+
+    def process(self, spills: list[tuple[str, str]]) -> Iterator[tuple[int, list[build.Packed]]]:
+        cutter = ShardCutter(self.cfg.shards.max_samples, self.cfg.shards.max_bytes, self.start)
+        shard: list[build.Packed] = []
+        for _, packed in shuffle.in_order(spills):
+            index = cutter.index
+            if cutter.shard_of(build.PlannedSample.unpack(packed).size) != index and shard:
+                yield index, shard
+                shard = []
+            shard.append(packed)
+        if shard:
+            progress.set_total("write", cutter.index - self.start + 1)
+            yield cutter.index, shard
+
+
 def _assign(sizes: list[tuple[str, int]], cfg: build.BuildConfig, start: int
             ) -> build.ShardPlan:
     plan = build.ShardPlan.assign(sizes, cfg.shards, start)
@@ -223,8 +252,9 @@ def _assign(sizes: list[tuple[str, int]], cfg: build.BuildConfig, start: int
     return plan
 
 
-def _by_shard(packed: build.Packed, plan: build.ShardPlan) -> tuple[int, build.Packed]:
-    return plan.shard_of(build.PlannedSample.unpack(packed).key), packed
+def _by_shard(keyed: tuple[str, build.Packed], plan: build.ShardPlan
+              ) -> tuple[int, build.Packed]:
+    return plan.shard_of(keyed[0]), keyed[1]
 
 
 def _finish(books: list[tuple[str, Any]], out_dir: str, cfg: build.BuildConfig,
@@ -251,6 +281,13 @@ def _runner_args(beam_args: Sequence[str]) -> list[str]:
     return args
 
 
+def runs_locally(beam_args: Sequence[str]) -> bool:
+    """Whether every Beam worker runs on this machine (FnApiRunner, any mode),
+    so the groupings can go through local files."""
+    return str(PipelineOptions(_runner_args(beam_args)).get_all_options()["runner"]
+               ).endswith("FnApiRunner")
+
+
 def runs_in_process(beam_args: Sequence[str]) -> bool:
     """Whether the DoFns run in this process (FnApiRunner's in-memory mode,
     the default): where ``pipelines.progress`` sees their counts, and where a
@@ -261,9 +298,11 @@ def runs_in_process(beam_args: Sequence[str]) -> bool:
 
 
 def run(cfg: build.BuildConfig, out_dir: str, beam_args: Sequence[str] = (),
-        workers: int = 1, mode: str = "resume") -> None:
+        workers: int = 1, mode: str = "resume", shuffle_dir: str | None = None) -> None:
     """Build ``out_dir`` (a path or fsspec URL) from ``cfg.raw_dir`` with Beam;
-    ``workers`` processes load images and write shards."""
+    ``workers`` processes load images and write shards. On the local runner
+    the groupings spill to a temporary folder in ``shuffle_dir`` (default: the
+    system's temporary folder), removed when the build ends."""
     args = _runner_args(beam_args)
     if workers > 1:
         if not runs_in_process(beam_args):
@@ -273,29 +312,56 @@ def run(cfg: build.BuildConfig, out_dir: str, beam_args: Sequence[str] = (),
         pool.start_server()
     files = build.input_files(cfg.raw_dir)
     previous = build.prepare_output(out_dir, mode)
-    p = beam.Pipeline(options=PipelineOptions(args))
+    spills = tempfile.mkdtemp(prefix="pixmo-shuffle-", dir=shuffle_dir) \
+        if runs_locally(beam_args) else None
+    try:
+        p = beam.Pipeline(options=PipelineOptions(args))
+        _graph(p, cfg, out_dir, files, previous, workers, spills)
+        p.run().wait_until_finish()
+    finally:
+        pool.shutdown()
+        if spills is not None:
+            shutil.rmtree(spills, ignore_errors=True)
+
+
+def _graph(p: beam.Pipeline, cfg: build.BuildConfig, out_dir: str, files: list[str],
+           previous: build.Previous, workers: int, spills: str | None) -> None:
+    def group(name: str) -> beam.PTransform:
+        if spills is None:
+            return beam.GroupByKey()
+        os.makedirs(os.path.join(spills, name))
+        return shuffle.GroupOnDisk(os.path.join(spills, name))
+
     read = (p | "Files" >> beam.Create(files)
             | "Read" >> beam.ParDo(_Read(cfg.raw_dir)).with_outputs(BOOKS, main="records"))
-    images = (read.records | "GroupByRef" >> beam.GroupByKey()
+    images = (read.records | "GroupByRef" >> group("by-ref")
               | "Image" >> beam.ParDo(_Image(cfg, out_dir, workers)).with_outputs(
                   BOOKS, main="parts"))
-    joined = (images.parts | "GroupByHash" >> beam.GroupByKey()
-              | "Join" >> beam.ParDo(_Join(cfg, previous)).with_outputs(BOOKS, SIZES,
-                                                                        main="samples"))
-    plan = (joined[SIZES]
-            | "AllSizes" >> beam.CombineGlobally(beam.combiners.ToListCombineFn())
-            .without_defaults()
-            | "Assign" >> beam.Map(_assign, cfg, previous.start_index))
-    no_samples = build.ShardPlan(first_keys=(), start=previous.start_index)
-    written = (joined.samples
-               | "ShardOf" >> beam.Map(_by_shard, beam.pvalue.AsSingleton(
-                   plan, default_value=no_samples))
-               | "GroupByShard" >> beam.GroupByKey()
-               | "Write" >> beam.ParDo(_Write(cfg, out_dir, previous, workers)).with_outputs(
-                   BOOKS))
+    joined = (images.parts | "GroupByHash" >> group("by-hash")
+              | "Join" >> beam.ParDo(_Join(cfg, previous, sizes=spills is None))
+              .with_outputs(BOOKS, SIZES, main="samples"))
+    if spills is None:
+        plan = (joined[SIZES]
+                | "AllSizes" >> beam.CombineGlobally(beam.combiners.ToListCombineFn())
+                .without_defaults()
+                | "Assign" >> beam.Map(_assign, cfg, previous.start_index))
+        no_samples = build.ShardPlan(first_keys=(), start=previous.start_index)
+        shards = (joined.samples
+                  | "ShardOf" >> beam.Map(_by_shard, beam.pvalue.AsSingleton(
+                      plan, default_value=no_samples))
+                  | "GroupByShard" >> beam.GroupByKey())
+    else:
+        os.makedirs(os.path.join(spills, "samples"))
+        shards = (joined.samples
+                  | "Spill" >> beam.ParDo(shuffle.Spill(os.path.join(spills, "samples"),
+                                                        shuffle.ordered))
+                  | "AllSpills" >> beam.CombineGlobally(beam.combiners.ToListCombineFn())
+                  .without_defaults()
+                  | "Cut" >> beam.ParDo(_Cut(cfg, previous.start_index)))
+    written = shards | "Write" >> beam.ParDo(_Write(cfg, out_dir, previous, workers)
+                                             ).with_outputs(BOOKS)
     ((read[BOOKS], images[BOOKS], joined[BOOKS], written[BOOKS]) | "Books" >> beam.Flatten()
      # never empty (every input file books its count); lists without a default for
      # empty input take two fewer steps, one of them a second decoded copy of the list
      | "AllBooks" >> beam.CombineGlobally(beam.combiners.ToListCombineFn()).without_defaults()
      | "Finish" >> beam.Map(_finish, out_dir, cfg, previous))
-    p.run().wait_until_finish()

@@ -127,7 +127,8 @@ def cmd_build(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
         shown = beam.runs_in_process(beam_args)
         with (Progress(beam.STAGES, interval=args.progress_interval) if shown
               else contextlib.nullcontext()):
-            beam.run(cfg, args.out, beam_args, workers=args.workers, mode=args.mode)
+            beam.run(cfg, args.out, beam_args, workers=args.workers, mode=args.mode,
+                     shuffle_dir=args.shuffle_dir)
     with Folder(args.out).local_copy("dataset.json") as path:
         description = read_dataset_json(path)
     counts = description["counts"]
@@ -252,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "shard-writing stages; Ray: transcription actors")
     p.add_argument("--progress-interval", type=float, default=10.0,
                    help="Beam: seconds between progress lines when stderr is not a terminal")
+    p.add_argument("--shuffle-dir", default=None,
+                   help="Beam, local runner: where groupings spill (default: the system's "
+                   "temporary folder; needs about 1 KiB per record, removed at the end)")
     p.add_argument("--ray-address", default=None, help="join a Ray cluster (e.g. auto)")
     p.add_argument("--gpus-per-worker", type=float, default=0,
                    help="Ray: GPUs for each transcription actor")

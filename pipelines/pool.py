@@ -70,8 +70,7 @@ def image_batch(groups: Sequence[tuple[str, Iterable[build.Packed]]], cfg: build
 
 
 def write_shard(index: int, samples: Iterable[build.Packed], out_dir: str,
-                cfg: build.BuildConfig, old: ShardStats | None
-                ) -> tuple[tuple[ShardStats, list[dict[str, Any]]], float]:
+                cfg: build.BuildConfig, old: ShardStats | None) -> tuple[ShardStats, float]:
     """``build.write_or_keep`` on packed samples, and the seconds it took."""
     start = time.perf_counter()
     written = build.write_or_keep(index, map(build.PlannedSample.unpack, samples), out_dir,
@@ -93,13 +92,20 @@ def start_server() -> None:
     forkserver.ensure_running()
 
 
+_executors: dict[int, ProcessPoolExecutor] = {}
+
+
 class StagePool:
     """Runs ``fn(batch)`` on ``processes`` worker processes, at most two
-    batches per process in flight, and gives results back in order."""
+    batches per process in flight, and gives results back in order. The
+    stages of a build share one set of workers (``shutdown`` ends them), so
+    two pooled stages start and hold ``processes`` workers, not twice that."""
 
     def __init__(self, processes: int) -> None:
         self.processes = processes
-        self._executor = ProcessPoolExecutor(processes, mp_context=_context())
+        if processes not in _executors:
+            _executors[processes] = ProcessPoolExecutor(processes, mp_context=_context())
+        self._executor = _executors[processes]
         self._pending: deque[Future[Any]] = deque()
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Iterator[Any]:
@@ -115,4 +121,12 @@ class StagePool:
             yield self._pending.popleft().result()
 
     def close(self) -> None:
-        self._executor.shutdown(cancel_futures=True)
+        """Drop this stage's batches that have not started."""
+        while self._pending:
+            self._pending.popleft().cancel()
+
+
+def shutdown() -> None:
+    """End the worker processes the build's stages shared."""
+    while _executors:
+        _executors.popitem()[1].shutdown(cancel_futures=True)

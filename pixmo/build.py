@@ -32,7 +32,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
 from functools import cache
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -519,32 +519,64 @@ def exclude_known(sample: ShardSample, previous: Previous) -> ShardSample | list
 
 
 def write_or_keep(index: int, samples: Iterable[PlannedSample], out_dir: str | os.PathLike[str],
-                  cfg: BuildConfig, old: ShardStats | None
-                  ) -> tuple[ShardStats, list[dict[str, Any]]]:
+                  cfg: BuildConfig, old: ShardStats | None) -> ShardStats:
     """Write shard ``index``, unless ``old``, the committed shard of that index
     (``Previous.committed``), holds exactly these samples: committed shards are
     never rewritten. "Exactly" is proven by hash: the tar these samples would
     make, the marker and the file in the output folder must all agree. A shard
     that is rewritten is unmarked first, so no reader pairs its old marker with
-    new bytes."""
+    new bytes. The shard's manifest rows go to the staging folder, where
+    ``finish`` reads them one shard at a time: the engine's driver never holds
+    a row per sample."""
     samples = sorted(samples, key=lambda s: s.key)
     out = remote.Folder(os.fspath(out_dir))
-    if old is not None:
-        tar = f"{SHARDS_DIR}/{old.shard}"
-        if (tar_digest(_attached(samples, cfg, out)) == (old.sha256, old.bytes)
-                and out.sha256(tar) == old.sha256):
-            log.info("keeping committed %s", old.shard)
-            return old, [manifest_row(ShardSample(s.key, json.loads(s.json)), old.shard)
-                         for s in samples]
-        out.remove(tar.removesuffix(".tar") + ".json")
-    if not out.remote:
-        return write_shard(out.local, index, _attached(samples, cfg, out), cfg.shards.prefix)
-    with tempfile.TemporaryDirectory(prefix="pixmo-shard-") as tmp:
-        stats, rows = write_shard(tmp, index, _attached(samples, cfg, out), cfg.shards.prefix)
-        shard = Path(tmp, SHARDS_DIR, stats.shard)
-        out.put(shard, f"{SHARDS_DIR}/{stats.shard}")
-        out.put(shard.with_suffix(".json"), f"{SHARDS_DIR}/{shard.with_suffix('.json').name}")
-    return stats, rows
+    stats = _keep(old, samples, cfg, out) if old is not None else None
+    if stats is not None:
+        rows = [manifest_row(ShardSample(s.key, json.loads(s.json)), stats.shard)
+                for s in samples]
+    elif not out.remote:
+        stats, rows = write_shard(out.local, index, _attached(samples, cfg, out),
+                                  cfg.shards.prefix)
+    else:
+        with tempfile.TemporaryDirectory(prefix="pixmo-shard-") as tmp:
+            stats, rows = write_shard(tmp, index, _attached(samples, cfg, out),
+                                      cfg.shards.prefix)
+            shard = Path(tmp, SHARDS_DIR, stats.shard)
+            out.put(shard, f"{SHARDS_DIR}/{stats.shard}")
+            out.put(shard.with_suffix(".json"),
+                    f"{SHARDS_DIR}/{shard.with_suffix('.json').name}")
+    out.write_bytes(_rows_name(stats.index), json_bytes(rows))
+    return stats
+
+
+def _keep(old: ShardStats, samples: list[PlannedSample], cfg: BuildConfig,
+          out: remote.Folder) -> ShardStats | None:
+    """``old`` if it holds exactly ``samples``; otherwise unmark it and None."""
+    tar = f"{SHARDS_DIR}/{old.shard}"
+    if (tar_digest(_attached(samples, cfg, out)) == (old.sha256, old.bytes)
+            and out.sha256(tar) == old.sha256):
+        log.info("keeping committed %s", old.shard)
+        return old
+    out.remove(tar.removesuffix(".tar") + ".json")
+    return None
+
+
+def _rows_name(index: int) -> str:
+    return f"{STAGING}/rows/{index:06d}.json"
+
+
+def _manifest_rows(out: remote.Folder, stats: Sequence[ShardStats], previous: Previous
+                   ) -> Iterator[dict[str, Any]]:
+    """Manifest rows in shard and key order, one shard's rows in memory at a time:
+    the dataset being extended keeps its own rows, new shards' rows come from
+    the staging folder."""
+    base: dict[str, list[dict[str, Any]]] = {}
+    for row in previous.rows:
+        base.setdefault(row["shard"], []).append(row)
+    for shard in sorted(stats, key=attrgetter("shard")):
+        rows = (base.get(shard.shard, []) if shard.index in previous.base
+                else json.loads(out.read_bytes(_rows_name(shard.index))))
+        yield from sorted(rows, key=itemgetter("key"))
 
 
 def ledger(read: Counter[str], accepted: Counter[str],
@@ -556,9 +588,8 @@ def ledger(read: Counter[str], accepted: Counter[str],
 
 
 def finish(out_dir: str | os.PathLike[str], cfg: BuildConfig, engine: str,
-           written: Sequence[tuple[ShardStats, list[dict[str, Any]]]],
-           rejects: Sequence[Reject], read: Counter[str], accepted: Counter[str],
-           previous: Previous, stage_seconds: dict[str, float] | None = None
+           written: Sequence[ShardStats], rejects: Sequence[Reject], read: Counter[str],
+           accepted: Counter[str], previous: Previous, stage_seconds: dict[str, float] | None = None
            ) -> dict[str, Any]:
     """Write manifest, rejects and dataset.json (last); check the ledger identity."""
     out = remote.Folder(os.fspath(out_dir))
@@ -568,19 +599,17 @@ def finish(out_dir: str | os.PathLike[str], cfg: BuildConfig, engine: str,
             raise PixmoError(f"ledger does not balance: read {entry['read']}, accepted "
                              f"{entry['accepted']}, rejected {entry['rejected']}",
                              file=entry["file"])
-    stats = sorted([*previous.base.values(), *(s for s, _ in written)], key=lambda s: s.index)
+    stats = sorted([*previous.base.values(), *written], key=attrgetter("index"))
     for stale in set(previous.committed) - {s.index for s in stats}:
         # an earlier run's shard beyond this run's assignment: unmark, then remove
         tar = f"{SHARDS_DIR}/{previous.committed[stale].shard}"
         out.remove(tar.removesuffix(".tar") + ".json")
         out.remove(tar)
-    rows = sorted([*previous.rows, *(r for _, rs in written for r in rs)],
-                  key=lambda r: (r["shard"], r["key"]))
     reject_rows = [*previous.rejects, *(r.to_row() for r in sorted(
         rejects, key=lambda r: (r.source, int(r.record) if r.record.isdigit() else 0,
                                 r.record, r.stage)))]
     with out.local_target(MANIFEST) as path:
-        write_manifest(rows, path)
+        write_manifest(_manifest_rows(out, stats, previous), path)
     with out.local_target(REJECTS) as path:
         write_rejects(reject_rows, path)
     description = describe(cfg.name, stats, engine=engine, build_config=cfg.to_json(),

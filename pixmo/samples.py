@@ -67,19 +67,37 @@ def merge_images(images: Sequence[LoadedImage]) -> LoadedImage:
     return min(images, key=lambda i: i.source)
 
 
+@dataclass
+class ShardCutter:
+    """Cuts a stream of samples, in sorted key order, into shards: before a
+    sample that would pass ``max_samples`` or ``max_bytes``, with shards
+    numbered from ``start``. Engines that cannot sort everything in memory
+    feed it in key order and hold one shard at a time."""
+
+    max_samples: int
+    max_bytes: int | None = None
+    start: int = 0
+    index: int = field(init=False)  # the shard being filled
+    _count: int = field(default=0, init=False, repr=False)
+    _size: int = field(default=0, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.index = self.start
+
+    def shard_of(self, size: int) -> int:
+        """Shard index of the next sample, which takes ``size`` bytes in the tar."""
+        if self._count and (self._count >= self.max_samples or (
+                self.max_bytes is not None and self._size + size > self.max_bytes)):
+            self.index, self._count, self._size = self.index + 1, 0, 0
+        self._count += 1
+        self._size += size
+        return self.index
+
+
 def assign_shards(sizes: dict[str, int], max_samples: int, max_bytes: int | None = None,
                   start: int = 0) -> dict[str, int]:
-    """Shard index of every key, from ``{key: bytes in the tar}``: sorted keys
-    cut before a sample that would pass ``max_samples`` or ``max_bytes``, with
-    shards numbered from ``start``. It depends on the samples alone, not on
-    the engine or the order they arrived in."""
-    out: dict[str, int] = {}
-    index, count, size = start, 0, 0
-    for key in sorted(sizes):
-        if count and (count >= max_samples
-                      or (max_bytes is not None and size + sizes[key] > max_bytes)):
-            index, count, size = index + 1, 0, 0
-        out[key] = index
-        count += 1
-        size += sizes[key]
-    return out
+    """Shard index of every key, from ``{key: bytes in the tar}`` (``ShardCutter``
+    on the sorted keys). It depends on the samples alone, not on the engine or
+    the order they arrived in."""
+    cutter = ShardCutter(max_samples, max_bytes, start)
+    return {key: cutter.shard_of(sizes[key]) for key in sorted(sizes)}

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from pixmo.atomic import atomic_write_bytes, partial_path
+from pixmo.atomic import atomic_open, atomic_write_bytes, partial_path
 from pixmo.errors import PixmoError
 from pixmo.validation import load_schema, validate
 
@@ -509,15 +509,26 @@ def _write_parquet(table: Any, path: str | os.PathLike[str]) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def write_manifest(rows: Iterable[dict[str, Any]], path: str | os.PathLike[str]) -> None:
-    """Write ``manifest.parquet`` atomically, each row checked against its schema."""
+def write_manifest(rows: Iterable[dict[str, Any]], path: str | os.PathLike[str],
+                   row_group: int = 1024) -> None:
+    """Write ``manifest.parquet`` atomically, each row checked against its schema.
+    Rows stream through in groups of ``row_group``, so a manifest of any length
+    is written in bounded memory."""
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    rows = list(rows)
-    for row in rows:
-        validate("manifest_row", row, file=os.fspath(path), record_id=row.get("key"))
     schema = _manifest_arrow_schema()
-    _write_parquet(pa.Table.from_pylist(rows, schema=schema), path)
+    with atomic_open(path) as fh, pq.ParquetWriter(fh, schema) as writer:
+        group: list[dict[str, Any]] = []
+        groups = 0
+        for row in rows:
+            validate("manifest_row", row, file=os.fspath(path), record_id=row.get("key"))
+            group.append(row)
+            if len(group) == row_group:
+                writer.write_table(pa.Table.from_pylist(group, schema=schema))
+                group, groups = [], groups + 1
+        if group or not groups:
+            writer.write_table(pa.Table.from_pylist(group, schema=schema))
 
 
 def read_manifest(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
