@@ -5,9 +5,9 @@ transcription off, so the data path is what is timed) and write shards. The
 plain loop reads each image, checks it, hashes it and writes it with
 webdataset's ``ShardWriter``: the floor any engine must approach. Each run is
 a separate process, timed from outside (start-up included). Memory is the
-driver's peak RSS and the peak PSS of the driver with every process under it
-(pool workers, Ray's raylet and workers), at N/10 and N samples, to show
-whether it stays flat. The machine may be shared: ``--repeats`` interleaves
+driver's peak RSS, the peak PSS of the driver with every process under it
+(pool workers, Ray's raylet and workers) and each of those processes' own
+peak PSS added up, at N/10 and N samples, to show whether it stays flat. The machine may be shared: ``--repeats`` interleaves
 rounds of plain loop and engines, and the load average is printed with each.
 
     python benchmarks/build.py [--n 10000] [--engines beam,ray] [--repeats 3]
@@ -104,10 +104,10 @@ def engine(name: str, raw: str, out: str) -> None:
         ray_engine.run(cfg, out, num_cpus=workers)
 
 
-def _tree_pss_mib(root: int) -> float:
-    """Proportional set size of a process and all its descendants (shared pages
-    split between the processes that share them, so forked workers are not
-    counted twice)."""
+def _tree_pss_mib(root: int) -> dict[int, float]:
+    """Proportional set size of a process and each of its descendants, MiB
+    (shared pages split between the processes that share them, so forked
+    workers are not counted twice)."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -115,17 +115,17 @@ def _tree_pss_mib(root: int) -> float:
         except OSError:
             continue
         children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    total, todo = 0, [root]
+    out, todo = {}, [root]
     while todo:
         pid = todo.pop()
         todo += children.get(pid, [])
         try:
             for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
                 if line.startswith("Pss:"):
-                    total += int(line.split()[1])
+                    out[pid] = int(line.split()[1]) / 1024
         except OSError:
             continue
-    return total / 1024
+    return out
 
 
 @dataclass
@@ -133,6 +133,9 @@ class Run:
     seconds: float
     driver_rss_mib: float  # peak RSS of the driver process (getrusage)
     tree_pss_mib: float  # peak PSS of the driver and every process under it, sampled
+    # each process's own peak PSS, added up: a bound on the tree's peak that does not
+    # depend on how long a run gives the processes' peaks to coincide
+    peaks_pss_mib: float
 
 
 def measure(what: str, raw: Path, out: Path) -> Run:
@@ -145,16 +148,19 @@ def measure(what: str, raw: Path, out: Path) -> Run:
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    peak = 0.0
+    peak, peaks = 0.0, {}
     while proc.poll() is None:
-        peak = max(peak, _tree_pss_mib(proc.pid))
+        tree = _tree_pss_mib(proc.pid)
+        peak = max(peak, sum(tree.values()))
+        for pid, pss in tree.items():
+            peaks[pid] = max(peaks.get(pid, 0.0), pss)
         time.sleep(0.1)
     seconds = time.perf_counter() - start
     stdout, stderr = proc.communicate()
     if proc.returncode != 0:
         raise SystemExit(f"{what} failed:\n{stderr[-3000:]}")
     shutil.rmtree(out)
-    return Run(seconds, int(stdout.split()[-1]) / 1024, peak)
+    return Run(seconds, int(stdout.split()[-1]) / 1024, peak, sum(peaks.values()))
 
 
 def _load() -> str:
@@ -186,16 +192,17 @@ def main() -> None:
         image_kib = sum(p.stat().st_size for p in large.glob("images/*")) / args.n / 1024
         print(f"{args.n} samples (images {image_kib:.1f} KiB on average, transcription off); "
               "samples/s per round, ratio to the plain loop of the same round; peak memory "
-              "at N/10 and N (driver RSS | whole process tree PSS, MiB; N: last round)")
+              "at N/10 -> N (driver RSS | process tree PSS | per-process peak PSS added up, "
+              "MiB; N: last round)")
         for what in runs:
             rates = [args.n / r[what].seconds for r in rounds]
             ratios = [args.n / r[what].seconds / (args.n / r["plain"].seconds) for r in rounds]
             last = rounds[-1][what]
             print(f"{what:14s} " + " ".join(f"{rate:6.0f}/s {ratio:4.2f}x"
                                             for rate, ratio in zip(rates, ratios, strict=True))
-                  + f"   memory {memory[what].driver_rss_mib:4.0f} | "
-                  f"{memory[what].tree_pss_mib:4.0f} -> {last.driver_rss_mib:4.0f} | "
-                  f"{last.tree_pss_mib:4.0f}")
+                  + "   memory " + " -> ".join(
+                      f"{r.driver_rss_mib:4.0f} | {r.tree_pss_mib:4.0f} | {r.peaks_pss_mib:4.0f}"
+                      for r in (memory[what], last)))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -312,8 +311,7 @@ def run(cfg: build.BuildConfig, out_dir: str, beam_args: Sequence[str] = (),
         pool.start_server()
     files = build.input_files(cfg.raw_dir)
     previous = build.prepare_output(out_dir, mode)
-    spills = tempfile.mkdtemp(prefix="pixmo-shuffle-", dir=shuffle_dir) \
-        if runs_locally(beam_args) else None
+    spills = shuffle.make_folder(shuffle_dir) if runs_locally(beam_args) else None
     try:
         p = beam.Pipeline(options=PipelineOptions(args))
         _graph(p, cfg, out_dir, files, previous, workers, spills)

@@ -12,13 +12,16 @@ and their workers share no disk.
 Files are named per bundle and appear under their final name when the bundle
 finishes, so a bundle that fails and is retried leaves no half-written file
 behind a name Beam passes on. The folder belongs to one build; the engine
-removes it when the build ends.
+removes it when the build ends, and the next build removes the folders of
+builds that were killed.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import struct
+import tempfile
 import uuid
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -29,8 +32,30 @@ from apache_beam.coders import FastPrimitivesCoder
 from apache_beam.transforms.window import GlobalWindows
 
 PARTITIONS = 256
+PREFIX = "pixmo-shuffle-"
 _LENGTH = struct.Struct("<I")
 _coder = FastPrimitivesCoder()
+
+
+def make_folder(parent: str | None = None) -> str:
+    """A new spill folder in ``parent`` (default: the system's temporary
+    folder), after removing those left there by builds that were killed."""
+    parent = parent if parent is not None else tempfile.gettempdir()
+    for name in os.listdir(parent):
+        pid = name.removeprefix(PREFIX).split("-", 1)[0]
+        if name.startswith(PREFIX) and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=parent)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def hashed(key: Any) -> str:

@@ -50,9 +50,11 @@ def test_kill_during_shard_writing_then_resume(tmp_path):
     reference = tmp_path / "reference"
     assert main(_build_args(raw, reference)) == 0
 
-    out = tmp_path / "out"
+    out, spill = tmp_path / "out", tmp_path / "spill"
+    spill.mkdir()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", *_build_args(raw, out)],
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", *_build_args(raw, out),
+                             "--shuffle-dir", str(spill)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
@@ -66,8 +68,10 @@ def test_kill_during_shard_writing_then_resume(tmp_path):
     assert committed_at_kill, "the kill came before any shard was committed"
     assert not (out / "dataset.json").exists(), "the kill came after the build finished"
     assert len(committed_at_kill) < 60
+    assert len(list(spill.iterdir())) == 1  # the killed build's spill folder
 
-    assert main(_build_args(raw, out)) == 0
+    assert main([*_build_args(raw, out), "--shuffle-dir", str(spill)]) == 0
+    assert list(spill.iterdir()) == []  # removed by the next build, with its own
     assert verify(out) == []
     assert _snapshot(out) == _snapshot(reference)  # same shards, same bytes, same count
     assert [s.key for s in iter_samples(out)] == [s.key for s in iter_samples(reference)]

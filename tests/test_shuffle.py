@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import apache_beam as beam
@@ -75,3 +78,15 @@ def test_beam_build_removes_its_spills(tmp_path):
     description = read_dataset_json(tmp_path / "out/dataset.json")
     assert [s["samples"] for s in description["shards"]] == [64, 64, 64, 64, 44]
     assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_spill_folders_of_killed_builds_are_removed(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / f"{shuffle.PREFIX}{dead.pid}-abc/by-ref").mkdir(parents=True)
+    (tmp_path / f"{shuffle.PREFIX}{os.getppid()}-def").mkdir()  # a live build's
+    (tmp_path / "pixmo-shuffle-notes").mkdir()  # not one of ours
+    made = shuffle.make_folder(str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [Path(made).name, f"{shuffle.PREFIX}{os.getppid()}-def", "pixmo-shuffle-notes"])
+    assert Path(made).name.startswith(f"{shuffle.PREFIX}{os.getpid()}-")
