@@ -7,8 +7,9 @@ webdataset's ``ShardWriter``: the floor any engine must approach. Each run is
 a separate process, timed from outside (start-up included). Memory is the
 driver's peak RSS, the peak PSS of the driver with every process under it
 (pool workers, Ray's raylet and workers) and each of those processes' own
-peak PSS added up, at N/10 and N samples, to show whether it stays flat. The machine may be shared: ``--repeats`` interleaves
-rounds of plain loop and engines, and the load average is printed with each.
+peak PSS added up, at N/10 and N samples, to show whether it stays flat.
+The machine may be shared: ``--repeats`` interleaves rounds of plain loop
+and engines, and the load average is printed with each.
 
     python benchmarks/build.py [--n 10000] [--engines beam,ray] [--repeats 3]
 """
