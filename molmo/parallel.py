@@ -64,8 +64,13 @@ def init(cfg: ParallelConfig) -> World:
     return World(rank, local_rank, world_size, device, distributed)
 
 
-def close() -> None:
+def close(wait: bool = True) -> None:
+    """Tear the process group down, by default once every rank has got here: rank 0
+    hosts the store, and a rank still tearing down when rank 0 has exited can abort.
+    After an error, ``wait=False``: the other ranks may never arrive."""
     if dist.is_initialized():
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -121,8 +121,10 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> None:
             export(run, Path(cfg.run_dir) / "model")
         if writer is not None:
             writer.close()
-    finally:
-        parallel.close()
+    except BaseException:
+        parallel.close(wait=False)
+        raise
+    parallel.close()
 
 
 def _micro_batches(loader: MolmoLoader) -> Iterator[tuple[dict[str, torch.Tensor], BatchInfo]]:
