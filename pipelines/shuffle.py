@@ -71,7 +71,9 @@ def ordered(key: str) -> str:
 
 
 def read_spill(path: str) -> Iterator[tuple[Any, Any]]:
-    """The (key, value) pairs of one spill file, in the order they were written."""
+    """The (key, value) pairs of one spill file, in the order they were written.
+    Only the build's own files, in its private (0700) folder, are ever read:
+    Beam's coder falls back to pickle for types it does not know."""
     with open(path, "rb") as fh:
         while header := fh.read(_LENGTH.size):
             (size,) = _LENGTH.unpack(header)
