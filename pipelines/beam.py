@@ -324,11 +324,13 @@ def run(cfg: build.BuildConfig, out_dir: str, beam_args: Sequence[str] = (),
 
 def _graph(p: beam.Pipeline, cfg: build.BuildConfig, out_dir: str, files: list[str],
            previous: build.Previous, workers: int, spills: str | None) -> None:
+    def folder(name: str) -> str:
+        path = os.path.join(spills, name)
+        os.makedirs(path)
+        return path
+
     def group(name: str) -> beam.PTransform:
-        if spills is None:
-            return beam.GroupByKey()
-        os.makedirs(os.path.join(spills, name))
-        return shuffle.GroupOnDisk(os.path.join(spills, name))
+        return beam.GroupByKey() if spills is None else shuffle.GroupOnDisk(folder(name))
 
     read = (p | "Files" >> beam.Create(files)
             | "Read" >> beam.ParDo(_Read(cfg.raw_dir)).with_outputs(BOOKS, main="records"))
@@ -349,10 +351,8 @@ def _graph(p: beam.Pipeline, cfg: build.BuildConfig, out_dir: str, files: list[s
                       plan, default_value=no_samples))
                   | "GroupByShard" >> beam.GroupByKey())
     else:
-        os.makedirs(os.path.join(spills, "samples"))
         shards = (joined.samples
-                  | "Spill" >> beam.ParDo(shuffle.Spill(os.path.join(spills, "samples"),
-                                                        shuffle.ordered))
+                  | "Spill" >> beam.ParDo(shuffle.Spill(folder("samples"), shuffle.ordered))
                   | "AllSpills" >> beam.CombineGlobally(beam.combiners.ToListCombineFn())
                   .without_defaults()
                   | "Cut" >> beam.ParDo(_Cut(cfg, previous.start_index)))
