@@ -8,7 +8,7 @@ Every stage is a plain function of records, so the Beam and Ray pipelines in
 3. ``resolve_image``   one image ref -> ``LoadedImage`` | rejects for every record naming it
 4. ``Annotator``       record + its image -> ``Annotation`` (transcript or points) | ``Reject``
 5. ``join_sample``     everything about one content hash -> ``ShardSample`` -> ``plan``
-6. ``assign_shards`` / ``write_or_keep`` / ``finish``   (pixmo.samples, pixmo.shards)
+6. ``ShardCutter`` / ``write_or_keep`` / ``finish``   (pixmo.samples, pixmo.shards)
 
 Input records are counted per file, so ``finish`` can prove that every
 record read ended in a sample's ``sources`` or in ``rejects.parquet``.
@@ -53,7 +53,7 @@ from pixmo.points import ImageInfo, PointAnnotation, PointsConfig, merge_annotat
 from pixmo.points import validate_points as _validate_points
 from pixmo.records import RawRecord, read_records
 from pixmo.rejects import Reason, Reject
-from pixmo.samples import ImageAnnotations, assign_shards, build_sample, merge_images
+from pixmo.samples import ImageAnnotations, ShardCutter, build_sample, merge_images
 from pixmo.shards import (
     DATASET_JSON,
     MANIFEST,
@@ -312,11 +312,13 @@ class ShardPlan:
     @classmethod
     def assign(cls, sizes: Iterable[tuple[str, int]], cfg: ShardConfig, start: int
                ) -> ShardPlan:
-        mapping = assign_shards(dict(sizes), cfg.max_samples, cfg.max_bytes, start)
-        firsts: dict[int, str] = {}
-        for key in sorted(mapping):
-            firsts.setdefault(mapping[key], key)
-        return cls(first_keys=tuple(firsts[i] for i in sorted(firsts)), start=start)
+        """The plan ``ShardCutter`` makes of (key, tar bytes) pairs, one per sample."""
+        cutter = ShardCutter(cfg.max_samples, cfg.max_bytes, start)
+        firsts: list[str] = []
+        for key, size in sorted(sizes):
+            if cutter.shard_of(size) - start == len(firsts):
+                firsts.append(key)
+        return cls(first_keys=tuple(firsts), start=start)
 
     @property
     def shards(self) -> int:

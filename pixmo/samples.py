@@ -93,11 +93,3 @@ class ShardCutter:
         self._size += size
         return self.index
 
-
-def assign_shards(sizes: dict[str, int], max_samples: int, max_bytes: int | None = None,
-                  start: int = 0) -> dict[str, int]:
-    """Shard index of every key, from ``{key: bytes in the tar}`` (``ShardCutter``
-    on the sorted keys). It depends on the samples alone, not on the engine or
-    the order they arrived in."""
-    cutter = ShardCutter(max_samples, max_bytes, start)
-    return {key: cutter.shard_of(sizes[key]) for key in sorted(sizes)}

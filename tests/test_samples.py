@@ -4,8 +4,10 @@ import io
 
 from PIL import Image
 
+from pixmo.build import ShardPlan
 from pixmo.images import decode_image
-from pixmo.samples import ImageAnnotations, assign_shards, build_sample, merge_images
+from pixmo.samples import ImageAnnotations, build_sample, merge_images
+from pixmo.shards import ShardConfig
 from pixmo.validation import check
 
 
@@ -36,6 +38,15 @@ def test_one_sample_per_content_hash_in_any_order():
                                      {"file": "points.jsonl", "record": "10"}]
     assert first.files == {"png": data}
     assert check("sample", first.json) is None
+
+
+def assign_shards(sizes: dict[str, int], max_samples: int, max_bytes: int | None = None,
+                  start: int = 0) -> dict[str, int]:
+    """Shard of every key under the plan engines hand their workers."""
+    cfg = ShardConfig(max_samples=max_samples, **({} if max_bytes is None else
+                                                  {"max_bytes": max_bytes}))
+    plan = ShardPlan.assign(sizes.items(), cfg, start)
+    return {key: plan.shard_of(key) for key in sizes}
 
 
 def test_shard_assignment_depends_only_on_the_samples():
