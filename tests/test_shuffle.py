@@ -64,12 +64,17 @@ def test_spills_come_back_in_key_order(tmp_path):
     assert all(v == {"key": k} for k, v in back)
 
 
-def test_beam_build_removes_its_spills(tmp_path):
+def test_beam_build_removes_its_spills(tmp_path, monkeypatch):
+    """A local build's groupings go through spill files in ``shuffle_dir``,
+    all gone when it ends."""
     from benchmarks.build import make_raw
     from pipelines import beam
     from pixmo.build import BuildConfig
     from pixmo.shards import ShardConfig, read_dataset_json
 
+    read = []
+    monkeypatch.setattr(shuffle, "read_spill", lambda path, real=shuffle.read_spill:
+                        read.append(path) or real(path))
     make_raw(tmp_path / "raw", 300)
     (tmp_path / "tmp").mkdir()
     cfg = BuildConfig(raw_dir=str(tmp_path / "raw"), transcribe=False,
@@ -77,6 +82,8 @@ def test_beam_build_removes_its_spills(tmp_path):
     beam.run(cfg, str(tmp_path / "out"), shuffle_dir=str(tmp_path / "tmp"))
     description = read_dataset_json(tmp_path / "out/dataset.json")
     assert [s["samples"] for s in description["shards"]] == [64, 64, 64, 64, 44]
+    groupings = {Path(p).relative_to(tmp_path / "tmp").parts[1] for p in read}
+    assert groupings == {"by-ref", "by-hash", "samples"}
     assert list((tmp_path / "tmp").iterdir()) == []
 
 
