@@ -2,11 +2,11 @@
 
 Each (rank, worker) pair is a *slot* with its own contiguous, block-shuffled slice of every
 epoch (``molmo/sampling.py``); a slot turns samples into examples (``molmo/tasks.py``), runs the
-Molmo preprocessor and collates whole batches inside its worker. The DataLoader takes batches
-from its workers round-robin, so the batch sequence of a rank is fixed by the seed, the world
-size and the worker count, and a slot's position is a few counters: ``state_dict`` records them
-for the batches the training loop actually received, and ``load_state_dict`` restarts every
-worker there, with no replay of earlier data.
+Molmo preprocessor and collates whole batches inside its worker (a DataLoader process or a
+thread, ``worker_type``). Batches are taken from the workers round-robin, so the batch sequence
+of a rank is fixed by the seed, the world size and the worker count, and a slot's position is a
+few counters: ``state_dict`` records them for the batches the training loop actually received,
+and ``load_state_dict`` restarts every worker there, with no replay of earlier data.
 
 Modes: ``finite`` walks each epoch once (all datasets together) and pads every slot to the same
 number of full batches with repeats that carry no loss, so every rank yields the same number of
@@ -27,11 +27,13 @@ import copy
 import dataclasses
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
+import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from molmo.preprocess import PIXEL_DTYPES, MolmoProcessor, PreprocessConfig, collate
@@ -46,6 +48,7 @@ from molmo.sampling import (
     slot_range,
 )
 from molmo.tasks import DEFAULT_MAX_PIXELS, TaskConfig, build_example, load_image
+from molmo.thread_workers import round_robin
 from molmo.tokenizer import TextTokenizer
 from pixmo.config_io import from_mapping
 from pixmo.errors import PixmoError
@@ -53,6 +56,7 @@ from pixmo.errors import PixmoError
 log = logging.getLogger(__name__)
 
 MODES = ("finite", "resampled")
+WORKER_TYPES = ("process", "thread")
 STATE_VERSION = 1
 COUNTERS = ("examples", "padding", "empty", "failed_samples", "failures")
 
@@ -95,6 +99,10 @@ class DataConfig:
     ``pixel_dtype``: how crops travel from the workers. "uint8" (unnormalised pixels, a quarter
     of the bytes of float32) needs ``molmo.preprocess.normalize_images`` on the consumer side,
     which the training loop runs on its device; "float32" yields model-ready crops.
+    ``worker_type``: "process" runs the workers as DataLoader processes; "thread" as threads
+    of this process (``molmo/thread_workers.py``), which skips moving every batch between
+    processes but shares this process's GIL with the training loop. Both yield the same
+    batches, and a state saved with one resumes with the other.
     """
 
     datasets: tuple[DatasetConfig, ...]
@@ -111,6 +119,7 @@ class DataConfig:
     pin_memory: bool = False
     worker_timeout_s: float = 0.0  # a worker silent this long fails the run (0: wait forever)
     pixel_dtype: str = "uint8"
+    worker_type: str = "process"
 
     def __post_init__(self) -> None:
         if not self.datasets:
@@ -135,6 +144,9 @@ class DataConfig:
                              f"got {self.worker_timeout_s}")
         if self.max_crops is not None and self.max_crops < 1:
             raise ValueError(f"DataConfig.max_crops must be >= 1, got {self.max_crops}")
+        if self.worker_type not in WORKER_TYPES:
+            raise ValueError(f"DataConfig.worker_type must be one of {WORKER_TYPES}, "
+                             f"got {self.worker_type!r}")
         if self.pixel_dtype not in PIXEL_DTYPES:
             raise ValueError(f"DataConfig.pixel_dtype must be one of {PIXEL_DTYPES}, "
                              f"got {self.pixel_dtype!r}")
@@ -321,21 +333,33 @@ class _Slot:
 
 class _SlotDataset(IterableDataset):
     """Worker w serves the rank's slot (w + rotation) % workers: after a resume at batch j, the
-    DataLoader's first worker must be the slot whose turn it is."""
+    first worker to deliver must be the slot whose turn it is."""
 
     def __init__(self, ctx: _Context, states: Sequence[dict[str, Any] | None],
                  rotation: int) -> None:
         self.ctx, self.states, self.rotation = ctx, list(states), rotation
 
     def __iter__(self) -> Iterator[tuple[dict[str, Any], BatchInfo]]:
-        ctx, info = self.ctx, get_worker_info()
-        local = ((0 if info is None else info.id) + self.rotation) % ctx.slots_per_rank
+        info = get_worker_info()
+        return self.worker(0 if info is None else info.id)
+
+    def worker(self, w: int) -> Iterator[tuple[dict[str, Any], BatchInfo]]:
+        ctx = self.ctx
+        local = (w + self.rotation) % ctx.slots_per_rank
         slot = _Slot(ctx, ctx.rank * ctx.slots_per_rank + local, self.states[local])
         yield from slot.batches()
 
 
 def _unchanged(batch: Any) -> Any:
     return batch
+
+
+def _thread_worker(dataset: _SlotDataset, pin_memory: bool,
+                   w: int) -> Iterator[tuple[dict[str, Any], BatchInfo]]:
+    """Worker thread ``w``'s batches, pinned in the worker (the DataLoader pins in a thread of
+    the main process)."""
+    for batch, info in dataset.worker(w):
+        yield ({k: v.pin_memory() for k, v in batch.items()} if pin_memory else batch), info
 
 
 class MolmoLoader:
@@ -406,18 +430,26 @@ class MolmoLoader:
             self._next_epoch()
         ctx = _Context(self.config, self.shards, self.rates, self.processor, self.rank,
                        self.world_size, self.epoch, self.slot_length)
-        workers = self.config.num_workers
-        loader = DataLoader(
-            _SlotDataset(ctx, self._states, self._batches % self.slots_per_rank),
-            batch_size=None, num_workers=workers, collate_fn=_unchanged,
-            prefetch_factor=self.config.prefetch_factor if workers else None,
-            pin_memory=self.config.pin_memory,
-            timeout=self.config.worker_timeout_s if workers else 0,
-        )
-        for batch, info in loader:
-            self._states[info.slot - self.rank * self.slots_per_rank] = info.state
-            self._batches += 1
-            yield batch, info
+        cfg, workers = self.config, self.config.num_workers
+        dataset = _SlotDataset(ctx, self._states, self._batches % self.slots_per_rank)
+        if workers and cfg.worker_type == "thread":
+            pin = cfg.pin_memory and torch.accelerator.is_available()  # as the DataLoader
+            loader = round_robin(partial(_thread_worker, dataset, pin), workers,
+                                 cfg.prefetch_factor, cfg.worker_timeout_s)
+        else:
+            loader = DataLoader(
+                dataset, batch_size=None, num_workers=workers, collate_fn=_unchanged,
+                prefetch_factor=cfg.prefetch_factor if workers else None,
+                pin_memory=cfg.pin_memory, timeout=cfg.worker_timeout_s if workers else 0,
+            )
+        try:
+            for batch, info in loader:
+                self._states[info.slot - self.rank * self.slots_per_rank] = info.state
+                self._batches += 1
+                yield batch, info
+        finally:
+            if isinstance(loader, Generator):  # thread workers stop now, not when collected
+                loader.close()
         if finite:
             self._next_epoch()
 

@@ -1,5 +1,5 @@
 """molmo/data.py: the streaming loader, with real shards, a real BPE tokenizer, the Molmo
-preprocessor and real DataLoader worker processes."""
+preprocessor, real DataLoader worker processes and worker threads."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import logging
+import threading
 
 import numpy as np
 import pytest
@@ -80,9 +81,11 @@ def same_batches(a, b) -> None:
             assert torch.equal(x[key], y[key]), key
 
 
-def test_finite_epoch_covered_once_by_two_ranks_of_two_workers(tokenizer, dataset):
+@pytest.mark.parametrize("worker_type", ["process", "thread"])
+def test_finite_epoch_covered_once_by_two_ranks_of_two_workers(tokenizer, dataset, worker_type):
     all_keys = {make_sample(i).key for i in range(37)}
-    cfg = config(DatasetConfig("ds", str(dataset)), mode="finite", seed=11)
+    cfg = config(DatasetConfig("ds", str(dataset)), mode="finite", seed=11,
+                 worker_type=worker_type)
     seen: list[str] = []
     counts = []
     for rank in range(2):
@@ -119,9 +122,11 @@ def test_next_epoch_reshuffles(tokenizer, dataset):
     assert sorted(first) == sorted(second) and first != second
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_finite_resume_equals_uninterrupted(tokenizer, dataset, workers):
-    cfg = config(DatasetConfig("ds", str(dataset)), mode="finite", num_workers=workers)
+@pytest.mark.parametrize(("workers", "worker_type"), [(0, "process"), (2, "process"),
+                                                    (2, "thread")])
+def test_finite_resume_equals_uninterrupted(tokenizer, dataset, workers, worker_type):
+    cfg = config(DatasetConfig("ds", str(dataset)), mode="finite", num_workers=workers,
+                 worker_type=worker_type)
     loader = MolmoLoader(cfg, tokenizer, PRE, rank=1, world_size=2)
     epoch0 = run(loader)
     epoch1 = run(loader, 3)
@@ -147,6 +152,24 @@ def test_resampled_mixture_resume_equals_uninterrupted(tokenizer, dataset, tmp_p
         resumed = MolmoLoader(cfg, tokenizer, PRE, rank=0, world_size=2)
         resumed.load_state_dict(full[k - 1][2])
         same_batches(run(resumed, 14 - k), full[k:])
+
+
+def test_thread_workers_give_the_process_workers_batches(tokenizer, dataset, tmp_path):
+    """Same batches in the same order; a state saved with one type resumes with the other."""
+    small = make_dataset(tmp_path / "small", 7, 3, first=100)
+    sources = (DatasetConfig("ds", str(dataset)), DatasetConfig("small", str(small)))
+    for mode, n in (("finite", None), ("resampled", 9)):
+        cfg = {kind: config(*sources[: 1 if mode == "finite" else 2], mode=mode, seed=3,
+                            worker_type=kind, pin_memory=True)  # no-op without a GPU
+               for kind in ("process", "thread")}
+        processes = run(MolmoLoader(cfg["process"], tokenizer, PRE, rank=1, world_size=2), n)
+        threads = run(MolmoLoader(cfg["thread"], tokenizer, PRE, rank=1, world_size=2), n)
+        same_batches(threads, processes)
+        assert [s for *_, s in threads] == [s for *_, s in processes]
+        resumed = MolmoLoader(cfg["thread"], tokenizer, PRE, rank=1, world_size=2)
+        resumed.load_state_dict(processes[2][2])
+        same_batches(run(resumed, len(processes) - 3), processes[3:])
+    assert not [t for t in threading.enumerate() if t.name.startswith("molmo-data-worker")]
 
 
 def test_changed_world_size_or_workers_refused(tokenizer, dataset):
@@ -228,10 +251,13 @@ def test_undecodable_image_is_skipped_and_consecutive_failures_stop(tokenizer, t
     assert loader.stats() == {"examples": 8, "padding": 3, "empty": 0, "failed_samples": 3,
                               "failures": 3}
     # Worker 1 reads samples 4-7 in one shuffled block: at least two failures in a row.
-    strict = config(source, mode="finite", num_workers=2, max_consecutive_failures=1)
-    with pytest.raises(PixmoError, match=r"2 consecutive samples failed, more than "
-                                         r"max_consecutive_failures 1; the last: .*cannot decode"):
-        run(MolmoLoader(strict, tokenizer, PRE))
+    for worker_type in ("process", "thread"):
+        strict = config(source, mode="finite", num_workers=2, max_consecutive_failures=1,
+                        worker_type=worker_type)
+        with pytest.raises(PixmoError, match=r"2 consecutive samples failed, more than "
+                                             r"max_consecutive_failures 1; the last: "
+                                             r".*cannot decode"):
+            run(MolmoLoader(strict, tokenizer, PRE))
 
 
 def test_no_usable_sample_stops_instead_of_spinning(tokenizer, tmp_path):
@@ -334,6 +360,9 @@ def test_config_from_dict():
     assert cfg.pixel_dtype == "uint8"
     with pytest.raises(ValueError, match="pixel_dtype must be one of"):
         DataConfig.from_dict({"pixel_dtype": "bf16", "datasets": [{"name": "a", "source": "a"}]})
+    assert cfg.worker_type == "process"
+    with pytest.raises(ValueError, match="worker_type must be one of"):
+        DataConfig.from_dict({"worker_type": "fiber", "datasets": [{"name": "a", "source": "a"}]})
     with pytest.raises(ValueError, match="worker_timeout_s must be >= 0"):
         DataConfig.from_dict({"worker_timeout_s": -1,
                               "datasets": [{"name": "a", "source": "a"}]})
