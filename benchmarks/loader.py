@@ -1,23 +1,28 @@
 """How fast does the loader turn PixMo shards into model-ready Molmo batches, and how much memory
 does it hold?
 
-Writes a synthetic dataset (JPEG photos-sized images, a caption, three point sets and a QA pair
-per sample), then, each in a fresh process so peak RSS is its own: reads the shards with plain
-webdataset and no decoding (the I/O floor), and runs ``MolmoLoader`` (finite epoch, default
-336 px / 12 crop preprocessing) with 0, 1 and 2 workers, for each crop transport
+Writes a synthetic dataset (JPEG photos-sized images, a caption, three point sets and a QA pair per
+sample), then, each in a fresh process so peak RSS is its own: reads the shards with plain
+webdataset and no decoding (the I/O floor), and runs ``MolmoLoader`` (finite epoch, default 336 px
+/ 12 crop preprocessing) with 0 workers and with 1 and 2 workers of each type (``--worker-types``:
+DataLoader processes, or threads of the main process), for each crop transport
 (``--pixel-dtypes``): uint8 crops normalised by the consumer (``normalize_images``, on CPU here,
 inside the timing; in training it runs on the GPU) or float32 crops normalised in the workers.
-Prints samples/s into model-ready batches, the ratios against 0 workers and against the floor,
-and the peak RSS of the main process and of the largest worker; then the 2-worker run again on a
-dataset ``--scale`` times larger, reading the same number of samples, to show that memory does
+Prints samples/s into model-ready batches, the ratios against 0 workers and against the floor, and
+the peak RSS of the main process and of the largest worker process; then the 2-worker runs again on
+a dataset ``--scale`` times larger, reading the same number of samples, to show that memory does
 not grow with the dataset. Time and CPU count from after the imports; "steady" leaves out each
-worker's first batch (process start). CPU time is split between the main process and the
-workers (read from /proc while the workers live); as two cores do at most 2 CPU-seconds per
-second, 2 x (CPU per sample with 0 workers) / (CPU per sample with 2 workers) is the most that
-2 workers can gain on two idle cores.
+worker's first batch (process start). CPU time is split between the main process (with its threads)
+and the worker processes (read from /proc while they live); as two cores do at most 2 CPU-seconds
+per second, 2 x (CPU per sample with 0 workers) / (CPU per sample with 2 workers) is the most that
+2 workers can gain on two idle cores. Then two 0-worker runs side by side, the rate two cores give
+two processes that share no data: the machine's own ceiling for 2 workers. Last, what a worker
+costs the training loop beside it: the rate at which the main thread runs tiny torch ops (the
+GIL-holding part of launching GPU kernels) while one worker of each type preprocesses on the other
+core, against no worker.
 
     python benchmarks/loader.py [--samples 160] [--batch 4] [--scale 4] [--repeats 2]
-                                [--pixel-dtypes uint8 float32]
+                                [--pixel-dtypes uint8 float32] [--worker-types process thread]
 """
 
 from __future__ import annotations
@@ -118,12 +123,45 @@ def _peak_rss() -> dict:
     return {"rss_main": hwm_kib / 1024, "rss_worker": kids.ru_maxrss / 1024}
 
 
+def _launches(seconds: float) -> float:
+    """Tiny torch ops per second in this thread: the Python and dispatcher work with which a
+    training loop launches its GPU kernels, the part of a step that needs the GIL."""
+    import torch
+
+    x, n = torch.zeros(16), 0
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        for _ in range(100):
+            x * 2 + 1
+        n += 100
+    return n / seconds
+
+
+def launch_rate(spec: dict) -> dict:
+    """Launch rate of the main thread while one worker of ``spec``'s type preprocesses without
+    pause (a deep prefetch, so it never waits), or with no loader at all (``workers`` 0)."""
+    if not spec["workers"]:
+        return {"launches": _launches(spec["seconds"])}
+    from molmo.data import DataConfig, DatasetConfig, MolmoLoader
+    from molmo.tokenizer import MolmoTokenizer
+
+    cfg = DataConfig(datasets=(DatasetConfig("bench", spec["data"]),), batch_size=spec["batch"],
+                     num_workers=1, worker_type=spec["worker_type"], prefetch_factor=10_000)
+    batches = iter(MolmoLoader(cfg, MolmoTokenizer.from_dir(spec["tokenizer"])))
+    next(batches)  # the worker is up and busy
+    rate = _launches(spec["seconds"])
+    batches.close()
+    return {"launches": rate}
+
+
 def run_one(spec: dict) -> dict:
     """One measurement, in this (fresh) process, from after the imports. The steady rate and
     CPU leave out each worker's first batch (process start)."""
     import torch
 
     torch.set_num_threads(1)  # one core per process: workers get one thread each too
+    if spec["kind"] == "launches":
+        return launch_rate(spec)
     if spec["kind"] == "webdataset":
         import webdataset as wds
 
@@ -143,7 +181,8 @@ def run_one(spec: dict) -> dict:
         cfg = DataConfig(datasets=(DatasetConfig("bench", spec["data"]),),
                          batch_size=spec["batch"], mode="finite",
                          num_workers=spec["workers"], shuffle_block=64,
-                         pixel_dtype=spec["pixel_dtype"])
+                         pixel_dtype=spec["pixel_dtype"],
+                         worker_type=spec.get("worker_type", "process"))
         loader = MolmoLoader(cfg, MolmoTokenizer.from_dir(spec["tokenizer"]))
         batches = iter(loader)
         n = 0
@@ -166,10 +205,25 @@ def run_one(spec: dict) -> dict:
             "cpu_workers": (cpu_end[1] - cpu_at[1]) / steady, **_peak_rss()}
 
 
-def measure(spec: dict) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--run", json.dumps(spec)], check=True,
-                         capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def measure(spec: dict, copies: int = 1) -> dict:
+    """One run in a fresh process; with ``copies`` > 1 that many identical runs side by side,
+    their rates summed (CPU per sample averaged, RSS the largest): what the machine itself gives
+    independent processes, with no data passing between them."""
+    procs = [subprocess.Popen([sys.executable, __file__, "--run", json.dumps(spec)],
+                              stdout=subprocess.PIPE, text=True) for _ in range(copies)]
+    results = []
+    for proc in procs:
+        out, _ = proc.communicate()
+        if proc.returncode:
+            raise subprocess.CalledProcessError(proc.returncode, proc.args)
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    if copies == 1:
+        return results[0]
+    combined = {key: max(r[key] for r in results) for key in ("rss_main", "rss_worker")}
+    combined.update({key: sum(r[key] for r in results) for key in ("samples", "rate", "steady")})
+    combined.update({key: sum(r[key] for r in results) / copies
+                     for key in ("cpu_main", "cpu_workers")})
+    return combined
 
 
 def main() -> None:
@@ -181,6 +235,8 @@ def main() -> None:
     parser.add_argument("--pixel-dtypes", nargs="+", choices=("uint8", "float32"),
                         default=["uint8", "float32"],
                         help="crop transports to measure; the first also gets the large dataset")
+    parser.add_argument("--worker-types", nargs="+", choices=("process", "thread"),
+                        default=["process", "thread"], help="DataConfig.worker_type values")
     parser.add_argument("--run", help=argparse.SUPPRESS)
     parser.add_argument("--prepare", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -201,51 +257,80 @@ def main() -> None:
         specs = {"webdataset, no decoding (I/O floor)": {"kind": "webdataset",
                                                           "data": str(small)}}
         for dtype in args.pixel_dtypes:
-            for workers in (0, 1, 2):
-                specs[_name(dtype, workers)] = {"data": str(small), "workers": workers,
-                                                "pixel_dtype": dtype, **common}
+            specs[_name(dtype, 0)] = {"data": str(small), "workers": 0, "pixel_dtype": dtype,
+                                      **common}
+            for kind in args.worker_types:
+                for workers in (1, 2):
+                    specs[_name(dtype, workers, kind)] = {
+                        "data": str(small), "workers": workers, "pixel_dtype": dtype,
+                        "worker_type": kind, **common}
         first = args.pixel_dtypes[0]
-        specs[f"{_name(first, 2)}, {args.scale}x dataset"] = {
-            "data": str(large), "workers": 2, "pixel_dtype": first, **common}
+        for kind in args.worker_types:
+            specs[f"{_name(first, 2, kind)}, {args.scale}x dataset"] = {
+                "data": str(large), "workers": 2, "pixel_dtype": first, "worker_type": kind,
+                **common}
+        specs[PAIR] = specs[_name(first, 0)]
         runs: dict[str, list[dict]] = {name: [] for name in specs}
+        launch_specs = {kind: {**common, "kind": "launches", "data": str(small), "seconds": 3,
+                               "workers": int(kind != "none"), "worker_type": kind}
+                        for kind in ("none", *args.worker_types)}
+        launches: dict[str, list[float]] = {kind: [] for kind in launch_specs}
         for _ in range(args.repeats):
             for name, spec in specs.items():
-                runs[name].append(measure(spec))
+                runs[name].append(measure(spec, copies=2 if name == PAIR else 1))
+            for kind, spec in launch_specs.items():
+                launches[kind].append(measure(spec)["launches"])
 
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average "
           f"{os.getloadavg()[0]:.1f}, Python {platform.python_version()}; {args.samples} samples "
           f"read per run (640x480 JPEG), batch {args.batch}, default preprocessing (336 px "
           f"crops, up to 12); median of {args.repeats}")
-    print(f"{'run':52s} {'samples/s':>9s} {'steady':>7s} {'steady CPU ms/sample':>18s} "
+    print(f"{'run':58s} {'samples/s':>9s} {'steady':>7s} {'steady CPU ms/sample':>18s} "
           f"{'peak RSS MiB':>18s}")
-    print(f"{'':52s} {'':>9s} {'':>7s} {'main':>8s} {'workers':>9s} {'main':>8s} "
+    print(f"{'':58s} {'':>9s} {'':>7s} {'main':>8s} {'workers':>9s} {'main':>8s} "
           f"{'worker':>9s}")
     steady, cpu = {}, {}
     for name, results in runs.items():
         r = sorted(results, key=lambda x: x["steady"])[len(results) // 2]
         steady[name] = r["steady"]
         cpu[name] = r["cpu_main"] + r["cpu_workers"]
-        print(f"{name:52s} {r['rate']:9.1f} {r['steady']:7.1f} {1000 * r['cpu_main']:8.1f} "
+        print(f"{name:58s} {r['rate']:9.1f} {r['steady']:7.1f} {1000 * r['cpu_main']:8.1f} "
               f"{1000 * r['cpu_workers']:9.1f} {r['rss_main']:8.0f} {r['rss_worker']:9.0f}")
     for dtype in args.pixel_dtypes:
         base = steady[_name(dtype, 0)]
-        for workers in (1, 2):
-            print(f"{dtype}: {workers} workers / 0 workers (steady samples/s): "
-                  f"{steady[_name(dtype, workers)] / base:.2f}x")
-        # Two cores do at most 2 s of CPU per second: the CPU per sample bounds the speed-up.
-        print(f"{dtype}: CPU bound for 2 workers on 2 idle cores: 2 x "
-              f"{1000 * cpu[_name(dtype, 0)]:.1f} / {1000 * cpu[_name(dtype, 2)]:.1f} ms = "
-              f"{2 * cpu[_name(dtype, 0)] / cpu[_name(dtype, 2)]:.2f}x")
+        for kind in args.worker_types:
+            for workers in (1, 2):
+                print(f"{dtype}: {workers} {kind} workers / 0 workers (steady samples/s): "
+                      f"{steady[_name(dtype, workers, kind)] / base:.2f}x")
+            # Two cores do at most 2 s of CPU per second: CPU per sample bounds the speed-up.
+            print(f"{dtype}: CPU bound for 2 {kind} workers on 2 idle cores: 2 x "
+                  f"{1000 * cpu[_name(dtype, 0)]:.1f} / "
+                  f"{1000 * cpu[_name(dtype, 2, kind)]:.1f} ms = "
+                  f"{2 * cpu[_name(dtype, 0)] / cpu[_name(dtype, 2, kind)]:.2f}x")
+    print(f"two 0-worker loaders side by side / one ({first}): "
+          f"{steady[PAIR] / steady[_name(first, 0)]:.2f}x (what two cores give two processes "
+          "that exchange nothing)")
+    kind = args.worker_types[0]
     if len(set(args.pixel_dtypes)) == 2:
-        uint8_2 = steady[_name("uint8", 2)]
-        print(f"uint8 2 workers / float32 0 workers: {uint8_2 / steady[_name('float32', 0)]:.2f}x"
-              f"; uint8 / float32, 2 workers: {uint8_2 / steady[_name('float32', 2)]:.2f}x")
+        uint8_2 = steady[_name("uint8", 2, kind)]
+        print(f"uint8 2 {kind} workers / float32 0 workers: "
+              f"{uint8_2 / steady[_name('float32', 0)]:.2f}x; uint8 / float32, 2 {kind} "
+              f"workers: {uint8_2 / steady[_name('float32', 2, kind)]:.2f}x")
     floor = steady["webdataset, no decoding (I/O floor)"]
-    print(f"I/O floor / 2 workers ({first}): {floor / steady[_name(first, 2)]:.0f}x")
+    print(f"I/O floor / 2 {kind} workers ({first}): "
+          f"{floor / steady[_name(first, 2, kind)]:.0f}x")
+    alone = float(np.median(launches["none"]))
+    for kind in args.worker_types:
+        print(f"training-loop launches (tiny torch ops/s in the main thread) while 1 {kind} "
+              f"worker preprocesses: {np.median(launches[kind]) / alone:.2f}x of none running "
+              f"({alone:,.0f}/s)")
+
+PAIR = "two 0-worker loaders side by side, rates summed"
 
 
-def _name(pixel_dtype: str, workers: int) -> str:
-    return f"MolmoLoader, {pixel_dtype} crops, {workers} workers"
+def _name(pixel_dtype: str, workers: int, worker_type: str | None = None) -> str:
+    kind = f" {worker_type}" if worker_type else ""
+    return f"MolmoLoader, {pixel_dtype} crops, {workers}{kind} workers"
 
 
 if __name__ == "__main__":
