@@ -107,9 +107,12 @@ def single(setup):
 
 
 def two_ranks(setup, strategy: str) -> Path:
+    """DDP's ranks load with a worker thread each, FSDP's with a worker process: the same
+    batches, hence the same losses."""
     root, data, tok = setup
     run_dir = root / strategy
-    cfg = tiny_config(run_dir, data, tok, parallel={"strategy": strategy})
+    cfg = tiny_config(run_dir, data, tok, parallel={"strategy": strategy},
+                      data={"worker_type": "thread" if strategy == "ddp" else "process"})
     if strategy == "fsdp":  # also: evaluation of the sharded model, and its export
         cfg["eval"] = {"interval": 5, "pointing": str(data), "captions": str(data),
                        "max_examples": 3, "max_new_tokens": 4}
