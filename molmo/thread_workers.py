@@ -2,9 +2,11 @@
 
 The batches of the DataLoader's worker processes are built in one process and rebuilt in
 another: every crop is copied into fresh shared memory and mapped again on the other side, CPU
-work that the in-process loader never does (about 10% of a batch's preprocessing). Most of the
-preprocessing (image decode, resize, numpy and torch array work, tokenisation) runs without the
+work that the in-process loader never does (6-11% of a batch's preprocessing, BENCHMARKS.md).
+Most of the preprocessing (image decode, resize, numpy and torch array work) runs without the
 GIL, so threads share the cores nearly as well as processes, and a batch moves by reference.
+The price is the GIL time that remains (about 13% of a worker's time, much of it in the
+tokenizer), taken from the training loop beside them.
 
 :func:`round_robin` takes batches from the workers in the order the DataLoader takes them from
 its worker processes for an iterable dataset (worker 0, 1, ..., skipping exhausted workers), so
