@@ -205,6 +205,9 @@ def run_one(spec: dict) -> dict:
             "cpu_workers": (cpu_end[1] - cpu_at[1]) / steady, **_peak_rss()}
 
 
+PAIR = "two 0-worker loaders side by side, rates summed"
+
+
 def measure(spec: dict, copies: int = 1) -> dict:
     """One run in a fresh process; with ``copies`` > 1 that many identical runs side by side,
     their rates summed (CPU per sample averaged, RSS the largest): what the machine itself gives
@@ -240,6 +243,9 @@ def main() -> None:
     parser.add_argument("--run", help=argparse.SUPPRESS)
     parser.add_argument("--prepare", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.samples <= 2 * args.batch:
+        parser.error("--samples must exceed 2 x --batch: each worker's first batch is left out "
+                     "of the steady rate")
     if args.run:
         print(json.dumps(run_one(json.loads(args.run))))
         return
@@ -324,8 +330,6 @@ def main() -> None:
         print(f"training-loop launches (tiny torch ops/s in the main thread) while 1 {kind} "
               f"worker preprocesses: {np.median(launches[kind]) / alone:.2f}x of none running "
               f"({alone:,.0f}/s)")
-
-PAIR = "two 0-worker loaders side by side, rates summed"
 
 
 def _name(pixel_dtype: str, workers: int, worker_type: str | None = None) -> str:
