@@ -27,6 +27,7 @@ from pixmo.validation import load_schema
 
 SPEECH = Path(__file__).parent / "data" / "speech"
 SCRIPTS = json.loads((SPEECH / "scripts.json").read_text())
+HOLD_S = 60.0  # how long ChatServer holds a "held" answer; no client here waits that long
 
 
 @pytest.fixture(scope="module")
@@ -110,12 +111,15 @@ def test_cleanup_writer_rejects_when_nothing_is_left():
 class ChatServer:
     """A chat-completions endpoint on 127.0.0.1. ``script`` lists what the
     next requests get: ``("ok", text)``, ``("status", code)``,
-    ``("sleep", seconds, text)`` or ``("raw", bytes)``; once it is used up,
-    every request gets ``("ok", "A default caption.")``."""
+    ``("held", text)`` or ``("raw", bytes)``; once it is used up, every
+    request gets ``("ok", "A default caption.")``. A held request is answered
+    with ``text`` only when the server closes, or after ``HOLD_S``: a client
+    that waits for it instead of timing out gets ``text``, late."""
 
     def __init__(self) -> None:
         self.script: list[tuple] = []
         self.requests: list[dict] = []
+        self.release = threading.Event()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -127,9 +131,9 @@ class ChatServer:
                 if action[0] == "status":
                     self.send_error(action[1])
                     return
-                if action[0] == "sleep":
-                    time.sleep(action[1])
-                    action = ("ok", action[2])
+                if action[0] == "held":
+                    server.release.wait(HOLD_S)
+                    action = ("ok", action[1])
                 if action[0] == "raw":
                     payload = action[1]
                 else:
@@ -153,6 +157,7 @@ class ChatServer:
         self.thread.start()
 
     def close(self) -> None:
+        self.release.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -217,19 +222,21 @@ def test_llm_gives_up_after_the_retries(server):
 
 
 def test_llm_timeout_then_success(server):
-    server.script = [("sleep", 2.0, "too late"), ("ok", "In time.")]
+    # a client that waited for the held answer would get "too late"
+    server.script = [("held", "too late"), ("ok", "In time.")]
     sleeps: list[float] = []
-    start = time.monotonic()
-    caption = llm_writer(server, sleeps, timeout_s=0.3)([{"text": "a red car"}])
-    assert caption.text == "In time." and len(server.requests) == 2 and sleeps == [0.5]
-    assert time.monotonic() - start < 2.0  # the slow answer was not waited for
+    writer = llm_writer(server, sleeps, timeout_s=1.0)
+    caption = writer([{"text": "a red car"}])
+    assert caption.text == "In time." and writer.client.requests_sent == 2 and sleeps == [0.5]
 
 
 def test_llm_timeouts_become_a_reject(server):
-    server.script = [("sleep", 1.0, "late")] * 2
-    result = llm_writer(server, [], timeout_s=0.2, retries=1)([{"text": "a red car"}])
+    server.script = [("held", "late")] * 2
+    writer = llm_writer(server, [], timeout_s=0.2, retries=1)
+    result = writer([{"text": "a red car"}])
     assert result.reason is Reason.CAPTION_FAILED
     assert result.detail.startswith("no answer within 0.2 s") and "after 1 retries" in result.detail
+    assert writer.client.requests_sent == 2
 
 
 def test_llm_client_errors_are_not_retried(server):
