@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import re
 import threading
-import time
 
 import pytest
 
@@ -16,15 +15,28 @@ from pipelines.progress import Progress
 from tests.test_build import make_raw
 
 STAGES = (("read", "records"), ("write", "shards"))
+WAIT_S = 60.0  # a generous bound on waits for the display thread; it fails the test, never paces it
+
+
+class Watched(io.StringIO):
+    """A stream that sets ``seen`` once a write contains ``text``."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text, self.seen = text, threading.Event()
+
+    def write(self, s: str) -> int:
+        n = super().write(s)
+        if self.text in s:
+            self.seen.set()
+        return n
 
 
 def test_lines_while_running_then_a_final_line():
-    stream = io.StringIO()
+    stream = Watched("read 1,200 records")
     with Progress(STAGES, stream=stream, interval=0.01, tty=False):
         progress.advance("read", 1200)
-        deadline = time.monotonic() + 60
-        while "read 1,200 records" not in stream.getvalue() and time.monotonic() < deadline:
-            time.sleep(0.01)
+        assert stream.seen.wait(WAIT_S), "no progress line while the block ran"
         progress.set_total("write", 3)
         progress.advance("write")
     lines = stream.getvalue().splitlines()
@@ -51,28 +63,37 @@ def test_one_display_at_a_time():
             Progress(STAGES, stream=io.StringIO(), tty=False).__enter__()
 
 
-def test_build_reports_every_stage_while_it_runs(tmp_path, capsys):
-    """The Beam build's DoFns count into the display as they go: a watcher
-    thread sees counts between zero and the end, the last line has them all."""
+def test_build_reports_every_stage_while_it_runs(tmp_path, capsys, monkeypatch):
+    """The Beam build's DoFns count into the display as they go: every call of
+    ``advance`` finds the display showing and its count moves from zero to the
+    end; the first call waits for a periodic line, so one is written while the
+    build runs however fast it is; the last line has every count."""
     raw = make_raw(tmp_path / "raw")
-    seen: list[int] = []
-    stop = threading.Event()
+    calls: list[tuple[str, int, int]] = []  # stage, count before, count after
+    periodic = threading.Event()
+    real_advance, real_line = progress.advance, Progress.line
 
-    def watch() -> None:
-        while not stop.is_set():
-            active = progress._active
-            if active is not None:
-                seen.append(active.counts["read"].done)
-            time.sleep(0.001)
+    def line(self, counts, seconds, final=False) -> str:
+        if not final:
+            periodic.set()
+        return real_line(self, counts, seconds, final)
 
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    try:
-        assert main(["build", "--raw", str(raw), "--out", str(tmp_path / "out"),
-                     "--no-transcribe", "--progress-interval", "0.05"]) == 0
-    finally:
-        stop.set()
-        watcher.join()
+    def advance(stage: str, n: int = 1) -> None:
+        active = progress._active
+        assert active is not None, f"{stage} counted while no display was showing"
+        assert periodic.wait(WAIT_S), "no periodic progress line while the build ran"
+        before = active.counts[stage].done
+        real_advance(stage, n)
+        calls.append((stage, before, active.counts[stage].done))
+
+    monkeypatch.setattr(Progress, "line", line)
+    monkeypatch.setattr(progress, "advance", advance)
+    assert main(["build", "--raw", str(raw), "--out", str(tmp_path / "out"),
+                 "--no-transcribe", "--progress-interval", "0.05"]) == 0
+    reads = [(before, after) for stage, before, after in calls if stage == "read"]
+    assert reads[0][0] == 0 and reads[-1][1] == 17  # counted from zero to the end
+    assert all(a[1] == b[0] for a, b in zip(reads, reads[1:]))  # nothing counted elsewhere
+    assert {stage for stage, *_ in calls} == {"read", "image", "annotate", "join", "write"}
     lines = capsys.readouterr().err.splitlines()
     assert lines[-1].startswith("done ")
     # 17 records; 6 images named, 4 of them readable; 11 records reach the annotator
@@ -80,7 +101,6 @@ def test_build_reports_every_stage_while_it_runs(tmp_path, capsys):
     assert lines[-1].endswith("read 17 records | image 6 images | annotate 11 records | "
                               "join 2 samples | write 1/1 shards")
     assert any(line.startswith("progress ") for line in lines)
-    assert seen and seen[-1] == 17 and 0 in seen  # counted while the build ran
 
 
 @pytest.mark.parametrize(("beam_args", "shown"), [
