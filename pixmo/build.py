@@ -38,7 +38,7 @@ from typing import Any
 
 from pixmo import remote
 from pixmo.atomic import PARTIAL_SUFFIX
-from pixmo.captions import CaptionConfig, CaptionWriter
+from pixmo.captions import CaptionConfig, CaptionFailure, CaptionWriter
 from pixmo.config_io import to_plain
 from pixmo.errors import PixmoError
 from pixmo.images import (
@@ -408,16 +408,17 @@ class Annotator:
 
 def join_image(images: Sequence[LoadedImage], annotations: Sequence[Annotation],
                cfg: BuildConfig) -> ShardSample:
-    """The sample of one content hash: merged points, transcripts and their caption."""
+    """The sample of one content hash: merged points, transcripts and their
+    caption, or the caption's failure (the transcripts are kept either way)."""
     image = merge_images(images)
     transcripts = [a.transcript for a in annotations if a.transcript is not None]
-    captions = []
+    captions, failures = [], []
     if transcripts:
         caption = CaptionWriter(cfg.captions)(
-            sorted(transcripts, key=lambda t: (t.get("session_id", ""), t["text"])),
-            source=image.source, record=image.sha256)
-        if isinstance(caption, Reject):
+            sorted(transcripts, key=lambda t: (t.get("session_id", ""), t["text"])))
+        if isinstance(caption, CaptionFailure):
             log.warning("no caption for %s: %s", image.source, caption.detail)
+            failures.append(caption.to_record())
         else:
             captions.append(caption.to_record())
     point_sets = merge_annotations([a.points for a in annotations if a.points is not None],
@@ -425,7 +426,7 @@ def join_image(images: Sequence[LoadedImage], annotations: Sequence[Annotation],
     return build_sample(ImageAnnotations(
         image=image, transcripts=transcripts, captions=captions,
         points=[p.to_json() for p in point_sets], qa=[],
-        sources=[(a.source, a.record) for a in annotations]))
+        sources=[(a.source, a.record) for a in annotations], failures=failures))
 
 
 def join_sample(images: Sequence[LoadedImage], annotations: Sequence[Annotation],

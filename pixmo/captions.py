@@ -7,7 +7,10 @@ through any OpenAI-compatible chat-completions endpoint (vLLM, llama.cpp,
 hosted), with both prompts configurable, bounded time, retries with backoff and
 an on-disk cache keyed by the request, so a re-run sends nothing.
 
-This stage only adds a caption: the raw transcripts stay in the sample.
+This stage only adds a caption: the raw transcripts stay in the sample. So a
+caption it cannot write (the endpoint down, every retry timed out) rejects no
+input record: the sample keeps its transcripts and records a
+``CaptionFailure`` in its ``failures``, which the build counts.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Any
 
 from pixmo.atomic import atomic_write_bytes
 from pixmo.errors import PixmoError
-from pixmo.rejects import Reason, Reject
+from pixmo.rejects import Reason
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +124,25 @@ class Caption:
         record: dict[str, Any] = {"text": self.text, "method": self.method}
         if self.model is not None:
             record["model"] = self.model
+        if self.session_ids:
+            record["session_ids"] = list(self.session_ids)
+        return record
+
+
+@dataclass(frozen=True)
+class CaptionFailure:
+    """A caption that was not written, with the sessions it would have covered:
+    an item of ``failures`` in the ``sample`` schema. Not a ``Reject``, since
+    those sessions' transcripts are in the sample and the ledger counts their
+    records as accepted."""
+
+    reason: Reason
+    detail: str
+    session_ids: tuple[str, ...] = ()
+
+    def to_record(self) -> dict[str, Any]:
+        record: dict[str, Any] = {"stage": STAGE, "reason": self.reason.value,
+                                  "detail": self.detail}
         if self.session_ids:
             record["session_ids"] = list(self.session_ids)
         return record
@@ -292,19 +314,17 @@ class LLMClient:
 
 class CaptionWriter:
     """The caption stage: the transcript records of one image in, one
-    ``Caption`` (or a ``Reject``) out."""
+    ``Caption`` (or a ``CaptionFailure``) out."""
 
     def __init__(self, cfg: CaptionConfig | None = None, sleep: Any = time.sleep) -> None:
         self.cfg = cfg or CaptionConfig()
         self.client = LLMClient(self.cfg.llm, sleep) if self.cfg.method == "llm" else None
 
-    def __call__(
-        self, transcripts: Sequence[Mapping[str, Any]], *, source: str = "", record: str = ""
-    ) -> Caption | Reject:
+    def __call__(self, transcripts: Sequence[Mapping[str, Any]]) -> Caption | CaptionFailure:
         texts = [t["text"] for t in transcripts if t.get("text", "").strip()]
         session_ids = tuple(t["session_id"] for t in transcripts if t.get("session_id"))
         if not texts:
-            return Reject(STAGE, Reason.CAPTION_FAILED, "no transcript text", source, record)
+            return CaptionFailure(Reason.CAPTION_FAILED, "no transcript text", session_ids)
         if self.client is None:
             text = merge_transcripts(texts, self.cfg)
             model = None
@@ -312,11 +332,11 @@ class CaptionWriter:
             try:
                 text = self.client.complete(self._prompt(texts))
             except _Retryable as e:
-                return Reject(STAGE, Reason.CAPTION_FAILED,
-                              f"{e} after {self.cfg.llm.retries} retries", source, record)
+                return CaptionFailure(Reason.CAPTION_FAILED,
+                                      f"{e} after {self.cfg.llm.retries} retries", session_ids)
             model = self.cfg.llm.model
         if not text.strip():
-            return Reject(STAGE, Reason.CAPTION_FAILED, "caption is empty", source, record)
+            return CaptionFailure(Reason.CAPTION_FAILED, "caption is empty", session_ids)
         return Caption(text=text.strip(), method=self.cfg.method, model=model,
                        session_ids=session_ids)
 

@@ -32,6 +32,7 @@ class ImageAnnotations:
     points: list[dict[str, Any]] = field(default_factory=list)
     qa: list[dict[str, Any]] = field(default_factory=list)
     sources: list[tuple[str, str]] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)  # what a stage could not add
 
 
 def _sorted(items: Iterable[dict[str, Any]], *fields: str) -> list[dict[str, Any]]:
@@ -53,6 +54,8 @@ def build_sample(parts: ImageAnnotations) -> ShardSample:
         "qa": _sorted(parts.qa, "question", "answer"),
         "sources": [{"file": f, "record": r} for f, r in sources],
     }
+    if parts.failures:  # absent when there are none, so complete samples keep their bytes
+        obj["failures"] = _sorted(parts.failures, "stage", "reason", "detail")
     return ShardSample(key=key, json=obj, files={image.extension: image.data})
 
 

@@ -15,6 +15,7 @@ import pytest
 
 from pixmo.captions import (
     CaptionConfig,
+    CaptionFailure,
     CaptionWriter,
     LLMConfig,
     clean_transcript,
@@ -22,7 +23,7 @@ from pixmo.captions import (
     split_sentences,
 )
 from pixmo.errors import PixmoError
-from pixmo.rejects import Reason, Reject
+from pixmo.rejects import Reason
 from pixmo.validation import load_schema
 
 SPEECH = Path(__file__).parent / "data" / "speech"
@@ -30,10 +31,19 @@ SCRIPTS = json.loads((SPEECH / "scripts.json").read_text())
 HOLD_S = 60.0  # how long ChatServer holds a "held" answer; no client here waits that long
 
 
+def _def_schema(name: str):
+    sample = load_schema("sample")
+    return fastjsonschema.compile({"$defs": sample["$defs"], **sample["$defs"][name]})
+
+
 @pytest.fixture(scope="module")
 def caption_schema():
-    sample = load_schema("sample")
-    return fastjsonschema.compile({"$defs": sample["$defs"], **sample["$defs"]["caption"]})
+    return _def_schema("caption")
+
+
+@pytest.fixture(scope="module")
+def failure_schema():
+    return _def_schema("failure")
 
 
 @pytest.mark.parametrize(
@@ -98,11 +108,13 @@ def test_cleanup_writer_one_and_several_transcripts(caption_schema):
     assert record["session_ids"] == [c["file"] for c in SCRIPTS[:3]] + [SCRIPTS[0]["file"]]
 
 
-def test_cleanup_writer_rejects_when_nothing_is_left():
+def test_cleanup_writer_fails_when_nothing_is_left(failure_schema):
     writer = CaptionWriter()
-    assert writer([], source="captions.jsonl", record="img-1") == Reject(
-        "caption", Reason.CAPTION_FAILED, "no transcript text", "captions.jsonl", "img-1")
-    assert writer([{"text": "um, uh"}]).reason is Reason.CAPTION_FAILED
+    assert writer([]) == CaptionFailure(Reason.CAPTION_FAILED, "no transcript text")
+    failure = writer([{"text": "um, uh", "session_id": "s-1"}])
+    assert failure.to_record() == {"stage": "caption", "reason": "caption_failed",
+                                   "detail": "caption is empty", "session_ids": ["s-1"]}
+    failure_schema(failure.to_record())
 
 
 # ------------------------------------------------------------ LLM writer
@@ -214,10 +226,8 @@ def test_llm_retries_after_500_with_backoff(server):
 def test_llm_gives_up_after_the_retries(server):
     server.script = [("status", 500)] * 3
     sleeps: list[float] = []
-    result = llm_writer(server, sleeps, retries=2)([{"text": "a red car"}], source="c.jsonl",
-                                                   record="img-7")
-    assert result == Reject("caption", Reason.CAPTION_FAILED, "HTTP 500 after 2 retries",
-                            "c.jsonl", "img-7")
+    result = llm_writer(server, sleeps, retries=2)([{"text": "a red car", "session_id": "s-7"}])
+    assert result == CaptionFailure(Reason.CAPTION_FAILED, "HTTP 500 after 2 retries", ("s-7",))
     assert len(server.requests) == 3 and sleeps == [0.5, 1.0]
 
 
@@ -230,7 +240,7 @@ def test_llm_timeout_then_success(server):
     assert caption.text == "In time." and writer.client.requests_sent == 2 and sleeps == [0.5]
 
 
-def test_llm_timeouts_become_a_reject(server):
+def test_llm_timeouts_become_a_failure(server):
     server.script = [("held", "late")] * 2
     writer = llm_writer(server, [], timeout_s=0.2, retries=1)
     result = writer([{"text": "a red car"}])
@@ -249,7 +259,7 @@ def test_llm_client_errors_are_not_retried(server):
     assert len(server.requests) == 2
 
 
-def test_llm_empty_reply_is_a_reject(server):
+def test_llm_empty_reply_is_a_failure(server):
     server.script = [("ok", "   ")]
     assert llm_writer(server, [])([{"text": "a red car"}]).detail == "caption is empty"
 
