@@ -17,10 +17,10 @@ On this machine they go through files (``pipelines.shuffle``), so memory does
 not grow with the input; the samples then reach their shards in key order,
 cut into shards as they stream past. On a cluster they are Beam's own
 GroupByKey, and shards come from a plan of every sample's size.
-What ``finish`` needs (rejects, per-file read and accepted counts, written
-shards, seconds per stage) every stage sends to one "books" output as
-(kind, item) pairs, counts and seconds once per bundle, so the ledger and
-the timings reach ``finish`` on any runner.
+What ``finish`` needs (rejects, per-file read and accepted counts, failures
+by reason, written shards, seconds per stage) every stage sends to one
+"books" output as (kind, item) pairs, counts and seconds once per bundle, so
+the ledger and the timings reach ``finish`` on any runner.
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ from pixmo.rejects import Reject
 from pixmo.samples import ShardCutter
 
 BOOKS, SIZES = "books", "sizes"  # side outputs: to finish, to the shard plan
-REJECT, READ, ACCEPTED, WRITTEN, SECONDS = "reject", "read", "accepted", "written", "seconds"
+REJECT, READ, ACCEPTED, FAILED, WRITTEN, SECONDS = (
+    "reject", "read", "accepted", "failed", "written", "seconds")
 STAGES = (("read", "records"), ("image", "images"), ("annotate", "records"),
           ("join", "samples"), ("write", "shards"))
 
@@ -173,7 +174,8 @@ class _Image(_Pooled):
 
 class _Join(_Stage):
     """One sample per content hash, planned for its shard; counts the records
-    it accepts per input file once per bundle."""
+    it accepts per input file, and its samples' failures by reason, once per
+    bundle."""
 
     def __init__(self, cfg: build.BuildConfig, previous: build.Previous, sizes: bool) -> None:
         self.cfg, self.previous, self.sizes = cfg, previous, sizes
@@ -181,6 +183,7 @@ class _Join(_Stage):
     def start_bundle(self) -> None:
         super().start_bundle()
         self.accepted: Counter[str] = Counter()
+        self.failed: Counter[str] = Counter()
 
     def process(self, element: tuple[str, Iterable[build.Packed]]) -> Iterator[Any]:
         start = time.perf_counter()
@@ -194,6 +197,7 @@ class _Join(_Stage):
             self.timed("join", time.perf_counter() - start, 0)
             return
         self.accepted.update(s["file"] for s in out.json["sources"])
+        self.failed.update(f["reason"] for f in out.json.get("failures", ()))
         planned = build.plan(out)
         self.timed("join", time.perf_counter() - start)
         if self.sizes:
@@ -203,6 +207,7 @@ class _Join(_Stage):
     def finish_bundle(self) -> Iterator[Any]:
         yield from super().finish_bundle()
         yield from _windowed(_book(ACCEPTED, item) for item in self.accepted.items())
+        yield from _windowed(_book(FAILED, item) for item in self.failed.items())
 
 
 class _Write(_Pooled):
@@ -261,7 +266,8 @@ def _finish(books: list[tuple[str, Any]], out_dir: str, cfg: build.BuildConfig,
     """``build.finish`` on everything the stages booked: written shards,
     rejects, and counts and seconds to add up."""
     written, rejects = [], []
-    totals: dict[str, Counter[str]] = {READ: Counter(), ACCEPTED: Counter(), SECONDS: Counter()}
+    totals: dict[str, Counter[str]] = {READ: Counter(), ACCEPTED: Counter(), FAILED: Counter(),
+                                       SECONDS: Counter()}
     for kind, item in books:
         if kind == WRITTEN:
             written.append(item)
@@ -270,7 +276,7 @@ def _finish(books: list[tuple[str, Any]], out_dir: str, cfg: build.BuildConfig,
         else:
             totals[kind][item[0]] += item[1]
     return build.finish(out_dir, cfg, "beam", written, rejects, totals[READ], totals[ACCEPTED],
-                        previous, stage_seconds=dict(totals[SECONDS]))
+                        totals[FAILED], previous, stage_seconds=dict(totals[SECONDS]))
 
 
 def _runner_args(beam_args: Sequence[str]) -> list[str]:

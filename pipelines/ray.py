@@ -83,7 +83,8 @@ def _sha(obj: Any) -> str:
 
 
 def _join(batch: Batch, cfg: build.BuildConfig, previous: build.Previous) -> Batch:
-    """Samples come out planned, each with the input files of its records."""
+    """Samples come out planned, each with the input files of its records and
+    the reasons of its failures."""
     items = list(batch[OBJ])
     if batch[KEY][0] == "":
         return _batch(items)
@@ -92,12 +93,14 @@ def _join(batch: Batch, cfg: build.BuildConfig, previous: build.Previous) -> Bat
     out = build.join_sample(images, annotations, cfg, previous)
     if isinstance(out, list):
         return _batch(out)
-    return _batch([(build.plan(out), [s["file"] for s in out.json["sources"]])])
+    return _batch([(build.plan(out), [s["file"] for s in out.json["sources"]],
+                    [f["reason"] for f in out.json.get("failures", ())])])
 
 
 def _summary(batch: Batch) -> Batch:
-    """What the driver needs: rejects whole, samples as key, size and sources."""
-    return _batch([obj if isinstance(obj, Reject) else (obj[0].key, obj[0].size, obj[1])
+    """What the driver needs: rejects whole, samples as key, size, sources and
+    failures."""
+    return _batch([obj if isinstance(obj, Reject) else (obj[0].key, obj[0].size, *obj[1:])
                    for obj in batch[OBJ]])
 
 
@@ -135,15 +138,16 @@ def run(cfg: build.BuildConfig, out_dir: str, *, address: str | None = None,
               .groupby(KEY, num_partitions=parts)
               .map_groups(lambda b: _join(b, cfg, previous), batch_format="numpy")
               .materialize())
-    rejects, sizes, accepted = [], [], Counter()
+    rejects, sizes, accepted, failures = [], [], Counter(), Counter()
     for row in joined.map_batches(_summary, batch_format="numpy").iter_rows():
         item = row[OBJ]
         if isinstance(item, Reject):
             rejects.append(item)
         else:
-            key, size, files_of_sources = item
+            key, size, files_of_sources, reasons = item
             sizes.append((key, size))
             accepted.update(files_of_sources)
+            failures.update(reasons)
     seconds["image+annotate+join"], start = time.perf_counter() - start, time.perf_counter()
     plan = build.ShardPlan.assign(sizes, cfg.shards, previous.start_index)
     written = (joined.filter(lambda r: not isinstance(r[OBJ], Reject))
@@ -154,4 +158,4 @@ def run(cfg: build.BuildConfig, out_dir: str, *, address: str | None = None,
                .take_all())
     seconds["write"] = time.perf_counter() - start
     build.finish(out_dir, cfg, "ray", [row[OBJ] for row in written], rejects, read, accepted,
-                 previous, stage_seconds=seconds)
+                 failures, previous, stage_seconds=seconds)

@@ -11,7 +11,10 @@ Every stage is a plain function of records, so the Beam and Ray pipelines in
 6. ``ShardCutter`` / ``write_or_keep`` / ``finish``   (pixmo.samples, pixmo.shards)
 
 Input records are counted per file, so ``finish`` can prove that every
-record read ended in a sample's ``sources`` or in ``rejects.parquet``.
+record read ended in a sample's ``sources`` or in ``rejects.parquet``. What a
+stage could not add to a sample whose records were accepted (a caption the
+LLM endpoint never wrote) is in the sample's ``failures`` and counted by reason
+in dataset.json's ``failures_by_reason``.
 
 The raw folder and the output folder may be local paths or fsspec URLs
 (``pixmo.remote.Folder``); every stage reads and writes through them, so a
@@ -456,6 +459,7 @@ class Previous:
     rows: list[dict[str, Any]] = field(default_factory=list)
     rejects: list[dict[str, str]] = field(default_factory=list)
     ledger: list[dict[str, Any]] = field(default_factory=list)
+    failures: dict[str, int] = field(default_factory=dict)  # by reason, in its samples
 
     @property
     def start_index(self) -> int:
@@ -508,7 +512,8 @@ def prepare_output(out_dir: str | os.PathLike[str], mode: str) -> Previous:
     return Previous(committed={i: s for i, s in committed.items() if s.shard not in names},
                     base={i: s for i, s in committed.items() if s.shard in names},
                     keys=frozenset(r["key"] for r in rows), rows=rows, rejects=rejects,
-                    ledger=description.get("ledger", []))
+                    ledger=description.get("ledger", []),
+                    failures=description.get("failures_by_reason", {}))
 
 
 def exclude_known(sample: ShardSample, previous: Previous) -> ShardSample | list[Reject]:
@@ -592,9 +597,11 @@ def ledger(read: Counter[str], accepted: Counter[str],
 
 def finish(out_dir: str | os.PathLike[str], cfg: BuildConfig, engine: str,
            written: Sequence[ShardStats], rejects: Sequence[Reject], read: Counter[str],
-           accepted: Counter[str], previous: Previous, stage_seconds: dict[str, float] | None = None
-           ) -> dict[str, Any]:
-    """Write manifest, rejects and dataset.json (last); check the ledger identity."""
+           accepted: Counter[str], failures: Counter[str], previous: Previous,
+           stage_seconds: dict[str, float] | None = None) -> dict[str, Any]:
+    """Write manifest, rejects and dataset.json (last); check the ledger identity.
+    ``failures`` counts, by reason, what this run's samples record in their
+    ``failures``: their records are accepted, so they are counted apart."""
     out = remote.Folder(os.fspath(out_dir))
     books = ledger(read, accepted, rejects)
     for entry in books:
@@ -620,6 +627,9 @@ def finish(out_dir: str | os.PathLike[str], cfg: BuildConfig, engine: str,
                            rejects_by_reason=dict(sorted(Counter(
                                r["reason"] for r in reject_rows).items())))
     description["counts"]["rejects"] = len(reject_rows)
+    by_reason = Counter(previous.failures) + failures
+    description["counts"]["failures"] = sum(by_reason.values())
+    description["failures_by_reason"] = dict(sorted(by_reason.items()))
     if stage_seconds is not None:
         description["stage_seconds"] = {k: round(v, 3) for k, v in sorted(stage_seconds.items())}
     with out.local_target(DATASET_JSON) as path:
