@@ -59,6 +59,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     rejects = summary.rejects_by_reason
     out += ["", _table([(r, f"{n:,}") for r, n in rejects.items()], ("rejected", "records"))
             if rejects else "rejected: none"]
+    failures = summary.failures_by_reason  # records accepted, a stage's output missing
+    out += ["", _table([(r, f"{n:,}") for r, n in failures.items()], ("failed", "samples"))
+            if failures else "failed: none"]
     if summary.example is not None:
         out += ["", f"first sample ({summary.example.get('key')}):",
                 json.dumps(summary.example, indent=2, ensure_ascii=False)]

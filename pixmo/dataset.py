@@ -44,6 +44,7 @@ class DatasetSummary:
     shards: list[ShardStats]
     counts: dict[str, int]
     rejects_by_reason: dict[str, int]
+    failures_by_reason: dict[str, int]  # what stages could not add to accepted samples
     collection_methods: dict[str, int]
     example: dict[str, Any] | None = None
 
@@ -79,8 +80,8 @@ def find_sample(dataset_dir: str | os.PathLike[str], key: str) -> ShardSample:
 
 
 def summarize(dataset_dir: str | os.PathLike[str]) -> DatasetSummary:
-    """Counts from the commit markers and rejects, kinds from the manifest, and
-    the first sample in full."""
+    """Counts from the commit markers and rejects, point collection methods and
+    failures from the samples, and the first sample in full."""
     root = Path(dataset_dir)
     _require_dataset(root)
     stats = committed_shards(root)
@@ -92,14 +93,17 @@ def summarize(dataset_dir: str | os.PathLike[str]) -> DatasetSummary:
     if (root / REJECTS).is_file():
         rejects.update(row["reason"] for row in read_rejects(root / REJECTS))
     methods: Counter[str] = Counter()
+    failures: Counter[str] = Counter()
     example = None
     for shard in stats:
         for sample in iter_shard(os.fspath(root / SHARDS_DIR / shard.shard)):
             if example is None:
                 example = sample.json
             methods.update(p.get("collection_method", "?") for p in sample.json.get("points", ()))
+            failures.update(f["reason"] for f in sample.json.get("failures", ()))
     return DatasetSummary(name=name, shards=stats, counts=counts,
                           rejects_by_reason=dict(sorted(rejects.items())),
+                          failures_by_reason=dict(sorted(failures.items())),
                           collection_methods=dict(sorted(methods.items())), example=example)
 
 
@@ -107,6 +111,7 @@ def summarize(dataset_dir: str | os.PathLike[str]) -> DatasetSummary:
 class _Seen:
     keys: dict[str, str] = field(default_factory=dict)  # key -> shard
     kind_counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    failures: int = 0
 
 
 def _verify_shard(path: Path, stats: ShardStats, seen: _Seen, problems: list[str]) -> None:
@@ -131,6 +136,7 @@ def _verify_shard(path: Path, stats: ShardStats, seen: _Seen, problems: list[str
             seen.kind_counts[sample.key] = {
                 kind: len(sample.json.get(kind, ())) for kind in ANNOTATION_KINDS
             }
+            seen.failures += len(sample.json.get("failures", ()))
     except PixmoError as exc:
         problems.append(f"{where}: unreadable after {len(keys)} samples: {exc.reason}")
         return
@@ -185,7 +191,8 @@ def _verify_manifest(root: Path, seen: _Seen, problems: list[str]) -> None:
         problems.append(f"{MANIFEST}: sample {key} ({seen.keys[key]}) has no manifest row")
 
 
-def _verify_description(root: Path, stats: list[ShardStats], problems: list[str]) -> None:
+def _verify_description(root: Path, stats: list[ShardStats], seen: _Seen,
+                        problems: list[str]) -> None:
     try:
         description = read_dataset_json(root / DATASET_JSON)
     except FileNotFoundError:
@@ -207,6 +214,10 @@ def _verify_description(root: Path, stats: list[ShardStats], problems: list[str]
     if description["counts"]["samples"] != total:
         problems.append(f"{DATASET_JSON}: counts.samples {description['counts']['samples']}, "
                         f"shards hold {total}")
+    failures = description["counts"].get("failures")
+    if failures is not None and failures != seen.failures:
+        problems.append(f"{DATASET_JSON}: counts.failures {failures}, samples record "
+                        f"{seen.failures}")
 
 
 def verify(dataset_dir: str | os.PathLike[str]) -> list[str]:
@@ -231,5 +242,5 @@ def verify(dataset_dir: str | os.PathLike[str]) -> list[str]:
     for shard in stats:
         _verify_shard(root / SHARDS_DIR / shard.shard, shard, seen, problems)
     _verify_manifest(root, seen, problems)
-    _verify_description(root, stats, problems)
+    _verify_description(root, stats, seen, problems)
     return problems

@@ -3,9 +3,9 @@ training run on it when one is given.
 
 The page needs nothing but itself: images are embedded as ``data:`` URIs and
 plots are inline SVG drawn here, so it can be mailed, archived or opened
-offline. It shows the counts and the ledger, rejects by reason, histograms
-(caption length, points per label, image size), a grid of samples with their
-points drawn and their caption, and, for a run: the loss curve from
+offline. It shows the counts and the ledger, rejects and failures by reason,
+histograms (caption length, points per label, image size), a grid of samples
+with their points drawn and their caption, and, for a run: the loss curve from
 ``metrics.jsonl``, the numbers in ``eval/eval.json`` and predicted against
 true points on held-out images from ``eval/predictions.jsonl``. Every run file
 is optional (a run still training has no eval yet): a missing one is said so.
@@ -344,6 +344,16 @@ def _dataset_sections(ds: Dataset) -> list[str]:
             ["source", "record", "stage", "reason", "detail"],
             [[r["source"], r["record"], r["stage"], r["reason"], r["detail"]]
              for r in ds.rejects]) + "</details>")
+    failed = [(s["key"], f) for s in ds.samples for f in s.get("failures", ())]
+    out.append("<h2>Failures by reason</h2><p>Samples whose records were accepted but that "
+               "lack what a stage could not add (such as a caption the LLM never wrote).</p>")
+    out.append(_table(["reason", "samples"], sorted(
+        Counter(f["reason"] for _, f in failed).items(), key=lambda kv: (-kv[1], kv[0]))))
+    if failed:
+        out.append("<details><summary>every failure</summary>" + _table(
+            ["sample", "stage", "reason", "detail", "sessions"],
+            [[key, f["stage"], f["reason"], f["detail"], ", ".join(f.get("session_ids", ()))]
+             for key, f in failed]) + "</details>")
 
     words = [len(_caption_of(s).split()) for s in ds.samples if _caption_of(s)]
     per_label = [len(p.get("points", [])) for s in ds.samples for p in s.get("points", [])]
