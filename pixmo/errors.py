@@ -1,10 +1,15 @@
-"""The project's one user-error type.
+"""The project's user-error types, and the parser that reports bad command lines the same way.
 
-A user error names where the problem is (file, record, field) so the CLI can
-print it as one line; a library caller can still catch it as ``ValueError``.
+A user error names where the problem is (file, record, field) so a CLI can
+print it as one line and exit with status 2; a library caller can still catch
+it as ``ValueError``.
 """
 
 from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from typing import NoReturn
 
 
 class PixmoError(ValueError):
@@ -24,12 +29,54 @@ class PixmoError(ValueError):
         self.field = field
         super().__init__(self.one_line())
 
-    def one_line(self) -> str:
-        where = []
+    def _location(self) -> list[str]:
+        out = []
         if self.file is not None:
-            where.append(str(self.file))
+            out.append(str(self.file))
         if self.record is not None:
-            where.append(f"record {self.record}")
+            out.append(f"record {self.record}")
+        return out
+
+    def one_line(self) -> str:
+        where = self._location()
         if self.field is not None:
             where.append(f"field {self.field}")
         return f"{', '.join(where)}: {self.reason}" if where else self.reason
+
+    def located(self, **where: str | int | None) -> PixmoError:
+        """The same error with ``file``, ``record`` or ``field`` replaced, for a caller that
+        knows better where it happened (the file a config was read from)."""
+        fields = {"file": self.file, "record": self.record, "field": self.field, **where}
+        return type(self)(self.reason, **fields)
+
+    def named(self, names: Mapping[str, str]) -> PixmoError:
+        """This error as the user typed it; only a ConfigError's field is a setting they gave."""
+        return self
+
+
+class ConfigError(PixmoError):
+    """A setting with a value it cannot take: ``ShardConfig.max_samples must be >= 1, got 0``.
+
+    ``field`` is the setting as checked (``Class.name``); whoever knows the name the user
+    typed renames it, so the same check reads ``--shard-samples must be >= 1, got 0`` on the
+    command line and ``config.data.batch_size must be >= 1, got 0`` for a YAML key.
+    """
+
+    def one_line(self) -> str:
+        what = f"{self.field} {self.reason}" if self.field is not None else self.reason
+        where = self._location()
+        return f"{', '.join(where)}: {what}" if where else what
+
+    def named(self, names: Mapping[str, str]) -> PixmoError:
+        """This error under ``names[field]`` (a command-line option) where ``names`` lists it."""
+        if self.field in names:
+            return self.located(field=names[self.field])
+        return self
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors read like every other user error: one line on stderr
+    (``pixmo build: argument --engine: invalid choice: 'x' ...``), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message}\n")
