@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from pixmo.audio import Audio, AudioConfig, read_audio
-from pixmo.errors import PixmoError
+from pixmo.errors import ConfigError, PixmoError
 from pixmo.rejects import Reason, Reject
 
 log = logging.getLogger(__name__)
@@ -61,10 +61,12 @@ class QCConfig:
     def __post_init__(self) -> None:
         for name in ("min_speech_s", "min_words"):
             if getattr(self, name) < 0:
-                raise ValueError(f"QCConfig.{name} must be >= 0, got {getattr(self, name)}")
+                raise ConfigError(f"must be >= 0, got {getattr(self, name)}",
+                                  field=f"QCConfig.{name}")
         for name in ("min_language_probability", "max_no_speech_prob"):
             if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"QCConfig.{name} must be in [0, 1], got {getattr(self, name)}")
+                raise ConfigError(f"must be in [0, 1], got {getattr(self, name)}",
+                                  field=f"QCConfig.{name}")
 
 
 @dataclass(frozen=True)
@@ -92,19 +94,19 @@ class SpeechConfig:
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
-            raise ValueError(
-                f"SpeechConfig.backend must be one of {BACKENDS}, got {self.backend!r}"
-            )
+            raise ConfigError(f"must be one of {BACKENDS}, got {self.backend!r}",
+                              field="SpeechConfig.backend")
         if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"SpeechConfig.device must be auto, cpu or cuda, got {self.device!r}")
+            raise ConfigError(f"must be auto, cpu or cuda, got {self.device!r}",
+                              field="SpeechConfig.device")
         if self.beam_size < 1:
-            raise ValueError(f"SpeechConfig.beam_size must be >= 1, got {self.beam_size}")
+            raise ConfigError(f"must be >= 1, got {self.beam_size}", field="SpeechConfig.beam_size")
         if self.batch_size is not None and self.batch_size < 1:
-            raise ValueError(f"SpeechConfig.batch_size must be >= 1, got {self.batch_size}")
+            raise ConfigError(f"must be >= 1, got {self.batch_size}",
+                              field="SpeechConfig.batch_size")
         if not self.temperatures or any(t < 0 for t in self.temperatures):
-            raise ValueError(
-                f"SpeechConfig.temperatures must be non-empty and >= 0, got {self.temperatures}"
-            )
+            raise ConfigError(f"must be non-empty and >= 0, got {self.temperatures}",
+                              field="SpeechConfig.temperatures")
 
 
 @dataclass(frozen=True)
