@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from pixmo.atomic import atomic_write_bytes
-from pixmo.errors import PixmoError
+from pixmo.errors import ConfigError, PixmoError
 from pixmo.rejects import Reason
 
 log = logging.getLogger(__name__)
@@ -80,15 +80,16 @@ class LLMConfig:
 
     def __post_init__(self) -> None:
         if not self.base_url.startswith(("http://", "https://")):
-            raise ValueError(f"LLMConfig.base_url must be http(s), got {self.base_url!r}")
+            raise ConfigError(f"must be http(s), got {self.base_url!r}", field="LLMConfig.base_url")
         if "{transcript}" not in self.clean_prompt:
-            raise ValueError("LLMConfig.clean_prompt must contain {transcript}")
+            raise ConfigError("must contain {transcript}", field="LLMConfig.clean_prompt")
         if "{transcripts}" not in self.merge_prompt:
-            raise ValueError("LLMConfig.merge_prompt must contain {transcripts}")
+            raise ConfigError("must contain {transcripts}", field="LLMConfig.merge_prompt")
         if self.timeout_s <= 0:
-            raise ValueError(f"LLMConfig.timeout_s must be positive, got {self.timeout_s}")
+            raise ConfigError(f"must be positive, got {self.timeout_s}",
+                              field="LLMConfig.timeout_s")
         if self.retries < 0:
-            raise ValueError(f"LLMConfig.retries must be >= 0, got {self.retries}")
+            raise ConfigError(f"must be >= 0, got {self.retries}", field="LLMConfig.retries")
 
 
 @dataclass(frozen=True)
@@ -102,13 +103,13 @@ class CaptionConfig:
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise ValueError(f"CaptionConfig.method must be one of {METHODS}, got {self.method!r}")
+            raise ConfigError(f"must be one of {METHODS}, got {self.method!r}",
+                              field="CaptionConfig.method")
         if self.method == "llm" and self.llm is None:
-            raise ValueError("CaptionConfig.llm is required when method is 'llm'")
+            raise ConfigError("is required when method is 'llm'", field="CaptionConfig.llm")
         if not 0 < self.duplicate_overlap <= 1:
-            raise ValueError(
-                f"CaptionConfig.duplicate_overlap must be in (0, 1], got {self.duplicate_overlap}"
-            )
+            raise ConfigError(f"must be in (0, 1], got {self.duplicate_overlap}",
+                              field="CaptionConfig.duplicate_overlap")
 
 
 @dataclass(frozen=True)
