@@ -84,14 +84,20 @@ def test_ray_reads_shards(tmp_path, samples, ray_session):
         assert json.loads(row["json"]) == sample.json
 
 
-def test_same_samples_give_byte_identical_tars(tmp_path, samples):
+def test_same_samples_give_byte_identical_tars(tmp_path, samples, monkeypatch):
     _write(tmp_path / "a", samples, max_samples=10)
-    time.sleep(1.1)  # a different wall clock must not change the bytes
+    later = time.time() + 86_400.5  # a different wall clock must not change the bytes
+    monkeypatch.setattr(time, "time", lambda: later)
+    monkeypatch.setattr(time, "time_ns", lambda: int(later * 1e9))
     _write(tmp_path / "b", samples, max_samples=10)
+    monkeypatch.undo()
     a = sorted((tmp_path / "a/shards").glob("*.tar"))
     b = sorted((tmp_path / "b/shards").glob("*.tar"))
     assert len(a) == 3
     assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b]
+    for path in a:  # and no clock at all: not the time of writing, nor a file's mtime
+        with tarfile.open(path) as tar:
+            assert {(m.mtime, m.pax_headers.get("mtime")) for m in tar} == {(0, None)}
     stats_a = [s.sha256 for s in committed_shards(tmp_path / "a")]
     assert stats_a == [hashlib.sha256(p.read_bytes()).hexdigest() for p in a]
 
@@ -244,7 +250,7 @@ def test_tar_shard_abort_leaves_nothing(tmp_path):
 
 KILL_SCRIPT = textwrap.dedent(
     """
-    import sys, time
+    import sys
     sys.path[:0] = [{repo!r}]
     from pixmo.shards import ShardConfig, ShardWriter
     from tests.conftest import make_sample
@@ -253,7 +259,7 @@ KILL_SCRIPT = textwrap.dedent(
             writer.write(make_sample(i))
             if i >= 7:
                 print("in-shard", flush=True)
-                time.sleep(60)
+                sys.stdin.readline()  # held here: the test kills this process
     """
 )
 
@@ -262,7 +268,7 @@ def test_writer_killed_mid_shard_leaves_no_tar(tmp_path):
     script = tmp_path / "writer.py"
     script.write_text(KILL_SCRIPT.format(repo=str(REPO)))
     proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "out")],
-                            stdout=subprocess.PIPE, text=True)
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "in-shard"
         shards = tmp_path / "out/shards"
