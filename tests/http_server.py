@@ -3,6 +3,12 @@
 Each path serves a list of replies, one per request, the last one repeating,
 so a test can say "429 first, then 200". The server counts requests per path,
 and a test can change the replies between runs (a host that comes back).
+
+Slowness that a test relies on is made with events, not with the machine's
+speed: a ``held`` reply is sent only when the server closes, so the client's
+timeout always fires first, and ``together`` holds replies until that many
+requests wait at once. A hold ends after ``HOLD_S`` at the latest, so a
+client that misbehaves fails its test instead of hanging it.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+HOLD_S = 60.0  # the longest a reply is held; no client in the tests waits that long
+
 
 @dataclass(frozen=True)
 class Reply:
@@ -22,8 +30,9 @@ class Reply:
     status: int = 200
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
-    delay_s: float = 0.0  # sleep before sending anything
     drip_s: float = 0.0  # sleep between body bytes (a slow body)
+    held: bool = False  # send nothing until the server closes (a reply that never comes)
+    together: int = 0  # send nothing until this many requests have waited at once
     content_length: int | None = None  # announce this length instead of len(body)
     send_length: bool = True  # False: no Content-Length, body ends when the connection closes
 
@@ -35,9 +44,14 @@ class LocalServer:
         self.routes: dict[str, list[Reply]] = {}
         self.hits: Counter[str] = Counter()
         self.completed: Counter[str] = Counter()  # replies sent to the end
-        self.in_flight = 0
-        self.max_in_flight = 0  # most requests being answered at once
+        self.in_flight = 0  # requests being handled, from arrival to the end of the reply
+        # Requests that arrived and whose reply has not started. The client holds each of them
+        # open, so the most at once is never above the client's own concurrency.
+        self.waiting = 0
+        self.max_waiting = 0
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # a count above changed
+        self._closing = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
         self._server.block_on_close = False
@@ -58,11 +72,12 @@ class LocalServer:
             self.routes[path] = list(replies)
         return self.url(path)
 
-    def wait_idle(self, timeout_s: float = 5.0) -> None:
+    def wait_idle(self, timeout_s: float = HOLD_S) -> None:
         """Wait until no request is being answered (the handler noticed a hang-up)."""
-        end = time.monotonic() + timeout_s
-        while self.in_flight and time.monotonic() < end:
-            time.sleep(0.01)
+        with self._changed:
+            if not self._changed.wait_for(lambda: self.in_flight == 0, timeout_s):
+                raise AssertionError(f"{self.in_flight} requests still being answered "
+                                     f"after {timeout_s} s")
 
     def _next(self, path: str) -> Reply:
         with self._lock:
@@ -80,22 +95,30 @@ class LocalServer:
 
             def do_GET(self) -> None:  # noqa: N802 - the http.server API
                 reply = server._next(self.path)
-                with server._lock:
+                with server._changed:
                     server.in_flight += 1
-                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                    server.waiting += 1
+                    server.max_waiting = max(server.max_waiting, server.waiting)
+                    server._changed.notify_all()
                 try:
+                    if reply.held:
+                        server._closing.wait(HOLD_S)
+                    with server._changed:
+                        server._changed.wait_for(
+                            lambda: server.max_waiting >= reply.together, HOLD_S)
+                        server.waiting -= 1
                     if self._answer(reply):
                         with server._lock:
                             server.completed[self.path] += 1
                 finally:
-                    with server._lock:
+                    with server._changed:
                         server.in_flight -= 1
+                        server._changed.notify_all()
                 self.close_connection = True
 
             def _answer(self, reply: Reply) -> bool:
                 # the client hangs up on slow replies: that is the point, not an error
                 with contextlib.suppress(ConnectionError, OSError):
-                    time.sleep(reply.delay_s)
                     self.send_response(reply.status)
                     for name, value in reply.headers.items():
                         self.send_header(name, value)
@@ -125,6 +148,7 @@ class LocalServer:
         return self
 
     def __exit__(self, *_: object) -> None:
+        self._closing.set()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)

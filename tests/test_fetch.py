@@ -17,9 +17,11 @@ from pixmo.fetch import (
     fetch_bytes,
     fetch_many,
 )
-from tests.http_server import LocalServer, Reply
+from tests.http_server import HOLD_S, LocalServer, Reply
 
-FAST = FetchConfig(timeout_s=0.5, retries=2, backoff_base_s=0.01, backoff_cap_s=0.02,
+# fast retries; the timeout is long because no test using FAST waits for it: on a busy
+# machine a short one would turn a late reply into a retry and change the hit counts
+FAST = FetchConfig(timeout_s=30.0, retries=2, backoff_base_s=0.01, backoff_cap_s=0.02,
                    retry_after_cap_s=0.05, max_bytes=4096)
 BODY = bytes(range(256)) * 4
 
@@ -78,7 +80,7 @@ def test_retry_after_as_an_http_date_in_days_is_cut_to_the_cap(server):
 
 
 def test_slow_headers_time_out(server):
-    url = server.route("/slow.jpg", Reply(body=BODY, delay_s=2.0))
+    url = server.route("/slow.jpg", Reply(body=BODY, held=True))
     cfg = FetchConfig(timeout_s=0.3, retries=0)
     with pytest.raises(FetchError, match=r"timed out after 0.3s") as info:
         fetch_bytes(url, cfg)
@@ -196,11 +198,14 @@ def test_urls_are_interleaved_by_host():
 
 
 def test_per_host_concurrency_bounds_a_thread_pool(server):
-    urls = [server.route(f"/h{i}.jpg", Reply(body=b"x", delay_s=0.15)) for i in range(8)]
-    cfg = FetchConfig(per_host_concurrency=2, timeout_s=5.0, retries=0)
+    # no reply goes out before two requests have waited at once: proof that two run in
+    # parallel (one at a time, the first reply would wait HOLD_S); the count of waiting
+    # requests never exceeds what the client holds open, so more than two is its fault
+    urls = [server.route(f"/h{i}.jpg", Reply(body=b"x", together=2)) for i in range(8)]
+    cfg = FetchConfig(per_host_concurrency=2, timeout_s=HOLD_S / 2, retries=0)
     results = dict(fetch_many(urls, cfg, workers=8))
     assert all(results[url] == b"x" for url in urls)
-    assert server.max_in_flight == 2
+    assert server.max_waiting == 2
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

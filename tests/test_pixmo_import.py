@@ -18,7 +18,9 @@ from pixmo.shards import ShardConfig, iter_samples, read_dataset_json, read_reje
 from tests.http_server import LocalServer, Reply
 from tests.test_sources import image_bytes, sha, write_parquet
 
-FETCH = FetchConfig(timeout_s=0.3, retries=1, backoff_base_s=0.01, backoff_cap_s=0.02,
+# one second: ample for any local reply, however busy the machine; the slow host's reply is
+# held, so its timeout always fires first
+FETCH = FetchConfig(timeout_s=1.0, retries=1, backoff_base_s=0.01, backoff_cap_s=0.02,
                     retry_after_cap_s=0.05, max_bytes=1 << 20)
 CONFIG = ImportConfig(fetch=FETCH, workers=4)
 
@@ -51,7 +53,7 @@ def test_points_import_with_misbehaving_hosts_then_a_rerun(tmp_path, server):
     copy = server.route("/copy-of-red.jpg", Reply(body=red))  # same bytes, second URL
     busy = server.route("/busy.jpg", Reply(429, headers={"Retry-After": "120"}), Reply(body=green))
     missing = server.route("/gone.jpg", Reply(404))
-    slow = server.route("/slow.jpg", Reply(body=late, delay_s=1.0))
+    slow = server.route("/slow.jpg", Reply(body=late, held=True))
     trunc = server.route("/trunc.jpg", Reply(body=good_trunc[: len(good_trunc) // 2]))
     wrong = server.route("/wrong.jpg", Reply(body=blue))
     pts = [{"x": 25.0, "y": 50.0}, {"x": 75.5, "y": 10.0}]
