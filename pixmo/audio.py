@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pixmo.errors import PixmoError
+from pixmo.errors import ConfigError, PixmoError
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +38,14 @@ class AudioConfig:
 
     def __post_init__(self) -> None:
         if self.sample_rate <= 0:
-            raise ValueError(f"AudioConfig.sample_rate must be positive, got {self.sample_rate}")
+            raise ConfigError(f"must be positive, got {self.sample_rate}",
+                              field="AudioConfig.sample_rate")
         if self.max_duration_s <= 0:
-            raise ValueError(
-                f"AudioConfig.max_duration_s must be positive, got {self.max_duration_s}"
-            )
+            raise ConfigError(f"must be positive, got {self.max_duration_s}",
+                              field="AudioConfig.max_duration_s")
         if self.max_bytes <= 0:
-            raise ValueError(f"AudioConfig.max_bytes must be positive, got {self.max_bytes}")
+            raise ConfigError(f"must be positive, got {self.max_bytes}",
+                              field="AudioConfig.max_bytes")
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from urllib.parse import quote, urljoin, urlsplit
 
-from pixmo.errors import PixmoError
+from pixmo.errors import ConfigError, PixmoError
 
 log = logging.getLogger(__name__)
 
@@ -59,19 +59,22 @@ class FetchConfig:
         for name in ("timeout_s", "backoff_cap_s"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"FetchConfig.{name} must be a finite number > 0, got {value}")
+                raise ConfigError(f"must be a finite number > 0, got {value}",
+                                  field=f"FetchConfig.{name}")
         for name in ("backoff_base_s", "retry_after_cap_s"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"FetchConfig.{name} must be a finite number >= 0, got {value}")
+                raise ConfigError(f"must be a finite number >= 0, got {value}",
+                                  field=f"FetchConfig.{name}")
         for name, least in (("max_bytes", 1), ("max_redirects", 0), ("retries", 0),
                             ("per_host_concurrency", 1)):
             value = getattr(self, name)
             if not isinstance(value, int) or value < least:
-                raise ValueError(f"FetchConfig.{name} must be an integer >= {least}, got {value!r}")
+                raise ConfigError(f"must be an integer >= {least}, got {value!r}",
+                                  field=f"FetchConfig.{name}")
         if not self.user_agent or any(c in self.user_agent for c in "\r\n"):
-            raise ValueError(f"FetchConfig.user_agent must be one non-empty line, "
-                             f"got {self.user_agent!r}")
+            raise ConfigError(f"must be one non-empty line, got {self.user_agent!r}",
+                              field="FetchConfig.user_agent")
 
 
 class FetchError(PixmoError):

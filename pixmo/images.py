@@ -16,6 +16,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
+from pixmo.errors import ConfigError
 from pixmo.rejects import Reason
 
 FORMATS = {"JPEG": "jpeg", "PNG": "png", "WEBP": "webp"}
@@ -31,10 +32,12 @@ class ImageConfig:
 
     def __post_init__(self) -> None:
         if self.sha256_policy not in ("strict", "flag"):
-            raise ValueError(f"ImageConfig.sha256_policy must be 'strict' or 'flag', got "
-                             f"{self.sha256_policy!r}")
-        if self.max_pixels < 1 or self.max_bytes < 1:
-            raise ValueError("ImageConfig.max_pixels and max_bytes must be >= 1")
+            raise ConfigError(f"must be 'strict' or 'flag', got {self.sha256_policy!r}",
+                              field="ImageConfig.sha256_policy")
+        for name in ("max_pixels", "max_bytes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"must be >= 1, got {getattr(self, name)}",
+                                  field=f"ImageConfig.{name}")
 
 
 class ImageRejected(Exception):

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from pixmo.atomic import PARTIAL_SUFFIX, atomic_write_bytes
-from pixmo.errors import PixmoError
+from pixmo.errors import ConfigError, PixmoError
 from pixmo.fetch import FetchConfig, FetchError, fetch_many
 from pixmo.images import ImageConfig, ImageRejected, LoadedImage, decode_image
 from pixmo.rejects import Reason, Reject
@@ -66,11 +66,11 @@ class ImportConfig:
 
     def __post_init__(self) -> None:
         if self.workers < 1:
-            raise ValueError(f"ImportConfig.workers must be >= 1, got {self.workers}")
+            raise ConfigError(f"must be >= 1, got {self.workers}", field="ImportConfig.workers")
         allowed = [p.value for p in Sha256Policy]
         if self.sha256_policy is not None and self.sha256_policy not in allowed:
-            raise ValueError(f"ImportConfig.sha256_policy must be one of {allowed} or None, "
-                             f"got {self.sha256_policy!r}")
+            raise ConfigError(f"must be one of {allowed} or None, got {self.sha256_policy!r}",
+                              field="ImportConfig.sha256_policy")
 
 
 @dataclass

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from pixmo.errors import PixmoError
+from pixmo.errors import ConfigError, PixmoError
 from pixmo.point_metrics import match_points
 from pixmo.records import RawRecord, read_records
 from pixmo.rejects import Reason, Reject
@@ -61,11 +61,13 @@ class PointsConfig:
 
     def __post_init__(self) -> None:
         if self.max_points is not None and self.max_points < 1:
-            raise ValueError(f"PointsConfig.max_points must be >= 1 or None, got {self.max_points}")
+            raise ConfigError(f"must be >= 1 or None, got {self.max_points}",
+                              field="PointsConfig.max_points")
         for name in ("clamp_tolerance", "duplicate_radius", "merge_threshold"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"PointsConfig.{name} must be a finite number >= 0, got {value}")
+                raise ConfigError(f"must be a finite number >= 0, got {value}",
+                                  field=f"PointsConfig.{name}")
 
 
 @dataclass(frozen=True)

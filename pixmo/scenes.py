@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from pixmo.errors import ConfigError
+
 SHAPES = ("circle", "square", "triangle", "star", "diamond", "hexagon")
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (214, 39, 40),
@@ -54,26 +56,26 @@ class SceneConfig:
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_objects <= self.max_objects:
-            raise ValueError(f"SceneConfig needs 0 <= min_objects <= max_objects, got "
-                             f"{self.min_objects}, {self.max_objects}")
+            raise ConfigError(f"needs 0 <= min_objects <= max_objects, got {self.min_objects}, "
+                              f"{self.max_objects}", field="SceneConfig")
         if self.min_objects == 0 and self.counting_share < 1:
-            raise ValueError("SceneConfig: min_objects 0 needs counting_share 1, or a scene "
-                             "could be empty")
+            raise ConfigError("0 needs counting_share 1, or a scene could be empty",
+                              field="SceneConfig.min_objects")
         if not 1 <= self.min_count <= self.max_count <= len(NUMBERS) - 1:
-            raise ValueError(f"SceneConfig needs 1 <= min_count <= max_count <= "
-                             f"{len(NUMBERS) - 1}, got {self.min_count}, {self.max_count}")
+            raise ConfigError(f"needs 1 <= min_count <= max_count <= {len(NUMBERS) - 1}, got "
+                              f"{self.min_count}, {self.max_count}", field="SceneConfig")
         for name, known in (("colours", COLOURS), ("shapes", SHAPES),
                             ("backgrounds", BACKGROUNDS)):
             chosen = getattr(self, name)
             if not chosen or set(chosen) - set(known):
-                raise ValueError(f"SceneConfig.{name} must be a non-empty subset of "
-                                 f"{tuple(known)}, got {chosen}")
+                raise ConfigError(f"must be a non-empty subset of {tuple(known)}, got {chosen}",
+                                  field=f"SceneConfig.{name}")
         if not 0 < self.count_radius < 0.5:
-            raise ValueError(f"SceneConfig.count_radius must be in (0, 0.5), got "
-                             f"{self.count_radius}")
+            raise ConfigError(f"must be in (0, 0.5), got {self.count_radius}",
+                              field="SceneConfig.count_radius")
         if not 0 <= self.counting_share <= 1:
-            raise ValueError(f"SceneConfig.counting_share must be in [0, 1], got "
-                             f"{self.counting_share}")
+            raise ConfigError(f"must be in [0, 1], got {self.counting_share}",
+                              field="SceneConfig.counting_share")
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from pixmo.atomic import atomic_open, atomic_write_bytes, partial_path
-from pixmo.errors import PixmoError
+from pixmo.errors import ConfigError, PixmoError
 from pixmo.validation import load_schema, validate
 
 log = logging.getLogger(__name__)
@@ -260,11 +260,14 @@ class ShardConfig:
 
     def __post_init__(self) -> None:
         if self.max_samples < 1:
-            raise ValueError(f"ShardConfig.max_samples must be >= 1, got {self.max_samples}")
+            raise ConfigError(f"must be >= 1, got {self.max_samples}",
+                              field="ShardConfig.max_samples")
         if self.max_bytes < _BLOCK * 4:
-            raise ValueError(f"ShardConfig.max_bytes must be >= {_BLOCK * 4}, got {self.max_bytes}")
+            raise ConfigError(f"must be >= {_BLOCK * 4}, got {self.max_bytes}",
+                              field="ShardConfig.max_bytes")
         if not re.fullmatch(r"[A-Za-z0-9_-]+", self.prefix):
-            raise ValueError(f"ShardConfig.prefix must match [A-Za-z0-9_-]+, got {self.prefix!r}")
+            raise ConfigError(f"must match [A-Za-z0-9_-]+, got {self.prefix!r}",
+                              field="ShardConfig.prefix")
 
 
 @dataclass

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from pixmo.atomic import atomic_write_bytes
-from pixmo.errors import PixmoError
+from pixmo.errors import ConfigError, PixmoError
 from pixmo.rejects import Reason
 from pixmo.scenes import Scene, SceneConfig, describe, make_scene, render
 
@@ -88,20 +88,22 @@ class SynthConfig:
 
     def __post_init__(self) -> None:
         if self.first_index < 0:
-            raise ValueError(f"SynthConfig.first_index must be >= 0, got {self.first_index}")
+            raise ConfigError(f"must be >= 0, got {self.first_index}",
+                              field="SynthConfig.first_index")
         for name in ("png_share", "exif_share", "multi_speaker_share", "speech_share",
                      "two_annotator_share",
                      "miss_rate", "duplicate_rate", "absent_label_share"):
             value = getattr(self, name)
             if not 0 <= value <= 1:
-                raise ValueError(f"SynthConfig.{name} must be in [0, 1], got {value}")
+                raise ConfigError(f"must be in [0, 1], got {value}", field=f"SynthConfig.{name}")
         if not self.voices:
-            raise ValueError("SynthConfig.voices must not be empty")
+            raise ConfigError("must not be empty", field="SynthConfig.voices")
         if not 80 <= self.min_words_per_minute <= self.max_words_per_minute <= 450:
-            raise ValueError("SynthConfig needs 80 <= min_words_per_minute <= "
-                             "max_words_per_minute <= 450")
+            raise ConfigError(f"needs 80 <= min_words_per_minute <= max_words_per_minute <= 450, "
+                              f"got {self.min_words_per_minute}, {self.max_words_per_minute}",
+                              field="SynthConfig")
         if self.workers < 1:
-            raise ValueError(f"SynthConfig.workers must be >= 1, got {self.workers}")
+            raise ConfigError(f"must be >= 1, got {self.workers}", field="SynthConfig.workers")
 
 
 @dataclass(frozen=True)
@@ -425,7 +427,9 @@ def synthesize(out_dir: str | os.PathLike[str], *, scenes: int, seed: int,
     captions, click logs, deliberately bad records and ``truth.json``."""
     cfg = config or SynthConfig()
     if scenes < 1:
-        raise PixmoError(f"scenes must be >= 1, got {scenes}", field="scenes")
+        raise ConfigError(f"must be >= 1, got {scenes}", field="scenes")
+    if seed < 0:
+        raise ConfigError(f"must be >= 0, got {seed}", field="seed")
     root = Path(out_dir)
     for name in ("captions.jsonl", "points.jsonl", "truth.json"):
         if (root / name).exists():
