@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from molmo.tokenizer import TextTokenizer
-from pixmo.errors import PixmoError
+from pixmo.errors import ConfigError, PixmoError
 
 MESSAGE_FORMATS = ("role", "none")
 
@@ -47,18 +47,15 @@ class ChatConfig:
 
     def __post_init__(self) -> None:
         if self.message_format not in MESSAGE_FORMATS:
-            raise ValueError(
-                f"ChatConfig.message_format must be one of {MESSAGE_FORMATS}, "
-                f"got {self.message_format!r}"
-            )
+            raise ConfigError(f"must be one of {MESSAGE_FORMATS}, got {self.message_format!r}",
+                              field="ChatConfig.message_format")
         for name in ("demo_tag_prob", "length_hint_drop_prob"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
-                raise ValueError(f"ChatConfig.{name} must be in [0, 1], got {value}")
+                raise ConfigError(f"must be in [0, 1], got {value}", field=f"ChatConfig.{name}")
         if self.length_hint_divisor < 1:
-            raise ValueError(
-                f"ChatConfig.length_hint_divisor must be >= 1, got {self.length_hint_divisor}"
-            )
+            raise ConfigError(f"must be >= 1, got {self.length_hint_divisor}",
+                              field="ChatConfig.length_hint_divisor")
 
 
 @dataclass(frozen=True)

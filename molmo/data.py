@@ -51,7 +51,7 @@ from molmo.tasks import DEFAULT_MAX_PIXELS, TaskConfig, build_example, load_imag
 from molmo.thread_workers import round_robin
 from molmo.tokenizer import TextTokenizer
 from pixmo.config_io import from_mapping
-from pixmo.errors import PixmoError
+from pixmo.errors import ConfigError, PixmoError
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +80,13 @@ class DatasetConfig:
 
     def __post_init__(self) -> None:
         if not self.name:
-            raise ValueError("DatasetConfig.name must be non-empty")
+            raise ConfigError("must be non-empty", field="DatasetConfig.name")
         if self.rate is not None and not self.rate >= 0:
-            raise ValueError(f"DatasetConfig.rate of {self.name!r} must be >= 0, got {self.rate}")
+            raise ConfigError(f"must be >= 0, got {self.rate} (dataset {self.name!r})",
+                              field="DatasetConfig.rate")
         if self.size is not None and self.size < 1:
-            raise ValueError(f"DatasetConfig.size of {self.name!r} must be >= 1, got {self.size}")
+            raise ConfigError(f"must be >= 1, got {self.size} (dataset {self.name!r})",
+                              field="DatasetConfig.size")
 
 
 @dataclass(frozen=True)
@@ -123,33 +125,35 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         if not self.datasets:
-            raise ValueError("DataConfig.datasets must name at least one dataset")
+            raise ConfigError("must name at least one dataset", field="DataConfig.datasets")
         names = [d.name for d in self.datasets]
         if len(set(names)) != len(names):
-            raise ValueError(f"DataConfig.datasets names must be unique, got {names}")
+            raise ConfigError(f"names must be unique, got {names}", field="DataConfig.datasets")
         if self.mode not in MODES:
-            raise ValueError(f"DataConfig.mode must be one of {MODES}, got {self.mode!r}")
+            raise ConfigError(f"must be one of {MODES}, got {self.mode!r}", field="DataConfig.mode")
         if self.mode == "finite" and any(d.rate is not None for d in self.datasets):
-            raise ValueError("DataConfig: rates need mode 'resampled'; a finite epoch reads "
-                             "every sample of every dataset once")
+            raise ConfigError("'finite' reads every sample of every dataset once; dataset rates "
+                              "need mode 'resampled'", field="DataConfig.mode")
         for name in ("batch_size", "shuffle_block", "max_sequence_length", "prefetch_factor",
                      "max_image_pixels"):
             if getattr(self, name) < 1:
-                raise ValueError(f"DataConfig.{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"must be >= 1, got {getattr(self, name)}",
+                                  field=f"DataConfig.{name}")
         for name in ("num_workers", "seed", "max_consecutive_failures"):
             if getattr(self, name) < 0:
-                raise ValueError(f"DataConfig.{name} must be >= 0, got {getattr(self, name)}")
+                raise ConfigError(f"must be >= 0, got {getattr(self, name)}",
+                                  field=f"DataConfig.{name}")
         if not self.worker_timeout_s >= 0:
-            raise ValueError(f"DataConfig.worker_timeout_s must be >= 0, "
-                             f"got {self.worker_timeout_s}")
+            raise ConfigError(f"must be >= 0, got {self.worker_timeout_s}",
+                              field="DataConfig.worker_timeout_s")
         if self.max_crops is not None and self.max_crops < 1:
-            raise ValueError(f"DataConfig.max_crops must be >= 1, got {self.max_crops}")
+            raise ConfigError(f"must be >= 1, got {self.max_crops}", field="DataConfig.max_crops")
         if self.worker_type not in WORKER_TYPES:
-            raise ValueError(f"DataConfig.worker_type must be one of {WORKER_TYPES}, "
-                             f"got {self.worker_type!r}")
+            raise ConfigError(f"must be one of {WORKER_TYPES}, got {self.worker_type!r}",
+                              field="DataConfig.worker_type")
         if self.pixel_dtype not in PIXEL_DTYPES:
-            raise ValueError(f"DataConfig.pixel_dtype must be one of {PIXEL_DTYPES}, "
-                             f"got {self.pixel_dtype!r}")
+            raise ConfigError(f"must be one of {PIXEL_DTYPES}, got {self.pixel_dtype!r}",
+                              field="DataConfig.pixel_dtype")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DataConfig:

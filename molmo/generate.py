@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from molmo.model.molmo import Molmo
-from pixmo.errors import PixmoError
+from pixmo.errors import ConfigError, PixmoError
 
 PAD_ID = -1
 
@@ -31,14 +31,17 @@ class GenerationConfig:
     return_logits: bool = False
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens <= 0:
-            raise PixmoError("must be positive", field="max_new_tokens")
-        if self.temperature < 0:
-            raise PixmoError("must be >= 0", field="temperature")
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"must be >= 1, got {self.max_new_tokens}",
+                              field="GenerationConfig.max_new_tokens")
+        if not self.temperature >= 0:
+            raise ConfigError(f"must be >= 0, got {self.temperature}",
+                              field="GenerationConfig.temperature")
         if self.top_k < 0:
-            raise PixmoError("must be >= 0", field="top_k")
+            raise ConfigError(f"must be >= 0, got {self.top_k}", field="GenerationConfig.top_k")
         if not 0 < self.top_p <= 1:
-            raise PixmoError("must be in (0, 1]", field="top_p")
+            raise ConfigError(f"must be in (0, 1], got {self.top_p}",
+                              field="GenerationConfig.top_p")
         self.stop_token_ids = tuple(self.stop_token_ids)
         self.stop_strings = tuple(self.stop_strings)
 

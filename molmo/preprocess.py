@@ -38,7 +38,7 @@ from molmo.chat import (
     tokenize_conversation,
 )
 from molmo.tokenizer import ImageTokenIds, TextTokenizer
-from pixmo.errors import PixmoError
+from pixmo.errors import ConfigError, PixmoError
 
 logger = logging.getLogger(__name__)
 
@@ -76,37 +76,28 @@ class PreprocessConfig:
 
     def __post_init__(self) -> None:
         if self.crop_size % self.patch_size:
-            raise ValueError(
-                f"PreprocessConfig.crop_size {self.crop_size} is not a multiple of "
-                f"patch_size {self.patch_size}"
-            )
+            raise ConfigError(f"must be a multiple of patch_size {self.patch_size}, got "
+                              f"{self.crop_size}", field="PreprocessConfig.crop_size")
         if self.patches_per_side % self.pooling:
-            raise ValueError(
-                f"PreprocessConfig: {self.patches_per_side} patches per side do not divide by "
-                f"pooling {self.pooling}"
-            )
+            raise ConfigError(f"must divide the {self.patches_per_side} patches per side, got "
+                              f"{self.pooling}", field="PreprocessConfig.pooling")
         left, right = self.overlap_margins
         if left % self.pooling or right % self.pooling:
-            raise ValueError(
-                f"PreprocessConfig.overlap_margins {self.overlap_margins} must be multiples of "
-                f"pooling {self.pooling}"
-            )
+            raise ConfigError(f"must be multiples of pooling {self.pooling}, got "
+                              f"{self.overlap_margins}", field="PreprocessConfig.overlap_margins")
         if self.window_patches < 1:
-            raise ValueError(
-                f"PreprocessConfig.overlap_margins {self.overlap_margins} leave no crop window "
-                f"of {self.patches_per_side} patches"
-            )
+            raise ConfigError(f"{self.overlap_margins} leave no window of the "
+                              f"{self.patches_per_side} patches per side",
+                              field="PreprocessConfig.overlap_margins")
         if self.max_crops < 1:
-            raise ValueError(f"PreprocessConfig.max_crops must be >= 1, got {self.max_crops}")
+            raise ConfigError(f"must be >= 1, got {self.max_crops}",
+                              field="PreprocessConfig.max_crops")
         if self.conversation_weighting not in WEIGHTINGS:
-            raise ValueError(
-                f"PreprocessConfig.conversation_weighting must be one of {WEIGHTINGS}, "
-                f"got {self.conversation_weighting!r}"
-            )
+            raise ConfigError(f"must be one of {WEIGHTINGS}, got {self.conversation_weighting!r}",
+                              field="PreprocessConfig.conversation_weighting")
         if self.max_sequence_length is not None and self.max_sequence_length < 1:
-            raise ValueError(
-                f"PreprocessConfig.max_sequence_length must be >= 1, got {self.max_sequence_length}"
-            )
+            raise ConfigError(f"must be >= 1, got {self.max_sequence_length}",
+                              field="PreprocessConfig.max_sequence_length")
 
     @property
     def patches_per_side(self) -> int:  # 24

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from molmo.chat import ChatConfig, Conversation, choose_style_tag, length_hint_prompt
-from pixmo.errors import PixmoError
+from pixmo.errors import ConfigError, PixmoError
 from pixmo.point_prompts import point_example
 from pixmo.shards import ShardSample
 from pixmo.validation import validate
@@ -90,14 +90,14 @@ class TaskConfig:
     def __post_init__(self) -> None:
         unknown = [t for t in self.tasks if t not in TASKS]
         if unknown or not self.tasks:
-            raise ValueError(f"TaskConfig.tasks must be a non-empty subset of {TASKS}, "
-                             f"got {self.tasks}")
+            raise ConfigError(f"must be a non-empty subset of {TASKS}, got {self.tasks}",
+                              field="TaskConfig.tasks")
         if self.caption_prompt not in PROMPT_KINDS:
-            raise ValueError(f"TaskConfig.caption_prompt must be one of {PROMPT_KINDS}, "
-                             f"got {self.caption_prompt!r}")
+            raise ConfigError(f"must be one of {PROMPT_KINDS}, got {self.caption_prompt!r}",
+                              field="TaskConfig.caption_prompt")
         if not 0.0 <= self.point_count_prob <= 1.0:
-            raise ValueError(f"TaskConfig.point_count_prob must be in [0, 1], "
-                             f"got {self.point_count_prob}")
+            raise ConfigError(f"must be in [0, 1], got {self.point_count_prob}",
+                              field="TaskConfig.point_count_prob")
 
 
 @dataclass(frozen=True)

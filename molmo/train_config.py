@@ -15,7 +15,7 @@ from molmo.config import MolmoConfig, preset
 from molmo.data import DataConfig
 from molmo.preprocess import PreprocessConfig
 from pixmo.config_io import from_mapping, to_plain
-from pixmo.errors import PixmoError
+from pixmo.errors import ConfigError, PixmoError
 
 STRATEGIES = ("ddp", "fsdp")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -38,11 +38,14 @@ class ModelSection:
 
     def __post_init__(self) -> None:
         if (self.preset is None) == (self.checkpoint is None):
-            raise ValueError("model: give exactly one of preset and checkpoint")
+            raise ConfigError("needs exactly one of preset and checkpoint",
+                              field="ModelSection")
         if self.tokenizer is None and self.checkpoint is None:
-            raise ValueError("model.tokenizer is required when starting from a preset")
+            raise ConfigError("is required when starting from a preset",
+                              field="ModelSection.tokenizer")
         if self.checkpoint is not None and self.overrides:
-            raise ValueError("model.overrides apply to a preset, not to a checkpoint")
+            raise ConfigError("apply to a preset, not to a checkpoint",
+                              field="ModelSection.overrides")
 
     def molmo_config(self) -> MolmoConfig:
         """The architecture of a preset start (checkpoints carry their own config)."""
@@ -66,9 +69,10 @@ class GroupConfig:
     frozen: bool = False
 
     def __post_init__(self) -> None:
-        if not self.lr >= 0 or self.warmup_steps < 0 or not self.max_grad_norm >= 0:
-            raise ValueError(f"optimizer group: lr, warmup_steps and max_grad_norm must be "
-                             f">= 0, got {self.lr}, {self.warmup_steps}, {self.max_grad_norm}")
+        for name in ("lr", "warmup_steps", "max_grad_norm"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"must be >= 0, got {getattr(self, name)}",
+                                  field=f"GroupConfig.{name}")
 
 
 @dataclass(frozen=True)
@@ -88,14 +92,20 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         if not 0 <= self.final_lr_fraction <= 1:
-            raise ValueError(f"optim.final_lr_fraction must be in [0, 1], "
-                             f"got {self.final_lr_fraction}")
-        if self.z_loss < 0 or self.weight_decay < 0 or self.eps <= 0:
-            raise ValueError("optim.z_loss and weight_decay must be >= 0, eps > 0")
+            raise ConfigError(f"must be in [0, 1], got {self.final_lr_fraction}",
+                              field="OptimConfig.final_lr_fraction")
+        for name in ("z_loss", "weight_decay"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"must be >= 0, got {getattr(self, name)}",
+                                  field=f"OptimConfig.{name}")
+        if not self.eps > 0:
+            raise ConfigError(f"must be > 0, got {self.eps}", field="OptimConfig.eps")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise ValueError(f"optim.betas must be two numbers in [0, 1), got {self.betas}")
+            raise ConfigError(f"must be two numbers in [0, 1), got {self.betas}",
+                              field="OptimConfig.betas")
         if all(getattr(self, g).frozen for g in GROUPS):
-            raise ValueError("optim: every group is frozen, nothing would train")
+            raise ConfigError(f"freezes every group ({', '.join(GROUPS)}), nothing would "
+                              f"train", field="OptimConfig")
 
 
 @dataclass(frozen=True)
@@ -112,8 +122,8 @@ class ParallelConfig:
         for name, allowed in (("strategy", STRATEGIES), ("precision", PRECISIONS),
                               ("device", DEVICES)):
             if getattr(self, name) not in allowed:
-                raise ValueError(f"parallel.{name} must be one of {allowed}, "
-                                 f"got {getattr(self, name)!r}")
+                raise ConfigError(f"must be one of {allowed}, got {getattr(self, name)!r}",
+                                  field=f"ParallelConfig.{name}")
 
 
 @dataclass(frozen=True)
@@ -128,9 +138,11 @@ class CheckpointConfig:
     export: bool = True
 
     def __post_init__(self) -> None:
-        if self.interval < 0 or self.keep < 1:
-            raise ValueError(f"checkpoint.interval must be >= 0 and keep >= 1, got "
-                             f"{self.interval}, {self.keep}")
+        if self.interval < 0:
+            raise ConfigError(f"must be >= 0, got {self.interval}",
+                              field="CheckpointConfig.interval")
+        if self.keep < 1:
+            raise ConfigError(f"must be >= 1, got {self.keep}", field="CheckpointConfig.keep")
 
 
 @dataclass(frozen=True)
@@ -144,7 +156,8 @@ class MetricsConfig:
 
     def __post_init__(self) -> None:
         if self.log_interval < 1:
-            raise ValueError(f"metrics.log_interval must be >= 1, got {self.log_interval}")
+            raise ConfigError(f"must be >= 1, got {self.log_interval}",
+                              field="MetricsConfig.log_interval")
 
 
 @dataclass(frozen=True)
@@ -165,10 +178,12 @@ class EvalConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.interval < 0 or self.max_examples < 1 or self.batch_size < 1 \
-                or self.max_new_tokens < 1:
-            raise ValueError("eval: interval must be >= 0; max_examples, batch_size and "
-                             "max_new_tokens >= 1")
+        if self.interval < 0:
+            raise ConfigError(f"must be >= 0, got {self.interval}", field="EvalConfig.interval")
+        for name in ("max_examples", "batch_size", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"must be >= 1, got {getattr(self, name)}",
+                                  field=f"EvalConfig.{name}")
 
 
 @dataclass(frozen=True)
@@ -191,9 +206,10 @@ class TrainConfig:
     seed: int = 6198
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.global_batch_size < 1:
-            raise ValueError(f"steps and global_batch_size must be >= 1, got {self.steps}, "
-                             f"{self.global_batch_size}")
+        for name in ("steps", "global_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"must be >= 1, got {getattr(self, name)}",
+                                  field=f"TrainConfig.{name}")
 
     def accumulation(self, world_size: int) -> int:
         """Micro-batches per rank and step."""
@@ -206,8 +222,6 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        if isinstance(data, dict) and "data" not in data:
-            raise ValueError("config: the data section is required")
         return from_mapping(cls, data, "config")
 
     @classmethod
@@ -216,13 +230,19 @@ class TrainConfig:
 
         try:
             raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-            return cls.from_dict(raw if raw is not None else {})
         except OSError as exc:
-            raise PixmoError(f"cannot read the config: {exc}", file=str(path)) from exc
+            raise PixmoError(f"cannot read the config: {exc.strerror}", file=str(path)) from exc
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise PixmoError(f"invalid YAML{where}: {exc.problem}", file=str(path)) from exc
         except yaml.YAMLError as exc:
-            raise PixmoError(f"invalid YAML: {exc}", file=str(path)) from exc
-        except (ValueError, TypeError) as exc:
-            raise PixmoError(str(exc), file=str(path)) from exc
+            raise PixmoError(f"invalid YAML: {' '.join(str(exc).split())}",
+                             file=str(path)) from exc
+        try:
+            return cls.from_dict(raw if raw is not None else {})
+        except PixmoError as exc:
+            raise exc.located(file=str(path)) from exc
 
     def to_dict(self) -> dict[str, Any]:
         return to_plain(self)

@@ -49,14 +49,26 @@ def test_defaults_are_the_official_recipe_and_all_written_out(tmp_path, capsys):
 @pytest.mark.parametrize("change, message", [
     ({"optimizer": {}}, r"config: unknown keys \['optimizer'\]"),
     ({"optim": {"llm": {"lr": 1e-5, "warmup": 3}}}, r"config.optim.llm: unknown keys"),
-    ({"parallel": {"strategy": "zero3"}}, r"parallel.strategy must be one of \('ddp', 'fsdp'\)"),
-    ({"model": {"preset": "tiny"}}, "model.tokenizer is required"),
-    ({"model": {"preset": "tiny", "checkpoint": "x", "tokenizer": "t"}}, "exactly one of"),
+    ({"parallel": {"strategy": "zero3"}},
+     r"config.parallel.strategy must be one of \('ddp', 'fsdp'\)"),
+    ({"model": {"preset": "tiny"}}, "config.model.tokenizer is required"),
+    ({"model": {"preset": "tiny", "checkpoint": "x", "tokenizer": "t"}},
+     "config.model needs exactly one of preset and checkpoint"),
     ({"optim": {g: {"lr": 1.0, "warmup_steps": 0, "frozen": True}
-                for g in ("connector", "vit", "llm")}}, "every group is frozen"),
-    ({"optim": {"final_lr_fraction": 2}}, r"final_lr_fraction must be in \[0, 1\]"),
-    ({"data": {"datasets": [{"name": "d", "source": "s"}], "mode": "x"}}, "DataConfig.mode"),
-    ({"steps": 0}, "steps and global_batch_size must be >= 1"),
+                for g in ("connector", "vit", "llm")}}, "config.optim freezes every group"),
+    ({"optim": {"final_lr_fraction": 2}}, r"config.optim.final_lr_fraction must be in \[0, 1\]"),
+    ({"optim": {"vit": {"lr": -1.0, "warmup_steps": 0}}},
+     "config.optim.vit.lr must be >= 0, got -1.0"),
+    ({"data": {"datasets": [{"name": "d", "source": "s"}], "mode": "x"}}, "config.data.mode"),
+    ({"data": {"datasets": [{"name": "d", "source": "s", "rate": -1}]}},
+     r"config.data.datasets\[0\].rate must be >= 0, got -1 \(dataset 'd'\)"),
+    ({"steps": 0}, "config.steps must be >= 1, got 0"),
+    ({"steps": "ten"}, "config.steps must be int, got 'ten'"),
+    ({"optim": {"llm": {"lr": "1e-5", "warmup_steps": 3}}},
+     "config.optim.llm.lr must be float, got '1e-5'"),
+    ({"optim": {"betas": [0.9]}}, r"config.optim.betas must be \[float, float\], got \[0.9\]"),
+    ({"data": "shards/"}, "config.data must be a mapping, got 'shards/'"),
+    ({"data": {"datasets": [{"source": "s"}]}}, r"config.data.datasets\[0\].name is required"),
 ])
 def test_invalid_configs_name_the_field(tmp_path, change, message):
     path = tmp_path / "bad.yaml"
