@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -144,7 +145,11 @@ def test_reject_noise(transcriber):
     assert audio.rms_dbfs > -25  # loud: the level check lets it through to the model
     result = transcriber(audio)
     assert reason(result) is Reason.SILENCE
-    assert result.detail == "no words recognised"
+    # The model hears no speech; which of its two silence checks fires depends on the CPU and
+    # the library build (no words at all, or words with a high no_speech_prob). Not the level
+    # check: that would mean the model was never asked.
+    assert re.fullmatch(r"no words recognised|no_speech_prob \d\.\d\d > max_no_speech_prob=0\.6",
+                        result.detail), result.detail
 
 
 def test_reject_truncated_file(transcriber, tmp_path):
