@@ -1,4 +1,7 @@
-"""The ``molmo`` command line: thin wrappers over the library in ``molmo/``."""
+"""The ``molmo`` command line: thin wrappers over the library in ``molmo/``.
+
+Every user error is one line on stderr and exit status 2, as for ``pixmo``.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,21 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from pixmo.errors import PixmoError
+from pixmo.errors import ArgumentParser, PixmoError
+
+
+def _device(name: str) -> str:
+    """An argparse type: a torch device this machine has (checked before a model loads)."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"not a torch device: {name!r}") from None
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{name!r}, but torch sees "
+                                         f"{torch.cuda.device_count()} CUDA device(s)")
+    return name
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -19,16 +36,22 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from PIL import Image, ImageOps
 
     from molmo.generate import GenerationConfig
     from molmo.inference import Predictor
 
+    config = GenerationConfig(max_new_tokens=args.max_new_tokens)
+    try:
+        with Image.open(args.image) as opened:
+            image = ImageOps.exif_transpose(opened).convert("RGB")
+    except OSError as exc:  # missing, unreadable or not an image: before the model loads
+        raise PixmoError(f"cannot read the image: {exc.strerror or exc}",
+                         file=args.image) from exc
     predictor = Predictor(args.checkpoint, tokenizer=args.tokenizer, device=args.device)
-    with Image.open(args.image) as opened:
-        image = ImageOps.exif_transpose(opened).convert("RGB")
-    config = GenerationConfig(max_new_tokens=args.max_new_tokens,
-                              stop_token_ids=(predictor.tokenizer.eos_id,))
+    config = dataclasses.replace(config, stop_token_ids=(predictor.tokenizer.eos_id,))
     answer = predictor(image, args.prompt, config)
     print(answer.text)
     if answer.points:
@@ -60,9 +83,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="molmo", description="Molmo models: load, convert, "
-                                     "run and train.")
+    parser = ArgumentParser(prog="molmo", description="Molmo models: load, convert, run and "
+                            "train.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.set_defaults(options={})
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("convert", help="convert a checkpoint between the official Hugging "
@@ -78,10 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", required=True)
     p.add_argument("--prompt", required=True)
     p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: checkpoint)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", type=_device, default="cpu")
     p.add_argument("--max-new-tokens", type=int, default=200)
     p.add_argument("--out", default=None, help="PNG with the answer's points drawn")
-    p.set_defaults(handler=cmd_predict)
+    p.set_defaults(handler=cmd_predict,
+                   options={"GenerationConfig.max_new_tokens": "--max-new-tokens"})
 
     p = sub.add_parser("train", help="train on PixMo shards (also under torchrun)")
     p.add_argument("config", help="training YAML (see configs/)")
@@ -94,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="the training YAML (its eval section names the data)")
     p.add_argument("--checkpoint", default=None, help="model directory (default RUN_DIR/model)")
     p.add_argument("--out", default=None, help="output folder (default RUN_DIR/eval/final)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", type=_device, default="cpu")
     p.set_defaults(handler=cmd_eval)
     return parser
 
@@ -106,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except PixmoError as exc:
-        print(f"molmo {args.command}: {exc}", file=sys.stderr)
+        print(f"molmo {args.command}: {exc.named(args.options)}", file=sys.stderr)
         return 2
 
 

@@ -25,6 +25,7 @@ from torch import nn
 
 from molmo.model.molmo import Molmo
 from molmo.train_config import ParallelConfig
+from pixmo.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,8 @@ def init(cfg: ParallelConfig) -> World:
     rank = int(env.get("RANK", 0))
     local_rank = int(env.get("LOCAL_RANK", 0))
     world_size = int(env.get("WORLD_SIZE", 1))
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("is cuda, but torch sees no CUDA device", field="parallel.device")
     use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     if use_cuda:
         torch.cuda.set_device(local_rank)

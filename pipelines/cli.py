@@ -1,7 +1,9 @@
 """The ``pixmo`` command line.
 
 Each command parses its flags, calls one library function and renders the
-result; a ``PixmoError`` becomes one line on stderr and exit status 2.
+result. Every user error is one line on stderr and exit status 2: a bad flag
+(argparse), a bad value (a config's ``ConfigError``, named by the option that
+gave it) or bad input (``PixmoError``).
 """
 
 from __future__ import annotations
@@ -10,13 +12,31 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from pixmo.errors import PixmoError
+from pixmo.errors import ArgumentParser, PixmoError
 
 Command = Callable[[argparse.Namespace], int]
+
+
+def _number(kind: type[int] | type[float], least: float,
+            strict: bool = False) -> Callable[[str], float]:
+    """An argparse type for a flag that goes to an engine as a plain argument, not into a
+    config that checks it: a finite ``kind`` >= ``least`` (> with ``strict``)."""
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"must be {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+        if not math.isfinite(value) or value < least or (strict and value == least):
+            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {least}, "
+                                             f"got {text}")
+        return value
+    return parse
 
 
 def _table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> str:
@@ -105,7 +125,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
-    from pixmo.build import BuildConfig
+    from pixmo.build import BuildConfig, input_files
     from pixmo.remote import Folder
     from pixmo.shards import ShardConfig, read_dataset_json
     from pixmo.speech import QCConfig, SpeechConfig
@@ -116,6 +136,7 @@ def cmd_build(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
                       transcribe=not args.no_transcribe, speech=speech,
                       shards=ShardConfig(max_samples=args.shard_samples,
                                          max_bytes=args.shard_bytes))
+    input_files(cfg.raw_dir)  # a wrong --raw fails here, before an engine starts
     if args.engine == "ray":
         if beam_args:
             raise PixmoError(f"unrecognized arguments for --engine ray: {' '.join(beam_args)}")
@@ -181,9 +202,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pixmo", description="Build and check PixMo-style "
-                                     "multimodal datasets.")
+    parser = ArgumentParser(prog="pixmo", description="Build and check PixMo-style multimodal "
+                            "datasets.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.set_defaults(options={})
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("inspect", help="counts, shard sizes, annotation kinds, one sample")
@@ -212,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sha256-policy", default=None, choices=("strict", "flag", "none"),
                    help="override the subset's own policy")
     p.add_argument("--shard-samples", type=int, default=1000)
-    p.set_defaults(handler=cmd_import)
+    p.set_defaults(handler=cmd_import, options={"ImportConfig.workers": "--workers",
+                                                "ShardConfig.max_samples": "--shard-samples"})
 
     p = sub.add_parser("synth", help="synthetic raw annotations: scenes, spoken descriptions, "
                        "click logs and deliberately bad records")
@@ -222,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--first-index", type=int, default=0,
                    help="number scenes from here (a held-out split of the same seed)")
     p.add_argument("--no-bad-records", action="store_true")
-    p.set_defaults(handler=cmd_synth)
+    p.set_defaults(handler=cmd_synth, options={"scenes": "--scenes", "seed": "--seed",
+                                               "SynthConfig.first_index": "--first-index"})
 
     p = sub.add_parser("report", help="a self-contained HTML page about a dataset (and a run)")
     p.add_argument("dir", help="dataset directory")
@@ -239,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--min-speech-s", type=float, default=60.0,
                    help="shortest accepted speech (PixMo: 60)")
-    p.set_defaults(handler=cmd_transcribe)
+    p.set_defaults(handler=cmd_transcribe, options={"QCConfig.min_speech_s": "--min-speech-s"})
 
     p = sub.add_parser("build", help="raw annotations to shards with Beam or Ray; unknown "
                        "flags go to Beam, e.g. --runner DataflowRunner --project P")
@@ -251,16 +275,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default="resume", choices=("resume", "overwrite", "extend"),
                    help="resume: keep committed shards (default); overwrite: start again; "
                    "extend: add new images as new shards")
-    p.add_argument("--workers", type=int, default=1,
+    p.add_argument("--workers", type=_number(int, 1), default=1,
                    help="Beam: local processes for the image, annotation (Whisper) and "
                    "shard-writing stages; Ray: transcription actors")
-    p.add_argument("--progress-interval", type=float, default=10.0,
+    p.add_argument("--progress-interval", type=_number(float, 0, strict=True), default=10.0,
                    help="Beam: seconds between progress lines when stderr is not a terminal")
     p.add_argument("--shuffle-dir", default=None,
                    help="Beam, local runner: where groupings spill (default: the system's "
                    "temporary folder; needs about 1 KiB per record, removed at the end)")
     p.add_argument("--ray-address", default=None, help="join a Ray cluster (e.g. auto)")
-    p.add_argument("--gpus-per-worker", type=float, default=0,
+    p.add_argument("--gpus-per-worker", type=_number(float, 0), default=0,
                    help="Ray: GPUs for each transcription actor")
     p.add_argument("--name", default=None, help="dataset name (default: the out dir's name)")
     p.add_argument("--no-transcribe", action="store_true", help="skip caption sessions' audio")
@@ -270,11 +294,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="shortest accepted speech per session (PixMo: 60)")
     p.add_argument("--shard-samples", type=int, default=1000)
     p.add_argument("--shard-bytes", type=int, default=1 << 30)
-    p.set_defaults(handler=cmd_build, passthrough=True)
+    p.set_defaults(handler=cmd_build, passthrough=True,
+                   options={"QCConfig.min_speech_s": "--min-speech-s",
+                            "ShardConfig.max_samples": "--shard-samples",
+                            "ShardConfig.max_bytes": "--shard-bytes"})
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; its config fields are named by the ``options`` that fill them."""
     args, extra = build_parser().parse_known_args(argv)
     if extra and not getattr(args, "passthrough", False):
         build_parser().error(f"unrecognized arguments: {' '.join(extra)}")
@@ -287,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args, extra) if getattr(args, "passthrough", False) else handler(args)
     except PixmoError as exc:
-        print(f"pixmo {args.command}: {exc}", file=sys.stderr)
+        print(f"pixmo {args.command}: {exc.named(args.options)}", file=sys.stderr)
         return 2
 
 
