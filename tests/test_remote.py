@@ -7,11 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import signal
-import subprocess
-import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -23,9 +18,7 @@ from pixmo.atomic import atomic_open
 from pixmo.dataset import verify
 from pixmo.remote import Folder, is_remote
 from pixmo.shards import read_dataset_json, read_manifest, read_rejects
-from tests.test_resume import make_points_raw
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.test_resume import kill, make_points_raw, start_held_build
 
 
 def _args(raw: str, out: str, *extra: str) -> list[str]:
@@ -168,23 +161,32 @@ def test_s3_build_killed_during_upload_then_resumed(s3, tmp_path):
     s3.put_bucket_versioning(Bucket="data", VersioningConfiguration={"Status": "Enabled"})
     _copy_to(raw, "s3://raw/set")
 
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli",
-                             *_args("s3://raw/set", "s3://data/out")],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        listed = s3.list_objects_v2(Bucket="data", Prefix="out/shards/").get("Contents", [])
-        if any(o["Key"].endswith(".json") for o in listed):
-            break
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    at_kill = {k for k in _versions(s3, "data")
-               if k.startswith("out/shards/") and k.endswith(".json")}
+    # held once a shard is committed and the next one's tar is uploaded, not its marker
+    proc = start_held_build(tmp_path, """
+        from pixmo import remote
+
+        put = remote.Folder.put
+        markers = []
+
+        def put_or_hold(self, local_file, rel):
+            marker = rel.startswith("shards/") and rel.endswith(".json")
+            if marker and markers:
+                hold()
+            put(self, local_file, rel)
+            if marker:
+                markers.append(rel)
+
+        remote.Folder.put = put_or_hold
+        """, _args("s3://raw/set", "s3://data/out"))
+    kill(proc)
+    uploaded = _versions(s3, "data")
+    at_kill = {k for k in uploaded if k.startswith("out/shards/") and k.endswith(".json")}
     assert at_kill, "the kill came before any shard was committed"
-    assert "out/dataset.json" not in at_kill, "the kill came after the build finished"
+    assert "out/dataset.json" not in uploaded, "the kill came after the build finished"
     assert len(at_kill) < 40
+    unmarked = {k for k in uploaded if k.startswith("out/shards/") and k.endswith(".tar")
+                and k.replace(".tar", ".json") not in at_kill}
+    assert len(unmarked) == 1  # killed mid-upload: a tar without its marker
 
     assert main(_args("s3://raw/set", "s3://data/out")) == 0
     _same_dataset(_download("s3://data/out", tmp_path / "resumed"), reference)

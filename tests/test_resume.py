@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
+import textwrap
 from pathlib import Path
 
 from PIL import Image
@@ -45,6 +43,45 @@ def _snapshot(out: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted((out / "shards").iterdir())}
 
 
+HELD_BUILD = """\
+import sys
+sys.path[:0] = [{repo!r}]
+from pipelines.cli import main
+
+
+def hold():
+    print("held", flush=True)
+    sys.stdin.readline()  # until the test kills this process
+
+
+"""
+
+
+def start_held_build(tmp_path: Path, patch: str, args: list[str]) -> subprocess.Popen:
+    """``pixmo build args`` in a child process, with ``patch`` run first: it wraps a
+    function of the build so that the child calls ``hold()`` at a chosen point, where it
+    prints "held" and waits until it is killed. Returns once the child is held, so a kill
+    lands at that point however fast or slow the machine is."""
+    script = tmp_path / "held_build.py"
+    script.write_text(HELD_BUILD.format(repo=str(REPO)) + textwrap.dedent(patch)
+                      + "\nsys.exit(main(sys.argv[1:]))\n")
+    log = tmp_path / "held_build.log"
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen([sys.executable, str(script), *args], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=stderr, text=True)
+    for line in proc.stdout:
+        if line.strip() == "held":
+            return proc
+    proc.wait()
+    raise AssertionError(f"the build ended (exit {proc.returncode}) before it was held:\n"
+                         + log.read_text()[-3000:])
+
+
+def kill(proc: subprocess.Popen) -> None:
+    proc.kill()
+    proc.communicate()
+
+
 def test_kill_during_shard_writing_then_resume(tmp_path):
     raw = make_points_raw(tmp_path / "raw", 120)
     reference = tmp_path / "reference"
@@ -52,22 +89,32 @@ def test_kill_during_shard_writing_then_resume(tmp_path):
 
     out, spill = tmp_path / "out", tmp_path / "spill"
     spill.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", *_build_args(raw, out),
-                             "--shuffle-dir", str(spill)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if (out / "shards").is_dir() and list((out / "shards").glob("*.json")):
-            break
-        time.sleep(0.002)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    # held once a shard is committed and the next one has its first sample
+    proc = start_held_build(tmp_path, """
+        from pixmo import shards
+
+        commit, add = shards.TarShard.commit, shards.TarShard.add
+        committed = []
+
+        def commit_and_note(self):
+            stats = commit(self)
+            committed.append(stats.shard)
+            return stats
+
+        def add_then_hold(self, sample):
+            add(self, sample)
+            if committed:
+                hold()
+
+        shards.TarShard.commit, shards.TarShard.add = commit_and_note, add_then_hold
+        """, [*_build_args(raw, out), "--shuffle-dir", str(spill)])
+    kill(proc)
     committed_at_kill = {s.shard: (out / "shards" / s.shard).stat().st_mtime_ns
                          for s in committed_shards(out)}
     assert committed_at_kill, "the kill came before any shard was committed"
     assert not (out / "dataset.json").exists(), "the kill came after the build finished"
     assert len(committed_at_kill) < 60
+    assert len(list((out / "shards").glob("*.partial"))) == 1  # killed mid-shard
     assert len(list(spill.iterdir())) == 1  # the killed build's spill folder
 
     assert main([*_build_args(raw, out), "--shuffle-dir", str(spill)]) == 0
