@@ -309,12 +309,16 @@ def read_rows(subset: Subset, path: str | os.PathLike[str],
     and the row names the image by that hash, so the file's images are never all
     in memory at once.
     """
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     source = os.fspath(path)
     if not os.path.isfile(source):
         raise PixmoError("parquet file not found", file=source)
-    parquet = pq.ParquetFile(source)
+    try:
+        parquet = pq.ParquetFile(source)
+    except pa.ArrowInvalid as exc:
+        raise PixmoError(f"not a parquet file: {exc}", file=source) from exc
     present = set(parquet.schema_arrow.names)
     wanted = (subset.image_column, *subset.columns)
     missing = [c for c in wanted if c not in present]
