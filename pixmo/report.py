@@ -453,6 +453,8 @@ def write_report(dataset_dir: str | os.PathLike[str], out_file: str | os.PathLik
                  thumbnails: int = 12, predictions: int = 12) -> Path:
     """Write the HTML report of ``dataset_dir`` (and of ``run_dir``, whose
     held-out images come from ``eval_dataset_dir``) to ``out_file``, atomically."""
+    if run_dir is not None and not Path(run_dir).is_dir():
+        raise PixmoError("no such training run directory", file=os.fspath(run_dir))
     dataset = Path(dataset_dir)
     ds = _load(dataset, thumbnails)
     name = ds.description.get("name", dataset.name)
