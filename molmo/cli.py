@@ -130,8 +130,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.handler(args)
-    except PixmoError as exc:
-        print(f"molmo {args.command}: {exc.named(args.options)}", file=sys.stderr)
+    except (PixmoError, OSError) as exc:
+        error = exc if isinstance(exc, PixmoError) else PixmoError.from_os_error(exc)
+        print(f"molmo {args.command}: {error.named(args.options)}", file=sys.stderr)
         return 2
 
 

@@ -3,7 +3,8 @@
 Each command parses its flags, calls one library function and renders the
 result. Every user error is one line on stderr and exit status 2: a bad flag
 (argparse), a bad value (a config's ``ConfigError``, named by the option that
-gave it) or bad input (``PixmoError``).
+gave it), bad input (``PixmoError``) or a path that cannot be read or written
+(``OSError``).
 """
 
 from __future__ import annotations
@@ -314,8 +315,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Command = args.handler
     try:
         return handler(args, extra) if getattr(args, "passthrough", False) else handler(args)
-    except PixmoError as exc:
-        print(f"pixmo {args.command}: {exc.named(args.options)}", file=sys.stderr)
+    except (PixmoError, OSError) as exc:
+        error = exc if isinstance(exc, PixmoError) else PixmoError.from_os_error(exc)
+        print(f"pixmo {args.command}: {error.named(args.options)}", file=sys.stderr)
         return 2
 
 

@@ -2,7 +2,8 @@
 
 A user error names where the problem is (file, record, field) so a CLI can
 print it as one line and exit with status 2; a library caller can still catch
-it as ``ValueError``.
+it as ``ValueError``. A CLI reports an ``OSError`` the same way: it is a path
+the user gave that could not be read or written.
 """
 
 from __future__ import annotations
@@ -42,6 +43,12 @@ class PixmoError(ValueError):
         if self.field is not None:
             where.append(f"field {self.field}")
         return f"{', '.join(where)}: {self.reason}" if where else self.reason
+
+    @classmethod
+    def from_os_error(cls, exc: OSError) -> PixmoError:
+        """A path that could not be read or written (for a move, the destination)."""
+        path = exc.filename2 if exc.filename2 is not None else exc.filename
+        return cls(exc.strerror or str(exc), file=None if path is None else str(path))
 
     def located(self, **where: str | int | None) -> PixmoError:
         """The same error with ``file``, ``record`` or ``field`` replaced, for a caller that
