@@ -73,6 +73,15 @@ class ImportConfig:
                               field="ImportConfig.sha256_policy")
 
 
+def _fraction(part: int, whole: int) -> float:
+    return part / whole if whole else 0.0
+
+
+def _ratio(part: int, whole: int) -> str:
+    """``part/whole (p%)``, as the import summary states a yield."""
+    return f"{part}/{whole} ({100 * _fraction(part, whole):.1f}%)"
+
+
 @dataclass
 class ImportReport:
     """The yield of one import: what was read, fetched, kept and lost, and why."""
@@ -94,19 +103,19 @@ class ImportReport:
     recovered: int = 0  # of those, how many are now samples
     samples: int = 0
 
-    @property
-    def image_yield(self) -> float:
-        return self.images_ok / self.images if self.images else 0.0
-
-    def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "image_yield": self.image_yield}
+    def yields(self) -> dict[str, float]:
+        """The ``yield`` of dataset.json: rows kept in samples / rows read, and distinct
+        images (URLs, or images embedded in the parquet) kept in samples / distinct images
+        named by readable rows."""
+        return {"rows": _fraction(self.rows_in_samples, self.rows_read),
+                "images": _fraction(self.images_ok, self.images)}
 
     def lines(self) -> list[str]:
         """A human summary for the CLI."""
         out = [
-            f"{self.subset}: {self.rows_read} rows read, {self.rows_in_samples} in samples, "
+            f"{self.subset}: rows kept {_ratio(self.rows_in_samples, self.rows_read)}, "
             f"{self.rows_rejected} rejected",
-            f"images: {self.images_ok}/{self.images} ok ({100 * self.image_yield:.2f}%), "
+            f"images kept {_ratio(self.images_ok, self.images)}: "
             f"{self.images_downloaded} downloaded, {self.images_cached} from cache, "
             f"{self.images_unused} unused",
             f"samples written: {self.samples} to {self.out_dir}",
@@ -345,13 +354,6 @@ class _Importer:
                         "parquet": self.files, "fetch": asdict(self.config.fetch),
                         "image": {"max_pixels": self.config.image.max_pixels,
                                   "max_bytes": self.config.image.max_bytes}}
-        write_dataset(self.out, self.shard_samples(keyed), name=self.subset.name,
-                      config=self.config.shards, rejects=[r.to_row() for r in self.rejects],
-                      engine="import", build_config=build_config, ledger=self.ledger(),
-                      rejects_by_reason=dict(sorted(by_reason.items())))
-        lines = b"".join(json.dumps(f, sort_keys=True).encode() + b"\n"
-                         for f in sorted(self.failures, key=lambda f: f["url"]))
-        atomic_write_bytes(self.out / FAILURES, lines)
         report = self.report
         report.samples = len(keyed)
         report.sha256_flagged = sum(s.flagged for _, s in keyed)
@@ -359,6 +361,14 @@ class _Importer:
         report.rows_in_samples = sum(len(s.entries) for _, s in keyed)
         report.rows_rejected_by_reason = dict(sorted(by_reason.items()))
         report.images_failed = dict(sorted(report.images_failed.items()))
+        write_dataset(self.out, self.shard_samples(keyed), name=self.subset.name,
+                      config=self.config.shards, rejects=[r.to_row() for r in self.rejects],
+                      engine="import", build_config=build_config, ledger=self.ledger(),
+                      rejects_by_reason=report.rows_rejected_by_reason,
+                      **{"yield": report.yields()})
+        lines = b"".join(json.dumps(f, sort_keys=True).encode() + b"\n"
+                         for f in sorted(self.failures, key=lambda f: f["url"]))
+        atomic_write_bytes(self.out / FAILURES, lines)
 
 
 def read_failures(out_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:

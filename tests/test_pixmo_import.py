@@ -123,6 +123,7 @@ def test_points_import_with_misbehaving_hosts_then_a_rerun(tmp_path, server):
     assert description["engine"] == "import"
     assert description["ledger"][0]["read"] == 9 and description["ledger"][0]["rejected"] == 6
     assert description["rejects_by_reason"] == report.rows_rejected_by_reason
+    assert description["yield"] == {"rows": 3 / 9, "images": 3 / 7}
 
     # the hosts recover; the failures are retried and cached images are not fetched again
     server.route("/gone.jpg", Reply(body=gone))
@@ -142,6 +143,47 @@ def test_points_import_with_misbehaving_hosts_then_a_rerun(tmp_path, server):
     assert again.images_failed == {"image_sha256_mismatch": 1}
     assert [f["url"] for f in read_failures(out)] == [wrong]
     assert_ledger_closes(out, 9, parquet)
+
+
+def test_yield_is_stated_as_fractions_and_in_the_summary(tmp_path, server):
+    red, green, blue = image_bytes((200, 0, 0)), image_bytes((0, 200, 0)), image_bytes((0, 0, 200))
+    cut = image_bytes((9, 9, 9))[:300]
+    pts = [{"x": 25.0, "y": 50.0}]
+    outside = [{"x": 150.0, "y": 5.0}]
+    red_url = server.route("/red.jpg", Reply(body=red))
+    green_url = server.route("/green.jpg", Reply(body=green))
+    blue_url = server.route("/blue.jpg", Reply(body=blue))
+    gone_url = server.route("/gone.jpg", Reply(404))
+    cut_url = server.route("/cut.jpg", Reply(body=cut))
+    never_url = server.route("/never.jpg", Reply(body=red))
+
+    def row(url, data, points, sha256=None):
+        return {"image_url": url, "image_sha256": sha256 or sha(data), "points": points,
+                "count": len(points), "label": "thing", "collection_method": "pointing"}
+
+    rows = [
+        row(red_url, red, pts), row(red_url, red, pts),  # kept, kept
+        row(green_url, green, pts), row(green_url, green, outside),  # kept, out of bounds
+        row(blue_url, blue, outside),  # fetched, but its only row is out of bounds
+        row(gone_url, b"gone", pts),  # 404
+        row(cut_url, cut, pts),  # unreadable
+        row(never_url, red, pts, sha256="not-a-hash"),  # unreadable row: its URL is not named
+    ]
+    parquet = write_parquet(tmp_path / "points.parquet", "pixmo-points", rows)
+    out = tmp_path / "out"
+
+    report = import_release("pixmo-points", [parquet], out, config=CONFIG)
+
+    # rows: 8 read, 3 in samples; images: red, green, blue, gone and cut named, red and green kept
+    assert (report.rows_read, report.rows_in_samples, report.images, report.images_ok) == (
+        8, 3, 5, 2)
+    assert server.hits.get("/never.jpg", 0) == 0
+    assert read_dataset_json(out / "dataset.json")["yield"] == {"rows": 3 / 8, "images": 2 / 5}
+    assert report.yields() == {"rows": 0.375, "images": 0.4}
+    lines = report.lines()
+    assert lines[0] == "pixmo-points: rows kept 3/8 (37.5%), 5 rejected"
+    assert lines[1].startswith("images kept 2/5 (40.0%): 4 downloaded, 0 from cache, 1 unused")
+    assert verify(out) == []
 
 
 def test_count_pixels_become_percent_of_the_displayed_image_and_stale_hashes_are_flagged(
@@ -415,5 +457,9 @@ def test_cli_import_prints_the_yield_report(tmp_path, capsys):
     assert main(["import", "pixmo-docs", "--parquet", str(parquet), "--out",
                  str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
+    assert "pixmo-docs: rows kept 1/2 (50.0%), 1 rejected" in out
+    assert "images kept 1/1 (100.0%)" in out
     assert "invalid_record: 1" in out
+    assert read_dataset_json(tmp_path / "out" / "dataset.json")["yield"] == {"rows": 0.5,
+                                                                             "images": 1.0}
     assert main(["validate", str(tmp_path / "out")]) == 0
