@@ -119,7 +119,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     from pixmo.speech import QCConfig, SpeechConfig, transcribe_files
 
     cfg = SpeechConfig(backend=args.backend, model=args.model, device=args.device,
-                       qc=QCConfig(min_speech_s=args.min_speech_s))
+                       cpu_threads=args.cpu_threads, qc=QCConfig(min_speech_s=args.min_speech_s))
     for row in transcribe_files(args.audio, cfg):
         print(json.dumps(row, ensure_ascii=False), flush=True)
     return 0
@@ -132,6 +132,7 @@ def cmd_build(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
     from pixmo.speech import QCConfig, SpeechConfig
 
     speech = SpeechConfig(model=args.whisper_model, device=args.device,
+                          cpu_threads=args.cpu_threads,
                           qc=QCConfig(min_speech_s=args.min_speech_s))
     cfg = BuildConfig(raw_dir=args.raw, name=args.name or Path(args.out.rstrip("/")).name,
                       transcribe=not args.no_transcribe, speech=speech,
@@ -262,9 +263,13 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=("faster-whisper", "openai-whisper", "transformers"))
     p.add_argument("--model", default=None, help="model name or path (default: bundled tiny.en)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--cpu-threads", type=int, default=1,
+                   help="threads of one Whisper model on CPU; recorded in each transcript "
+                   "(more cores: more --workers)")
     p.add_argument("--min-speech-s", type=float, default=60.0,
                    help="shortest accepted speech (PixMo: 60)")
-    p.set_defaults(handler=cmd_transcribe, options={"QCConfig.min_speech_s": "--min-speech-s"})
+    p.set_defaults(handler=cmd_transcribe, options={"QCConfig.min_speech_s": "--min-speech-s",
+                                                    "SpeechConfig.cpu_threads": "--cpu-threads"})
 
     p = sub.add_parser("build", help="raw annotations to shards with Beam or Ray; unknown "
                        "flags go to Beam, e.g. --runner DataflowRunner --project P")
@@ -291,12 +296,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-transcribe", action="store_true", help="skip caption sessions' audio")
     p.add_argument("--whisper-model", default=None, help="Whisper model name or path")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--cpu-threads", type=int, default=1,
+                   help="threads of one Whisper model on CPU; recorded in each transcript "
+                   "(more cores: more --workers)")
     p.add_argument("--min-speech-s", type=float, default=60.0,
                    help="shortest accepted speech per session (PixMo: 60)")
     p.add_argument("--shard-samples", type=int, default=1000)
     p.add_argument("--shard-bytes", type=int, default=1 << 30)
     p.set_defaults(handler=cmd_build, passthrough=True,
                    options={"QCConfig.min_speech_s": "--min-speech-s",
+                            "SpeechConfig.cpu_threads": "--cpu-threads",
                             "ShardConfig.max_samples": "--shard-samples",
                             "ShardConfig.max_bytes": "--shard-bytes"})
     return parser
