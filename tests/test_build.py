@@ -128,7 +128,7 @@ def test_beam_build_ledger_and_rejects(beam_build):
     ]
     assert description["rejects_by_reason"] == dict(Counter(EXPECTED_REJECTS.values()))
     assert set(description["stage_seconds"]) == {"read", "image", "annotate", "join", "write"}
-    assert description["stage_seconds"]["annotate"] > 0.5  # two clips through Whisper
+    assert description["stage_seconds"]["annotate"] > 0  # measured, not left out
 
 
 def test_beam_build_samples(beam_build):
@@ -168,28 +168,32 @@ def test_cli_build_and_transcribe(tmp_path, capsys):
     assert lines[1]["reject"]["reason"] == "audio_unreadable"
 
 
-def _contents(out: Path) -> tuple[dict, list, list]:
-    samples = {s.key: s.json for s in iter_samples(out)}
-    rejects = read_rejects(out / "rejects.parquet")
-    return samples, rejects, read_dataset_json(out / "dataset.json")["ledger"]
+def assert_same_build(ours: Path, theirs: Path) -> None:
+    """Two builds of one raw folder agree byte for byte: tars, sample JSON,
+    manifest, rejects and ledger."""
+    assert verify(ours) == []
+    assert {s.key: s.json for s in iter_samples(ours)} == {
+        s.key: s.json for s in iter_samples(theirs)}
+    tars = [sorted((d / "shards").glob("*.tar")) for d in (ours, theirs)]
+    assert [p.name for p in tars[0]] == [p.name for p in tars[1]]
+    assert [p.read_bytes() for p in tars[0]] == [p.read_bytes() for p in tars[1]]
+    assert read_manifest(ours / "manifest.parquet") == read_manifest(theirs / "manifest.parquet")
+    assert read_rejects(ours / "rejects.parquet") == read_rejects(theirs / "rejects.parquet")
+    ledgers = [read_dataset_json(d / "dataset.json")["ledger"] for d in (ours, theirs)]
+    assert ledgers[0] == ledgers[1]
 
 
 def test_ray_build_equals_beam_build(beam_build, tmp_path, ray_session):
+    """Ray's workers decode under OMP_NUM_THREADS=1 (Ray sets it), the Beam
+    build in this process without it: same transcripts, same bytes."""
     from pipelines import ray as ray_engine
 
     raw = make_raw(tmp_path / "raw")
     ray_engine.run(config(raw), str(tmp_path / "out"))
-    assert verify(tmp_path / "out") == []
     description = read_dataset_json(tmp_path / "out/dataset.json")
     assert description["engine"] == "ray"
     assert set(description["stage_seconds"]) == {"read", "image+annotate+join", "write"}
-    ours, theirs = _contents(tmp_path / "out"), _contents(beam_build)
-    assert ours[0] == theirs[0]  # same keys, same sample JSON
-    assert ours[1] == theirs[1]  # same rejects
-    assert ours[2] == theirs[2]  # same ledger
-    beam_tars = sorted((beam_build / "shards").glob("*.tar"))
-    ray_tars = sorted((tmp_path / "out/shards").glob("*.tar"))
-    assert [p.read_bytes() for p in ray_tars] == [p.read_bytes() for p in beam_tars]
+    assert_same_build(tmp_path / "out", beam_build)
 
 
 def test_beam_with_worker_processes_equals_one_process(beam_build, tmp_path):
@@ -200,12 +204,34 @@ def test_beam_with_worker_processes_equals_one_process(beam_build, tmp_path):
 
     raw = make_raw(tmp_path / "raw")
     beam.run(config(raw), str(tmp_path / "out"), workers=2)
-    assert verify(tmp_path / "out") == []
-    assert _contents(tmp_path / "out") == _contents(beam_build)
-    tars = [sorted((d / "shards").glob("*.tar")) for d in (tmp_path / "out", beam_build)]
-    assert [p.read_bytes() for p in tars[0]] == [p.read_bytes() for p in tars[1]]
+    assert_same_build(tmp_path / "out", beam_build)
     seconds = read_dataset_json(tmp_path / "out/dataset.json")["stage_seconds"]
-    assert seconds["annotate"] > 0.5  # two clips through Whisper, in the pool
+    assert seconds["annotate"] > 0  # measured in the pool, not left out
+
+
+# What a user's shell or another library may set: one OpenMP thread, Intel MKL
+# forced on (CTranslate2's own choice on Intel CPUs, whose sums follow the
+# thread count), oneDNN capped at SSE4.1. Unpinned, each of these changes
+# tiny.en's transcripts of the sample speech on some CPU.
+OTHER_THREAD_ENVIRONMENT = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+                            "CT2_USE_MKL": "1", "ONEDNN_MAX_CPU_ISA": "SSE41"}
+
+
+def test_beam_workers_in_another_thread_environment_equal_one_process(beam_build, tmp_path):
+    """A fresh process whose environment sets threads and kernels differently
+    builds with ``workers=2``: the same bytes as the build in this process."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); "
+              "from pathlib import Path; from pipelines import beam; "
+              "from test_build import config, make_raw; "
+              "beam.run(config(make_raw(Path(sys.argv[2]))), sys.argv[3], workers=2)")
+    env = {**os.environ, **OTHER_THREAD_ENVIRONMENT}
+    subprocess.run([sys.executable, "-c", script, str(Path(__file__).parent),
+                    str(tmp_path / "raw"), str(tmp_path / "out")], env=env, check=True)
+    assert_same_build(tmp_path / "out", beam_build)
 
 
 def test_beam_build_with_every_record_rejected(tmp_path):
@@ -235,9 +261,5 @@ def test_beam_cluster_graph_equals_local_graph(beam_build, tmp_path):
     assert not beam.runs_locally(["--runner=BundleBasedDirectRunner"])
     raw = make_raw(tmp_path / "raw")
     beam.run(config(raw), str(tmp_path / "out"), ["--runner=BundleBasedDirectRunner"])
-    assert verify(tmp_path / "out") == []
-    assert _contents(tmp_path / "out") == _contents(beam_build)
-    tars = [sorted((d / "shards").glob("*.tar")) for d in (tmp_path / "out", beam_build)]
-    assert [p.read_bytes() for p in tars[0]] == [p.read_bytes() for p in tars[1]]
-    manifests = [read_manifest(d / "manifest.parquet") for d in (tmp_path / "out", beam_build)]
-    assert manifests[0] == manifests[1] and len(manifests[0]) == 2
+    assert_same_build(tmp_path / "out", beam_build)
+    assert len(read_manifest(beam_build / "manifest.parquet")) == 2

@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import subprocess
+import sys
 from dataclasses import asdict, replace
+from importlib.metadata import version
 from pathlib import Path
 
 import fastjsonschema
@@ -99,6 +103,8 @@ def test_sample_speech_word_error_rate(transcriber, transcript_schema):
         transcript_schema(record)
         assert record["backend"] == "faster-whisper" and record["model"] == "tiny.en"
         assert record["compute_type"] == "int8" and record["beam_size"] == 5
+        assert record["runtime"] == f"ctranslate2 {version('ctranslate2')} cpu onednn-avx2"
+        assert record["cpu_threads"] == 1
         assert record["language"] == "en" and record["language_probability"] == 1.0
         assert -0.7 < record["avg_logprob"] < 0 and 0 <= record["no_speech_prob"] < 0.6
         assert 0.5 < record["compression_ratio"] < 2.4
@@ -316,6 +322,50 @@ def test_config_errors_name_the_field(tmp_path):
         load_backend(SpeechConfig(backend="transformers", model="openai/whisper-tiny"))
 
 
+# ------------------------------------------------- the same transcript in any environment
+
+
+def transcribe_in_fresh_process(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "transcribe", str(SPEECH / "kitchen.opus"),
+         str(SPEECH / "garden.opus"), "--min-speech-s", "5", *args],
+        env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
+
+
+def test_transcripts_do_not_depend_on_the_thread_environment():
+    """Environment variables that set OpenMP threads or CTranslate2's kernels
+    (unpinned, CT2_USE_MKL=1 alone changes these transcripts on an AMD EPYC)
+    leave the output byte for byte the same."""
+    plain = transcribe_in_fresh_process({})
+    other = transcribe_in_fresh_process({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+                                         "CT2_USE_MKL": "1", "CT2_FORCE_CPU_ISA": "GENERIC",
+                                         "ONEDNN_MAX_CPU_ISA": "SSE41"})
+    assert plain.returncode == 0 and other.returncode == 0, plain.stderr + other.stderr
+    rows = [json.loads(line) for line in plain.stdout.splitlines()]
+    assert [r["transcript"]["cpu_threads"] for r in rows] == [1, 1]
+    assert other.stdout == plain.stdout
+
+
+def test_kernels_that_cannot_be_pinned_any_more_are_a_one_line_error():
+    script = ("import ctranslate2; from pixmo.speech import SpeechConfig, load_backend; "
+              "load_backend(SpeechConfig(device='cpu'))")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env={k: v for k, v in os.environ.items() if k != "CT2_USE_MKL"},
+                         timeout=300)
+    assert run.returncode != 0
+    assert "ctranslate2 was imported before its CPU kernels could be pinned" in run.stderr
+    assert "CT2_USE_MKL=0 CT2_FORCE_CPU_ISA=AVX2 ONEDNN_MAX_CPU_ISA=AVX2" in run.stderr
+
+
+def test_thread_count_is_a_recorded_decoding_setting():
+    two = Transcriber(SpeechConfig(cpu_threads=2, qc=CLIP_QC))
+    result = two(read_audio(SPEECH / "desk.flac"))
+    assert isinstance(result, Transcript) and result.cpu_threads == 2
+    assert load_backend(SpeechConfig(cpu_threads=2, qc=CLIP_QC)) is two.backend
+    with pytest.raises(ValueError, match="SpeechConfig.cpu_threads must be >= 1, got 0"):
+        SpeechConfig(cpu_threads=0)
+
+
 # ------------------------------------------------- the other two backends
 
 
@@ -338,6 +388,7 @@ def test_openai_whisper_backend_from_checkpoint(openai_checkpoint, transcript_sc
     record = result.to_record()
     transcript_schema(record)
     assert record["backend"] == "openai-whisper" and record["compute_type"] == "float32"
+    assert record["runtime"] == f"torch {version('torch')} cpu" and record["cpu_threads"] == 1
     assert record["model"] == str(openai_checkpoint) and record["language"] == "en"
     assert -0.7 < record["avg_logprob"] < 0 and 0 <= record["no_speech_prob"] < 0.6
     assert len(record["segments"]) >= 2
