@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv lint clean
+.PHONY: demo test venv system lint clean
 
 venv: $(STAMP)
 
@@ -17,8 +17,21 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[all]'
 	touch $(STAMP)
 
-test: $(STAMP)
-	@command -v chromium >/dev/null || echo "note: the report test needs Chromium: apt-get install -y --no-install-recommends chromium"
+# System packages the suite needs (the report test renders in headless Chromium):
+# installed from Debian's packages when missing and root, else one line and stop.
+SYSTEM_PACKAGES := chromium
+
+system:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; \
+	else \
+	  echo "make test needs Chromium; as root: apt-get install -y --no-install-recommends $(SYSTEM_PACKAGES)" >&2; \
+	  exit 1; \
+	fi
+
+test: $(STAMP) system
 	$(BIN)/python -m pytest -q tests
 
 demo: $(STAMP)
