@@ -5,12 +5,12 @@ uninterrupted curve bit for bit; the loss on a small fixed set must fall by half
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,34 @@ def command(config: Path, ranks: int, *extra: str) -> list[str]:
         return [sys.executable, "-m", "molmo.train", str(config), *extra]
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
             "--standalone", "-m", "molmo.train", str(config), *extra]
+
+
+# torchrun runs this in place of ``-m molmo.train``: every rank stops once the step-2
+# checkpoint is committed, says so on stdout with its pid (in one write, so the ranks' lines
+# cannot interleave) and waits there to be killed
+HELD_TRAIN = """\
+import os
+import sys
+import threading
+
+sys.path[:0] = [{root!r}]
+from molmo import train_checkpoint
+from molmo.cli import main
+
+save = train_checkpoint.Checkpointer.save
+
+
+def save_then_hold(self, step, *args, **kwargs):
+    path = save(self, step, *args, **kwargs)
+    if step == 2:
+        os.write(1, f"held {{os.getpid()}}\\n".encode())
+        threading.Event().wait()
+    return path
+
+
+train_checkpoint.Checkpointer.save = save_then_hold
+sys.exit(main(["train", *sys.argv[1:]]))
+"""
 
 
 def launch(config: Path, ranks: int, *extra: str) -> None:
@@ -159,22 +187,38 @@ def test_two_ranks_match_one_process(setup, single, fsdp_run, strategy):
 
 def test_kill_and_resume_reproduces_uninterrupted_curve(setup, fsdp_run):
     """FSDP on two ranks, SIGKILL after the step-2 checkpoint is committed, then --resume;
-    the uninterrupted reference is the FSDP run above."""
+    the uninterrupted reference is the FSDP run above. Both ranks wait after that checkpoint
+    until the kill, so it lands there however fast the machine is."""
     root, data, tok = setup
     full_dir, cut_dir = fsdp_run, root / "cut"
     cfg = tiny_config(cut_dir, data, tok, parallel={"strategy": "fsdp"})
     config = write_yaml(root / "cut.yaml", cfg)
-    proc = subprocess.Popen(command(config, 2), cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    marker = cut_dir / "checkpoints" / "step_00000002" / "meta.json"
-    deadline = time.monotonic() + 240
-    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks, mid-run
-    assert proc.wait() == -signal.SIGKILL
-    assert marker.exists()
-    last = sorted((cut_dir / "checkpoints").glob("step_*"))[-1]
-    assert last.name != f"step_{STEPS:08d}"  # killed before the end
+    script = root / "held_train.py"
+    script.write_text(HELD_TRAIN.format(root=str(ROOT)))
+    log = root / "held_train.log"
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run",
+                                 "--nproc_per_node", "2", "--standalone", str(script),
+                                 str(config)], cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=stderr, text=True, start_new_session=True)
+    ranks = []
+    for line in proc.stdout:
+        if line.startswith("held "):
+            ranks.append(int(line.split()[1]))
+            if len(ranks) == 2:
+                break
+    # the launcher, then each rank with its loader workers: torchrun starts every rank in a
+    # session of its own, which killing the launcher's group leaves running
+    for group in (proc.pid, *ranks):
+        with contextlib.suppress(ProcessLookupError):  # gone already if never held
+            os.killpg(group, signal.SIGKILL)
+    proc.communicate()
+    tail = log.read_text()[-3000:]
+    assert len(ranks) == 2, f"the run ended before both ranks were held:\n{tail}"
+    assert proc.returncode == -signal.SIGKILL
+    kept = sorted(p.name for p in (cut_dir / "checkpoints").glob("step_*"))
+    assert kept == ["step_00000002"]  # killed before the end
+    assert (cut_dir / "checkpoints" / kept[0] / "meta.json").is_file()
     launch(config, 2, "--resume")
     full, resumed = losses(full_dir), losses(cut_dir)
     assert sorted(resumed) == list(range(1, STEPS + 1))
