@@ -59,6 +59,7 @@ def rtf_of(cfg: SpeechConfig, clips: list[Audio], repeats: int) -> float:
 # part 4: how each process of the determinism comparison loads the model
 SETUPS = {
     "library's choice (its kernels, all cores)": {"pinned": False, "threads": 0},
+    "library's kernels, 1 thread": {"pinned": False, "threads": 1},
     f"pinned kernels, {os.cpu_count()} threads": {"pinned": True, "threads": os.cpu_count()},
     "pinned kernels, 1 thread (default)": {"pinned": True, "threads": 1},
 }
@@ -86,7 +87,8 @@ def child_rtf(setup: dict, clips: list[Path], beam_size: int, repeats: int) -> f
     return best_time(run, repeats) / sum(a.duration_s for a in audio)
 
 
-def determinism_cost(args: argparse.Namespace, rounds: int = 2) -> None:
+def determinism_cost(args: argparse.Namespace) -> None:
+    rounds = args.rounds
     # this process's backend pinned its own environment: children start without
     env = {k: v for k, v in os.environ.items() if k not in CT2_KERNELS}
     rtfs: dict[str, list[float]] = {name: [] for name in SETUPS}
@@ -110,6 +112,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--beam-size", type=int, default=5)
     parser.add_argument("--cpu-threads", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="part 4: fresh processes per setup, alternating")
     parser.add_argument("--only-determinism", action="store_true",
                         help="run part 4 alone")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
