@@ -1,6 +1,6 @@
 """Training throughput and MFU of a ~1.3B Molmo (``dense-1b``: 1.0B LLM + CLIP-L ViT) under
 FSDP2 with bf16 parameters and fp32 gradient reduction, through the real training loop
-(``torchrun -m molmo.train``), against DDP with bf16 autocast (the baseline) in the same
+(``torchrun -m molmo train``), against DDP with bf16 autocast (the baseline) in the same
 invocation. Needs CUDA GPUs; prints one JSON line per strategy and the FSDP/DDP ratio.
 
     python benchmarks/train_gpu.py                    # every local GPU, 20 steps per strategy
@@ -93,7 +93,7 @@ def config(root: Path, strategy: str, shards: Path, tok: Path, vocab: int, gpus:
 
 def run(path: Path, run_dir: Path, gpus: int, warmup: int) -> dict[str, float]:
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                    "--nproc_per_node", str(gpus), "-m", "molmo.train", str(path)], check=True)
+                    "--nproc_per_node", str(gpus), "-m", "molmo", "train", str(path)], check=True)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if "loss" in r][warmup:]
     out = {key: statistics.median(r[key] for r in rows)

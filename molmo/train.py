@@ -11,7 +11,7 @@ ranks divided by the GLOBAL loss weight, which one all-reduce computes before th
 passes; gradients are summed across ranks, so DDP and FSDP runs equal one process with the same
 global batch.
 
-    torchrun --nproc_per_node 2 -m molmo.train CONFIG.yaml [--resume]
+    torchrun --nproc_per_node 2 -m molmo train CONFIG.yaml [--resume]
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -225,8 +224,3 @@ def main_train(config_path: str, *, resume: bool = False, print_config: bool = F
     train(cfg, resume=resume)
     return 0
 
-
-if __name__ == "__main__":  # the torchrun entry: ``torchrun ... -m molmo.train CONFIG``
-    from molmo.cli import main
-
-    sys.exit(main(["train", *sys.argv[1:]]))

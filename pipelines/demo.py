@@ -153,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config.write_text(yaml.safe_dump(train_config(out, args.steps), sort_keys=False))
     step("train (torchrun, 2 CPU processes)", lambda: subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-         "2", "-m", "molmo.train", str(config)]).returncode, timings)
+         "2", "-m", "molmo", "train", str(config)]).returncode, timings)
     step("evaluate on held-out scenes", lambda: molmo_main(
         ["eval", str(config), "--out", str(out / "run/eval")]), timings)
     shutil.copy(out / "run/eval/eval.json", out / "eval.json")

@@ -74,12 +74,12 @@ def write_yaml(path: Path, cfg: dict[str, Any]) -> Path:
 
 def command(config: Path, ranks: int, *extra: str) -> list[str]:
     if ranks == 1:
-        return [sys.executable, "-m", "molmo.train", str(config), *extra]
+        return [sys.executable, "-m", "molmo", "train", str(config), *extra]
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
-            "--standalone", "-m", "molmo.train", str(config), *extra]
+            "--standalone", "-m", "molmo", "train", str(config), *extra]
 
 
-# torchrun runs this in place of ``-m molmo.train``: every rank stops once the step-2
+# torchrun runs this in place of ``-m molmo train``: every rank stops once the step-2
 # checkpoint is committed, says so on stdout with its pid (in one write, so the ranks' lines
 # cannot interleave) and waits there to be killed
 HELD_TRAIN = """\
