@@ -278,13 +278,9 @@ def resolve_image(ref: str, records: Sequence[Keyed], cfg: BuildConfig,
                        if k.record.data.get("image_sha256") not in (None, image.sha256)]
         else:
             image = replace(image, sha256_flagged=True)
-    if _is_url(ref):
+    if remote.is_http(ref):
         remote.Folder(os.fspath(out_dir)).write_bytes(f"{STAGING}/{image.sha256}", image.data)
     return replace(image, data=b""), rejects
-
-
-def _is_url(ref: str) -> bool:
-    return ref.startswith(("http://", "https://"))
 
 
 def _attached(samples: Iterable[PlannedSample], cfg: BuildConfig,
@@ -295,7 +291,7 @@ def _attached(samples: Iterable[PlannedSample], cfg: BuildConfig,
         obj = json.loads(planned.json)
         image = obj["image"]
         ref = image["source"]
-        data = (out.read_bytes(f"{STAGING}/{image['sha256']}") if _is_url(ref)
+        data = (out.read_bytes(f"{STAGING}/{image['sha256']}") if remote.is_http(ref)
                 else read_image(ref, cfg))
         if hashlib.sha256(data).hexdigest() != image["sha256"]:
             raise PixmoError("image changed while the build ran", file=ref,

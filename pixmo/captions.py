@@ -30,6 +30,7 @@ from typing import Any
 from pixmo.atomic import atomic_write_bytes
 from pixmo.errors import ConfigError, PixmoError
 from pixmo.rejects import Reason
+from pixmo.remote import is_http
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ class LLMConfig:
     cache_dir: str | None = None
 
     def __post_init__(self) -> None:
-        if not self.base_url.startswith(("http://", "https://")):
+        if not is_http(self.base_url):
             raise ConfigError(f"must be http(s), got {self.base_url!r}", field="LLMConfig.base_url")
         if "{transcript}" not in self.clean_prompt:
             raise ConfigError("must contain {transcript}", field="LLMConfig.clean_prompt")

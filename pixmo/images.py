@@ -18,6 +18,8 @@ from typing import Any
 
 from pixmo.errors import ConfigError
 from pixmo.rejects import Reason
+from pixmo.remote import inside as remote_inside
+from pixmo.remote import is_http
 
 FORMATS = {"JPEG": "jpeg", "PNG": "png", "WEBP": "webp"}
 EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp"}
@@ -134,7 +136,7 @@ def read_image_bytes(ref: str, base_dir: str | os.PathLike[str],
                      config: ImageConfig = ImageConfig()) -> bytes:
     """The bytes a record's ``image`` names: a path under ``base_dir`` or an
     http(s) URL (fetched with bounded size, time and retries)."""
-    if ref.startswith(("http://", "https://")):
+    if is_http(ref):
         from pixmo.fetch import FetchError, fetch_bytes
 
         try:
@@ -159,10 +161,10 @@ def read_image_bytes(ref: str, base_dir: str | os.PathLike[str],
 
 def inside(base_dir: str | os.PathLike[str], ref: str) -> str | None:
     """``ref`` joined to ``base_dir``, or None if ``..`` or an absolute path would
-    leave it. Lexical, so it costs no system call per record."""
-    base = os.path.abspath(base_dir)
-    path = os.path.normpath(os.path.join(base, ref))
-    return path if path.startswith(base + os.sep) else None
+    leave it, or it names the folder itself. Lexical (``remote.inside``), so it
+    costs no system call per record."""
+    name = remote_inside(ref)
+    return None if name in (None, ".") else os.path.join(os.path.abspath(base_dir), name)
 
 
 def load_image(ref: str, base_dir: str | os.PathLike[str], config: ImageConfig = ImageConfig(),

@@ -36,6 +36,12 @@ def is_remote(path: str | os.PathLike[str]) -> bool:
     return "://" in text and not text.startswith("file://")
 
 
+def is_http(ref: str) -> bool:
+    """An http(s) URL: what a record's ``image`` may name instead of a file,
+    fetched with the downloader's limits rather than opened through fsspec."""
+    return ref.startswith(("http://", "https://"))
+
+
 def _filesystem(url: str) -> tuple[Any, str]:
     """The filesystem and root path of a URL; fsspec keeps one instance per
     protocol and options, so this is cheap, and follows configuration changes."""

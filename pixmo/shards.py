@@ -31,6 +31,7 @@ from typing import Any, BinaryIO
 
 from pixmo.atomic import atomic_open, atomic_write_bytes, partial_path
 from pixmo.errors import ConfigError, PixmoError
+from pixmo.remote import is_remote
 from pixmo.validation import load_schema, validate
 
 log = logging.getLogger(__name__)
@@ -352,12 +353,8 @@ def write_shard(out_dir: str | os.PathLike[str], index: int, samples: Iterable[S
 # --------------------------------------------------------------------------- reading
 
 
-def _is_url(source: str) -> bool:
-    return "://" in source
-
-
 def _open(url: str) -> BinaryIO:
-    if _is_url(url) and not url.startswith("file://"):
+    if is_remote(url):
         import fsspec
 
         return fsspec.open(url, "rb").open()
@@ -367,7 +364,7 @@ def _open(url: str) -> BinaryIO:
 def committed_shards(dataset_dir: str | os.PathLike[str]) -> list[ShardStats]:
     """Stats of every committed shard of a dataset directory, in index order."""
     source = os.fspath(dataset_dir)
-    if _is_url(source) and not source.startswith("file://"):
+    if is_remote(source):
         import fsspec
 
         fs, root = fsspec.core.url_to_fs(source)
