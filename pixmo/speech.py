@@ -51,7 +51,7 @@ WINDOW_S = 30.0  # Whisper's context: every backend decodes 30 s windows
 # CTranslate2 picks its CPU kernels per machine: Intel MKL on Intel CPUs (whose
 # sums change with the thread count) and oneDNN elsewhere, each at the widest
 # instruction set it finds (AVX-512 kernels round differently from AVX2 ones).
-# Pinned to oneDNN at AVX2, the same code runs on every x86-64 CPU since 2013,
+# Pinned to oneDNN at AVX2, the same code runs on every x86-64 CPU with AVX2,
 # and on it the transcripts of tests/data/speech are identical at 1 to 8
 # threads (BENCHMARKS.md: what the pin costs). CT2_USE_MKL is read when
 # ctranslate2 is imported, the ISA variables at the first model load.
