@@ -17,9 +17,9 @@ loops (compression ratio) instead of resampling them.
 Same audio, same transcript, on any machine and in any engine: a transcript
 depends on the audio, the model and the decoding settings, and the thread
 count is one of those settings (``cpu_threads``, never "what the library
-picks", which follows ``OMP_NUM_THREADS`` and the core count). On CPU,
-CTranslate2 also pins its kernels (``CT2_KERNELS``); each transcript records
-the thread count and the kernels it ran on (``runtime``).
+picks", which follows ``OMP_NUM_THREADS`` and the core count). On CPU, the
+faster-whisper backend also pins CTranslate2's kernels (``CT2_KERNELS``); each
+transcript records the thread count and the kernels it ran on (``runtime``).
 """
 
 from __future__ import annotations

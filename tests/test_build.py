@@ -211,8 +211,9 @@ def test_beam_with_worker_processes_equals_one_process(beam_build, tmp_path):
 
 # What a user's shell or another library may set: one OpenMP thread, Intel MKL
 # forced on (CTranslate2's own choice on Intel CPUs, whose sums follow the
-# thread count), oneDNN capped at SSE4.1. Unpinned, each of these changes
-# tiny.en's transcripts of the sample speech on some CPU.
+# thread count), oneDNN capped at SSE4.1. Unpinned, MKL and the cap change
+# tiny.en's transcripts of the sample speech on an AMD EPYC, and the thread count
+# changed them between Ray and Beam on the machine of issue 15.
 OTHER_THREAD_ENVIRONMENT = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
                             "CT2_USE_MKL": "1", "ONEDNN_MAX_CPU_ISA": "SSE41"}
 
