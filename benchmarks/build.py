@@ -90,14 +90,13 @@ ENGINES = {
 
 
 def engine(name: str, raw: str, out: str) -> None:
-    from pixmo.build import BuildConfig
-    from pixmo.shards import ShardConfig
+    from pixmo.build.stages import BuildConfig
+    from pixmo.dataset.shards import ShardConfig
 
     cfg = BuildConfig(raw_dir=raw, transcribe=False, shards=ShardConfig(max_samples=1000))
     kind, options, workers = ENGINES[name]
     if kind == "beam":
-        from pipelines import beam
-
+        from pipelines.beam import graph as beam
         beam.run(cfg, out, options, workers=workers)
     else:
         from pipelines import ray as ray_engine

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from pixmo.fetch import FetchConfig, fetch_bytes, fetch_many  # noqa: E402
-from pixmo.pixmo_import import ImportConfig, import_release  # noqa: E402
+from pixmo.release.importer import ImportConfig, import_release  # noqa: E402
 from tests.http_server import LocalServer, Reply  # noqa: E402
 
 

@@ -47,7 +47,7 @@ def _sample(i: int, rng: np.random.Generator):
 
     from PIL import Image
 
-    from pixmo.shards import ShardSample
+    from pixmo.dataset.shards import ShardSample
 
     h, w = (480, 640) if i % 2 else (640, 480)
     y, x = np.mgrid[0:h, 0:w]
@@ -74,7 +74,7 @@ def _sample(i: int, rng: np.random.Generator):
 
 
 def make_dataset(path: Path, n: int) -> None:
-    from pixmo.shards import ShardConfig, write_dataset
+    from pixmo.dataset.shards import ShardConfig, write_dataset
 
     rng = np.random.default_rng(0)
     write_dataset(path, (_sample(i, rng) for i in range(n)), name=path.name,
@@ -83,7 +83,7 @@ def make_dataset(path: Path, n: int) -> None:
 
 def prepare(out: Path, samples: int, scale: int) -> None:
     """The two datasets and a small BPE tokenizer trained on their text."""
-    from molmo.tokenizer import train_bpe_tokenizer
+    from molmo.preprocess.tokenizer import train_bpe_tokenizer
 
     make_dataset(out / "small", samples)
     make_dataset(out / "large", samples * scale)
@@ -142,8 +142,8 @@ def launch_rate(spec: dict) -> dict:
     pause (a deep prefetch, so it never waits), or with no loader at all (``workers`` 0)."""
     if not spec["workers"]:
         return {"launches": _launches(spec["seconds"])}
-    from molmo.data import DataConfig, DatasetConfig, MolmoLoader
-    from molmo.tokenizer import MolmoTokenizer
+    from molmo.data.loader import DataConfig, DatasetConfig, MolmoLoader
+    from molmo.preprocess.tokenizer import MolmoTokenizer
 
     cfg = DataConfig(datasets=(DatasetConfig("bench", spec["data"]),), batch_size=spec["batch"],
                      num_workers=1, worker_type=spec["worker_type"], prefetch_factor=10_000)
@@ -165,7 +165,7 @@ def run_one(spec: dict) -> dict:
     if spec["kind"] == "webdataset":
         import webdataset as wds
 
-        from pixmo.shards import shard_urls
+        from pixmo.dataset.shards import shard_urls
 
         start, cpu_at = time.perf_counter(), _cpu_seconds()
         dataset = wds.WebDataset(shard_urls(spec["data"]), shardshuffle=False,
@@ -173,9 +173,9 @@ def run_one(spec: dict) -> dict:
         n = sum(1 for _ in dataset)
         steady_at, steady_n, cpu_end = start, 0, _cpu_seconds()
     else:
-        from molmo.data import DataConfig, DatasetConfig, MolmoLoader
-        from molmo.preprocess import normalize_images
-        from molmo.tokenizer import MolmoTokenizer
+        from molmo.data.loader import DataConfig, DatasetConfig, MolmoLoader
+        from molmo.preprocess.processor import normalize_images
+        from molmo.preprocess.tokenizer import MolmoTokenizer
 
         start = time.perf_counter()
         cfg = DataConfig(datasets=(DatasetConfig("bench", spec["data"]),),

@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from molmo.config import preset
+from molmo.model.config import preset
 from molmo.model.molmo import Molmo, token_loss
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}

@@ -12,7 +12,7 @@ the LLM vocabulary is set to its size (a few thousand rows instead of 50,304, so
 is a smaller share of the FLOPs than in the released 1B models). Per-device batch 4, sequences
 up to 2304 tokens, activation checkpointing per block; the first ``--warmup`` steps are
 excluded from the medians. MFU is per device against the dense bf16 peak (989 TFLOP/s on
-H100/H200), with the FLOP model of ``molmo/metrics.py``.
+H100/H200), with the FLOP model of ``molmo/train/metrics.py``.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from molmo.tokenizer import MolmoTokenizer, train_bpe_tokenizer
-from pixmo.shards import ShardConfig, ShardSample, write_dataset
+from molmo.preprocess.tokenizer import MolmoTokenizer, train_bpe_tokenizer
+from pixmo.dataset.shards import ShardConfig, ShardSample, write_dataset
 
 
 def _sample(i: int, words: list[str], rng: np.random.Generator) -> ShardSample:

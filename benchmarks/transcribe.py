@@ -4,7 +4,7 @@ Prints, for the sample speech in tests/data/speech (or the clips given):
 1. the real-time factor (processing seconds / audio seconds) of each installed
    backend on the bundled tiny.en, relative to faster-whisper int8;
 2. faster-whisper int8 against float32 (and batched int8);
-3. the overhead of ``pixmo.speech.Transcriber`` (QC, records) over calling
+3. the overhead of ``pixmo.speech.transcribe.Transcriber`` (QC, records) over calling
    faster-whisper's ``WhisperModel.transcribe`` directly on the same loaded
    model with the same arguments. Goal: under 5 %;
 4. the cost of deterministic transcripts: faster-whisper as the library sets
@@ -30,8 +30,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from pixmo.audio import Audio, read_audio
-from pixmo.speech import CT2_KERNELS, QCConfig, SpeechConfig, Transcriber
+from pixmo.speech.audio import Audio, read_audio
+from pixmo.speech.transcribe import CT2_KERNELS, QCConfig, SpeechConfig, Transcriber
 
 CLIPS = [Path(__file__).resolve().parents[1] / "tests" / "data" / "speech" / name
          for name in ("kitchen.opus", "street.opus", "garden.opus", "desk.flac")]
@@ -74,7 +74,7 @@ def child_rtf(setup: dict, clips: list[Path], beam_size: int, repeats: int) -> f
         return rtf_of(cfg, [read_audio(p) for p in clips], repeats)
     from faster_whisper import WhisperModel
 
-    from pixmo.whisper_weights import bundled_model_dir
+    from pixmo.speech.weights import bundled_model_dir
 
     model = WhisperModel(str(bundled_model_dir()), device="cpu", compute_type="int8",
                          cpu_threads=setup["threads"], local_files_only=True)

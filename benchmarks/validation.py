@@ -18,8 +18,8 @@ import time
 import jsonschema
 from PIL import Image
 
-from pixmo.shards import ShardConfig, ShardSample, write_dataset
-from pixmo.validation import check, load_schema
+from pixmo.dataset.shards import ShardConfig, ShardSample, write_dataset
+from pixmo.schema import check, load_schema
 
 
 def sample(i: int) -> ShardSample:

@@ -4,7 +4,7 @@
 one of ours; ``molmo.MolmoProcessor`` turns images and text into its inputs.
 """
 
-from molmo.checkpoint import from_pretrained, save_pretrained
-from molmo.preprocess import MolmoProcessor
+from molmo.model.weights import from_pretrained, save_pretrained
+from molmo.preprocess.processor import MolmoProcessor
 
 __all__ = ["MolmoProcessor", "from_pretrained", "save_pretrained"]

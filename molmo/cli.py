@@ -28,7 +28,7 @@ def _device(name: str) -> str:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from molmo.checkpoint import convert
+    from molmo.model.weights import convert
 
     out = convert(args.src, args.dst, to=args.to, overwrite=args.overwrite)
     print(f"wrote {out} ({args.to} layout)")
@@ -41,7 +41,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from PIL import Image, ImageOps
 
     from molmo.generate import GenerationConfig
-    from molmo.inference import Predictor
+    from molmo.predict import Predictor
 
     config = GenerationConfig(max_new_tokens=args.max_new_tokens)
     try:
@@ -55,7 +55,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     answer = predictor(image, args.prompt, config)
     print(answer.text)
     if answer.points:
-        from pixmo.draw import render_points
+        from pixmo.report.draw import render_points
 
         out = args.out or f"{args.image.rsplit('.', 1)[0]}-points.png"
         with open(args.image, "rb") as fh:
@@ -66,7 +66,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from molmo.train import main_train
+    from molmo.train.loop import main_train
 
     return main_train(args.config, resume=args.resume, print_config=args.print_config)
 
@@ -74,7 +74,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     import json
 
-    from molmo.evaluate import evaluate_run
+    from molmo.eval.heldout import evaluate_run
 
     result = evaluate_run(args.config, checkpoint=args.checkpoint, out_dir=args.out,
                           device=args.device)

@@ -64,7 +64,7 @@ def _human_bytes(n: int) -> str:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from pixmo.dataset import summarize
+    from pixmo.dataset.verify import summarize
 
     summary = summarize(args.dir)
     out = [f"dataset {summary.name}: {summary.samples:,} samples in {len(summary.shards)} "
@@ -91,7 +91,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from pixmo.dataset import verify
+    from pixmo.dataset.verify import verify
 
     problems = verify(args.dir)
     if problems:
@@ -104,8 +104,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from pixmo.dataset import IMAGE_EXTENSIONS, find_sample
-    from pixmo.draw import render_points
+    from pixmo.dataset.verify import IMAGE_EXTENSIONS, find_sample
+    from pixmo.report.draw import render_points
 
     sample = find_sample(args.dir, args.key)
     image = next(data for ext, data in sample.files.items() if ext in IMAGE_EXTENSIONS)
@@ -116,7 +116,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
-    from pixmo.speech import QCConfig, SpeechConfig, transcribe_files
+    from pixmo.speech.transcribe import QCConfig, SpeechConfig, transcribe_files
 
     cfg = SpeechConfig(backend=args.backend, model=args.model, device=args.device,
                        cpu_threads=args.cpu_threads, qc=QCConfig(min_speech_s=args.min_speech_s))
@@ -126,10 +126,10 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
-    from pixmo.build import BuildConfig, input_files
+    from pixmo.build.stages import BuildConfig, input_files
+    from pixmo.dataset.shards import ShardConfig, read_dataset_json
     from pixmo.remote import Folder
-    from pixmo.shards import ShardConfig, read_dataset_json
-    from pixmo.speech import QCConfig, SpeechConfig
+    from pixmo.speech.transcribe import QCConfig, SpeechConfig
 
     speech = SpeechConfig(model=args.whisper_model, device=args.device,
                           cpu_threads=args.cpu_threads,
@@ -147,8 +147,8 @@ def cmd_build(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
         ray_engine.run(cfg, args.out, address=args.ray_address, concurrency=args.workers,
                        num_gpus=args.gpus_per_worker, mode=args.mode)
     else:
-        from pipelines import beam
-        from pipelines.progress import Progress
+        from pipelines.beam import graph as beam
+        from pipelines.beam.progress import Progress
 
         shown = beam.runs_in_process(beam_args)
         with (Progress(beam.STAGES, interval=args.progress_interval) if shown
@@ -171,8 +171,8 @@ def cmd_build(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from pixmo.pixmo_import import ImportConfig, import_release
-    from pixmo.shards import ShardConfig
+    from pixmo.dataset.shards import ShardConfig
+    from pixmo.release.importer import ImportConfig, import_release
 
     cfg = ImportConfig(workers=args.workers, cache_dir=args.cache_dir,
                        sha256_policy=args.sha256_policy,
@@ -183,7 +183,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from pixmo.synth import SynthConfig, synthesize
+    from pixmo.synth.raw import SynthConfig, synthesize
 
     report = synthesize(args.out, scenes=args.scenes, seed=args.seed,
                         config=SynthConfig(first_index=args.first_index,
@@ -196,7 +196,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from pixmo.report import write_report
+    from pixmo.report.page import write_report
 
     out = write_report(args.dir, args.out, run_dir=args.run, eval_dataset_dir=args.eval_data)
     print(f"wrote {out}")
@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="PNG file to write")
     p.set_defaults(handler=cmd_show)
 
-    from pixmo.sources import SUBSETS
+    from pixmo.release.subsets import SUBSETS
 
     p = sub.add_parser("import", help="released PixMo parquet files to shards (images fetched "
                        "and verified; failures retried on the next run)")

@@ -26,13 +26,13 @@ from typing import Any
 import yaml
 
 from molmo.cli import main as molmo_main
-from molmo.tokenizer import train_bpe_tokenizer
+from molmo.preprocess.tokenizer import train_bpe_tokenizer
 from pipelines.cli import main as pixmo_main
-from pixmo.point_prompts import point_prompt
-from pixmo.points import points_to_text
-from pixmo.scenes import SceneConfig
-from pixmo.shards import iter_samples
-from pixmo.synth import SynthConfig, synthesize
+from pixmo.dataset.shards import iter_samples
+from pixmo.points.prompts import point_prompt
+from pixmo.points.text import points_to_text
+from pixmo.synth.raw import SynthConfig, synthesize
+from pixmo.synth.scenes import SceneConfig
 
 TOKENIZER_VOCAB = 512  # the demo preset's vocabulary; image tokens follow at 512..516
 MIN_SPEECH_S = "5"  # the synthetic descriptions last 10-18 s; PixMo asked for 60-90 s

@@ -1,4 +1,4 @@
-"""The build as a Ray Data graph: wiring of the stages in ``pixmo.build``.
+"""The build as a Ray Data graph: wiring of the stages in ``pixmo.build.stages``.
 
 Starts Ray locally unless ``address`` names a cluster (``ray://…`` or
 ``auto``). Transcription runs in an actor pool, one loaded Whisper model per
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import ray
 
-from pixmo import build
+from pixmo.build import stages as build
 from pixmo.images import LoadedImage
 from pixmo.rejects import Reject
 

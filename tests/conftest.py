@@ -9,7 +9,7 @@ import io
 import pytest
 from PIL import Image
 
-from pixmo.shards import ShardSample
+from pixmo.dataset.shards import ShardSample
 
 
 def make_sample(i: int, size: tuple[int, int] = (32, 24)) -> ShardSample:

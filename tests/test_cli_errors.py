@@ -15,10 +15,11 @@ from PIL import Image
 
 from molmo.cli import main as molmo_main
 from pipelines.cli import main as pixmo_main
-from pixmo.shards import write_dataset
+from pixmo.dataset.shards import write_dataset
 from tests.conftest import make_sample
+from tests.paths import OFFICIAL_TINY
 
-CHECKPOINT = Path(__file__).parent / "data" / "molmo_official_tiny"  # no tokenizer: fails late
+CHECKPOINT = OFFICIAL_TINY  # no tokenizer: fails late
 TRAIN = {"run_dir": "r", "model": {"preset": "tiny", "tokenizer": "tok"},
          "data": {"datasets": [{"name": "d", "source": "shards"}]}}
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from molmo.config import ConnectorConfig, VisionConfig
+from molmo.model.config import ConnectorConfig, VisionConfig
 
 
 class AttentionPool(nn.Module):

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from molmo.config import LLMConfig
+from molmo.model.config import LLMConfig
 
 
 class RMSNorm(nn.Module):

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from molmo.config import MolmoConfig
+from molmo.model.config import MolmoConfig
 from molmo.model.connector import Connector
 from molmo.model.llm import Decoder, KVCache, RMSNorm
 from molmo.model.vision import VisionTransformer

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from molmo.config import VisionConfig
+from molmo.model.config import VisionConfig
 
 
 def quick_gelu(x: torch.Tensor) -> torch.Tensor:

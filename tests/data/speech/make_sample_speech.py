@@ -20,13 +20,13 @@ import soundfile as sf
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[2]))
 
-from pixmo.audio import SAMPLE_RATE, decode_audio  # noqa: E402
-from pixmo.tts import speaker  # noqa: E402
+from pixmo.speech.audio import SAMPLE_RATE, decode_audio  # noqa: E402
+from pixmo.synth.tts import speaker  # noqa: E402
 
 
 def main() -> None:
     scripts = json.loads((HERE / "scripts.json").read_text())
-    engine = speaker()  # pixmo.tts: eSpeak NG through ctypes
+    engine = speaker()  # pixmo.synth.tts: eSpeak NG through ctypes
     for clip in scripts:
         pcm = engine.say(clip["text"], clip["voice"], clip["words_per_minute"], clip["pitch"])
         # Resample with the library's own decoder so the test input matches production.

@@ -1,0 +1,1 @@
+"""The training data loader: shards to tasks to batches, in a resumable order."""

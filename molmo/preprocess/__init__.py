@@ -1,0 +1,1 @@
+"""Model inputs: tokenizer, chat format, multi-crop images and the token layout (``MolmoProcessor``)."""

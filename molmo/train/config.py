@@ -1,0 +1,253 @@
+"""The training run's configuration: one YAML file, one small dataclass per component.
+
+``TrainConfig.from_yaml`` refuses unknown keys and validates every field; ``to_yaml`` writes the
+resolved config with every default spelled out (``molmo train --print-config``) and is recorded
+in every checkpoint. Defaults follow the official recipe (reference ``molmo.md`` section 7).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from molmo.data.loader import DataConfig
+from molmo.model.config import MolmoConfig, preset
+from molmo.preprocess.processor import PreprocessConfig
+from pixmo.config import from_mapping, to_plain
+from pixmo.errors import ConfigError, PixmoError
+
+STRATEGIES = ("ddp", "fsdp")
+PRECISIONS = ("auto", "fp32", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
+GROUPS = ("connector", "vit", "llm")
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    """Where the weights start: a preset (random init) or a checkpoint directory.
+
+    ``overrides``: nested fields merged into the preset's config (``{vision: {layers: 2}}``).
+    ``tokenizer``: a tokenizer directory; None means the checkpoint directory.
+    """
+
+    preset: str | None = "tiny"
+    checkpoint: str | None = None
+    tokenizer: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if (self.preset is None) == (self.checkpoint is None):
+            raise ConfigError("needs exactly one of preset and checkpoint",
+                              field="ModelSection")
+        if self.tokenizer is None and self.checkpoint is None:
+            raise ConfigError("is required when starting from a preset",
+                              field="ModelSection.tokenizer")
+        if self.checkpoint is not None and self.overrides:
+            raise ConfigError("apply to a preset, not to a checkpoint",
+                              field="ModelSection.overrides")
+
+    def molmo_config(self) -> MolmoConfig:
+        """The architecture of a preset start (checkpoints carry their own config)."""
+        assert self.preset is not None
+        base = preset(self.preset).to_dict()
+        for part, values in self.overrides.items():
+            if part not in base or not isinstance(values, dict):
+                raise PixmoError(f"unknown model part {part!r} (expected a mapping for one of "
+                                 f"{sorted(base)})", field="model.overrides")
+            base[part].update(values)
+        return MolmoConfig.from_dict(base, source="model.overrides")
+
+
+@dataclass(frozen=True)
+class GroupConfig:
+    """One parameter group's optimiser settings (connector, ViT or LLM)."""
+
+    lr: float
+    warmup_steps: int
+    max_grad_norm: float = 1.0  # clipped separately per group; 0 = no clipping
+    frozen: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("lr", "warmup_steps", "max_grad_norm"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"must be >= 0, got {getattr(self, name)}",
+                                  field=f"GroupConfig.{name}")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with separate connector / ViT / LLM groups; warmup then cosine to
+    ``final_lr_fraction`` of each group's peak at the last step. ``z_loss`` scales the mean
+    squared logsumexp of the supervised positions."""
+
+    connector: GroupConfig = GroupConfig(2e-4, 200)
+    vit: GroupConfig = GroupConfig(6e-6, 2000)
+    llm: GroupConfig = GroupConfig(2e-5, 2000)
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-6
+    weight_decay: float = 0.0
+    final_lr_fraction: float = 0.1
+    z_loss: float = 1e-4
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.final_lr_fraction <= 1:
+            raise ConfigError(f"must be in [0, 1], got {self.final_lr_fraction}",
+                              field="OptimConfig.final_lr_fraction")
+        for name in ("z_loss", "weight_decay"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"must be >= 0, got {getattr(self, name)}",
+                                  field=f"OptimConfig.{name}")
+        if not self.eps > 0:
+            raise ConfigError(f"must be > 0, got {self.eps}", field="OptimConfig.eps")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"must be two numbers in [0, 1), got {self.betas}",
+                              field="OptimConfig.betas")
+        if all(getattr(self, g).frozen for g in GROUPS):
+            raise ConfigError(f"freezes every group ({', '.join(GROUPS)}), nothing would "
+                              f"train", field="OptimConfig")
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    """``strategy`` applies under torchrun with more than one rank. ``precision`` auto: bf16
+    compute (FSDP bf16 params with fp32 reduce, or autocast under DDP) on GPU, fp32 on CPU."""
+
+    strategy: str = "fsdp"
+    activation_checkpointing: bool = False
+    precision: str = "auto"
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("strategy", STRATEGIES), ("precision", PRECISIONS),
+                              ("device", DEVICES)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"must be one of {allowed}, got {getattr(self, name)!r}",
+                                  field=f"ParallelConfig.{name}")
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """Save every ``interval`` steps (0: never periodically) and, with ``final``, after the
+    last step; keep the newest ``keep``. ``export`` writes the final model with
+    ``save_pretrained`` (plus the tokenizer) to ``run_dir/model``."""
+
+    interval: int = 1000
+    keep: int = 2
+    final: bool = True
+    export: bool = True
+
+    def __post_init__(self) -> None:
+        if self.interval < 0:
+            raise ConfigError(f"must be >= 0, got {self.interval}",
+                              field="CheckpointConfig.interval")
+        if self.keep < 1:
+            raise ConfigError(f"must be >= 1, got {self.keep}", field="CheckpointConfig.keep")
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """``peak_tflops``: the accelerator's dense bf16 peak for MFU (None: known GPUs only)."""
+
+    log_interval: int = 10
+    tensorboard: bool = True
+    progress_bar: bool = True
+    peak_tflops: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.log_interval < 1:
+            raise ConfigError(f"must be >= 1, got {self.log_interval}",
+                              field="MetricsConfig.log_interval")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Held-out evaluation every ``interval`` steps (0: never during training).
+
+    ``pointing``: shards whose point sets are asked as point-then-count questions and scored
+    by greedy generation; ``captions``: shards whose captions give a teacher-forced loss.
+    """
+
+    interval: int = 0
+    pointing: str | None = None
+    captions: str | None = None
+    max_examples: int = 64
+    batch_size: int = 4
+    max_new_tokens: int = 64
+    threshold: float = 5.0  # pointing hit distance, percent of the image diagonal
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.interval < 0:
+            raise ConfigError(f"must be >= 0, got {self.interval}", field="EvalConfig.interval")
+        for name in ("max_examples", "batch_size", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"must be >= 1, got {getattr(self, name)}",
+                                  field=f"EvalConfig.{name}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A whole run. ``global_batch_size`` = data.batch_size (per device) x ranks x
+    accumulation steps; the accumulation is derived once the world size is known."""
+
+    run_dir: str
+    model: ModelSection
+    data: DataConfig
+    preprocess: PreprocessConfig = PreprocessConfig(official_mask_quirk=False,
+                                                    conversation_weighting="root_subsegments")
+    optim: OptimConfig = OptimConfig()
+    parallel: ParallelConfig = ParallelConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    eval: EvalConfig = EvalConfig()
+    steps: int = 1000
+    global_batch_size: int = 128
+    seed: int = 6198
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "global_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"must be >= 1, got {getattr(self, name)}",
+                                  field=f"TrainConfig.{name}")
+
+    def accumulation(self, world_size: int) -> int:
+        """Micro-batches per rank and step."""
+        per_step = self.data.batch_size * world_size
+        if self.global_batch_size % per_step:
+            raise PixmoError(f"global_batch_size {self.global_batch_size} is not a multiple of "
+                             f"data.batch_size {self.data.batch_size} x {world_size} ranks",
+                             field="global_batch_size")
+        return self.global_batch_size // per_step
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        return from_mapping(cls, data, "config")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
+        import yaml
+
+        try:
+            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise PixmoError(f"cannot read the config: {exc.strerror}", file=str(path)) from exc
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise PixmoError(f"invalid YAML{where}: {exc.problem}", file=str(path)) from exc
+        except yaml.YAMLError as exc:
+            raise PixmoError(f"invalid YAML: {' '.join(str(exc).split())}",
+                             file=str(path)) from exc
+        try:
+            return cls.from_dict(raw if raw is not None else {})
+        except PixmoError as exc:
+            raise exc.located(file=str(path)) from exc
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_plain(self)
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)

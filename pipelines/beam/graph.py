@@ -1,0 +1,371 @@
+"""The build as an Apache Beam graph: wiring of the stages in ``pixmo.build.stages``.
+
+Runs locally on FnApiRunner (DirectRunner would first try to download the
+Prism binary); with ``workers`` > 1 the image, annotation and shard-writing
+stages run on that many local processes (``pipelines.beam.pool``). Any other Beam
+option passes through: FnApiRunner's own ``--direct_running_mode=multi_processing``,
+or ``--runner DataflowRunner --project …`` and ``--runner FlinkRunner
+--flink_master …`` to run the same graph on a cluster (there ``workers`` stays
+1: each core already runs its own Beam worker).
+
+Three groupings, each as lean as the data allows: records by image
+reference (an image is read once however many records name it), image parts
+by content hash (two names for the same bytes make one sample), and planned
+samples by shard. What crosses them carries no pixels: an image part is the
+image's description and its annotations, a planned sample its encoded JSON.
+On this machine they go through files (``pipelines.beam.shuffle``), so memory does
+not grow with the input; the samples then reach their shards in key order,
+cut into shards as they stream past. On a cluster they are Beam's own
+GroupByKey, and shards come from a plan of every sample's size.
+What ``finish`` needs (rejects, per-file read and accepted counts, failures
+by reason, written shards, seconds per stage) every stage sends to one
+"books" output as (kind, item) pairs, counts and seconds once per bundle, so
+the ledger and the timings reach ``finish`` on any runner.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.transforms.window import GlobalWindows
+
+from pipelines.beam import pool, progress, shuffle
+from pipelines.beam.pool import StagePool
+from pixmo.build import stages as build
+from pixmo.dataset.samples import ShardCutter
+from pixmo.errors import PixmoError
+from pixmo.rejects import Reject
+
+BOOKS, SIZES = "books", "sizes"  # side outputs: to finish, to the shard plan
+REJECT, READ, ACCEPTED, FAILED, WRITTEN, SECONDS = (
+    "reject", "read", "accepted", "failed", "written", "seconds")
+STAGES = (("read", "records"), ("image", "images"), ("annotate", "records"),
+          ("join", "samples"), ("write", "shards"))
+
+
+def _book(kind: str, item: Any) -> beam.pvalue.TaggedOutput:
+    return beam.pvalue.TaggedOutput(BOOKS, (kind, item))
+
+
+class _Stage(beam.DoFn):
+    """Base of the build's DoFns: adds up the seconds each stage spends in a
+    bundle and books them once, at the bundle's end."""
+
+    def start_bundle(self) -> None:
+        self.seconds: Counter[str] = Counter()
+
+    def timed(self, stage: str, seconds: float, done: int = 1) -> None:
+        self.seconds[stage] += seconds
+        progress.advance(stage, done)
+
+    def finish_bundle(self) -> Iterator[Any]:
+        yield from _windowed(_book(SECONDS, item) for item in self.seconds.items())
+
+
+def _windowed(outputs: Iterable[Any]) -> Iterator[Any]:
+    """Outputs of ``finish_bundle``, which must name their window."""
+    for out in outputs:
+        if isinstance(out, beam.pvalue.TaggedOutput):
+            yield beam.pvalue.TaggedOutput(out.tag, GlobalWindows.windowed_value(out.value))
+        else:
+            yield GlobalWindows.windowed_value(out)
+
+
+class _Read(_Stage):
+    """Records of one raw file, schema-checked, keyed by the image they name."""
+
+    def __init__(self, raw_dir: str) -> None:
+        self.raw_dir = raw_dir
+
+    def process(self, name: str) -> Iterator[Any]:
+        start, n = time.perf_counter(), 0
+        for item in build.read_raw(self.raw_dir, name):
+            n += 1
+            out = item if isinstance(item, Reject) else build.check_record(item)
+            yield _book(REJECT, out) if isinstance(out, Reject) else (out.image, out.pack())
+        self.timed("read", time.perf_counter() - start, n)
+        yield _book(READ, (name, n))
+
+
+class _Pooled(_Stage):
+    """A stage whose work runs in batches on a ``StagePool`` of local
+    processes, or inline, one element at a time, when ``processes`` is 1."""
+
+    batch_size = 1
+
+    def __init__(self, processes: int) -> None:
+        self.processes = processes
+
+    def setup(self) -> None:
+        self.pool = StagePool(self.processes) if self.processes > 1 else None
+
+    def teardown(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+
+    def start_bundle(self) -> None:
+        super().start_bundle()
+        self.batch: list[Any] = []
+
+    def work(self, batch: list[Any]) -> tuple[Any, ...]:
+        """The function and arguments that process one batch."""
+        raise NotImplementedError
+
+    def emit(self, result: Any) -> Iterator[Any]:
+        """Outputs of one batch's result."""
+        raise NotImplementedError
+
+    def process(self, element: Any) -> Iterator[Any]:
+        self.batch.append(element)
+        if self.pool is None:
+            fn, *args = self.work(self.batch)
+            self.batch = []
+            yield from self.emit(fn(*args))
+        elif len(self.batch) >= self.batch_size:
+            batch, self.batch = self.batch, []
+            for result in self.pool.submit(*self.work(batch)):
+                yield from self.emit(result)
+
+    def finish_bundle(self) -> Iterator[Any]:
+        if self.pool is not None:
+            if self.batch:
+                yield from _windowed(out for result in self.pool.submit(*self.work(self.batch))
+                                     for out in self.emit(result))
+            yield from _windowed(out for result in self.pool.drain()
+                                 for out in self.emit(result))
+        yield from super().finish_bundle()
+
+
+class _Image(_Pooled):
+    """Loads the image one reference names, once, then annotates every record
+    naming it. The Whisper model is loaded once per process: in ``setup``, or
+    by each pool worker."""
+
+    batch_size = 32
+
+    def __init__(self, cfg: build.BuildConfig, out_dir: str, processes: int) -> None:
+        super().__init__(processes)
+        self.cfg, self.out_dir = cfg, out_dir
+
+    def setup(self) -> None:
+        super().setup()
+        self.annotator = build.Annotator(self.cfg) if self.pool is None else None
+
+    def work(self, batch: list[Any]) -> tuple[Any, ...]:
+        groups = [(ref, list(records)) for ref, records in batch]
+        return pool.image_batch, groups, self.cfg, self.out_dir, self.annotator
+
+    def emit(self, result: list[pool.ImageResult]) -> Iterator[Any]:
+        for out in result:
+            self.timed("image", out.image_seconds)
+            if out.part is not None:
+                self.timed("annotate", out.annotate_seconds, out.annotated)
+                yield out.sha256, out.part
+            for reject in out.rejects:
+                yield _book(REJECT, reject)
+
+
+class _Join(_Stage):
+    """One sample per content hash, planned for its shard; counts the records
+    it accepts per input file, and its samples' failures by reason, once per
+    bundle."""
+
+    def __init__(self, cfg: build.BuildConfig, previous: build.Previous, sizes: bool) -> None:
+        self.cfg, self.previous, self.sizes = cfg, previous, sizes
+
+    def start_bundle(self) -> None:
+        super().start_bundle()
+        self.accepted: Counter[str] = Counter()
+        self.failed: Counter[str] = Counter()
+
+    def process(self, element: tuple[str, Iterable[build.Packed]]) -> Iterator[Any]:
+        start = time.perf_counter()
+        parts = [build.ImagePart.unpack(p) for p in element[1]]
+        out = build.join_sample([p.image for p in parts],
+                                [a for p in parts for a in p.annotations], self.cfg,
+                                self.previous)
+        if isinstance(out, list):
+            for reject in out:
+                yield _book(REJECT, reject)
+            self.timed("join", time.perf_counter() - start, 0)
+            return
+        self.accepted.update(s["file"] for s in out.json["sources"])
+        self.failed.update(f["reason"] for f in out.json.get("failures", ()))
+        planned = build.plan(out)
+        self.timed("join", time.perf_counter() - start)
+        if self.sizes:
+            yield beam.pvalue.TaggedOutput(SIZES, (planned.key, planned.size))
+        yield planned.key, planned.pack()
+
+    def finish_bundle(self) -> Iterator[Any]:
+        yield from super().finish_bundle()
+        yield from _windowed(_book(ACCEPTED, item) for item in self.accepted.items())
+        yield from _windowed(_book(FAILED, item) for item in self.failed.items())
+
+
+class _Write(_Pooled):
+    """Writes one shard (or keeps it, when committed and current)."""
+
+    def __init__(self, cfg: build.BuildConfig, out_dir: str, previous: build.Previous,
+                 processes: int) -> None:
+        super().__init__(processes)
+        self.cfg, self.out_dir, self.previous = cfg, out_dir, previous
+
+    def work(self, batch: list[Any]) -> tuple[Any, ...]:
+        ((index, samples),) = batch
+        return (pool.write_shard, index, list(samples), self.out_dir, self.cfg,
+                self.previous.committed.get(index))
+
+    def emit(self, result: tuple[Any, float]) -> Iterator[Any]:
+        written, seconds = result
+        self.timed("write", seconds)
+        yield _book(WRITTEN, written)
+
+
+class _Cut(beam.DoFn):
+    """Shards from samples spilled in key order: one shard in memory at a time."""
+
+    def __init__(self, cfg: build.BuildConfig, start: int) -> None:
+        self.cfg, self.start = cfg, start
+
+    def process(self, spills: list[tuple[str, str]]) -> Iterator[tuple[int, list[build.Packed]]]:
+        cutter = ShardCutter(self.cfg.shards.max_samples, self.cfg.shards.max_bytes, self.start)
+        shard: list[build.Packed] = []
+        for _, packed in shuffle.in_order(spills):
+            index = cutter.index
+            if cutter.shard_of(build.PlannedSample.unpack(packed).size) != index and shard:
+                yield index, shard
+                shard = []
+            shard.append(packed)
+        if shard:
+            progress.set_total("write", cutter.index - self.start + 1)
+            yield cutter.index, shard
+
+
+def _assign(sizes: list[tuple[str, int]], cfg: build.BuildConfig, start: int
+            ) -> build.ShardPlan:
+    plan = build.ShardPlan.assign(sizes, cfg.shards, start)
+    progress.set_total("write", plan.shards)
+    return plan
+
+
+def _by_shard(keyed: tuple[str, build.Packed], plan: build.ShardPlan
+              ) -> tuple[int, build.Packed]:
+    return plan.shard_of(keyed[0]), keyed[1]
+
+
+def _finish(books: list[tuple[str, Any]], out_dir: str, cfg: build.BuildConfig,
+            previous: build.Previous) -> dict[str, Any]:
+    """``build.finish`` on everything the stages booked: written shards,
+    rejects, and counts and seconds to add up."""
+    written, rejects = [], []
+    totals: dict[str, Counter[str]] = {READ: Counter(), ACCEPTED: Counter(), FAILED: Counter(),
+                                       SECONDS: Counter()}
+    for kind, item in books:
+        if kind == WRITTEN:
+            written.append(item)
+        elif kind == REJECT:
+            rejects.append(item)
+        else:
+            totals[kind][item[0]] += item[1]
+    return build.finish(out_dir, cfg, "beam", written, rejects, totals[READ], totals[ACCEPTED],
+                        totals[FAILED], previous, stage_seconds=dict(totals[SECONDS]))
+
+
+def _runner_args(beam_args: Sequence[str]) -> list[str]:
+    args = list(beam_args)
+    if not any(a.startswith("--runner") for a in args):
+        args += ["--runner=FnApiRunner"]
+    return args
+
+
+def runs_locally(beam_args: Sequence[str]) -> bool:
+    """Whether every Beam worker runs on this machine (FnApiRunner, any mode),
+    so the groupings can go through local files."""
+    return str(PipelineOptions(_runner_args(beam_args)).get_all_options()["runner"]
+               ).endswith("FnApiRunner")
+
+
+def runs_in_process(beam_args: Sequence[str]) -> bool:
+    """Whether the DoFns run in this process (FnApiRunner's in-memory mode,
+    the default): where ``pipelines.beam.progress`` sees their counts, and where a
+    stage pool is the only other work on the machine's cores."""
+    options = PipelineOptions(_runner_args(beam_args)).get_all_options()
+    return (str(options["runner"]).endswith("FnApiRunner")
+            and options.get("direct_running_mode") in (None, "in_memory"))
+
+
+def run(cfg: build.BuildConfig, out_dir: str, beam_args: Sequence[str] = (),
+        workers: int = 1, mode: str = "resume", shuffle_dir: str | None = None) -> None:
+    """Build ``out_dir`` (a path or fsspec URL) from ``cfg.raw_dir`` with Beam;
+    ``workers`` processes load images and write shards. On the local runner
+    the groupings spill to a temporary folder in ``shuffle_dir`` (default: the
+    system's temporary folder), removed when the build ends."""
+    args = _runner_args(beam_args)
+    if workers > 1:
+        if not runs_in_process(beam_args):
+            raise PixmoError("--workers is for the local in-memory runner; a cluster or "
+                             "multi-processing runner already runs a Beam worker per core",
+                             field="workers")
+        pool.start_server()
+    files = build.input_files(cfg.raw_dir)
+    previous = build.prepare_output(out_dir, mode)
+    spills = shuffle.make_folder(shuffle_dir) if runs_locally(beam_args) else None
+    try:
+        p = beam.Pipeline(options=PipelineOptions(args))
+        _graph(p, cfg, out_dir, files, previous, workers, spills)
+        p.run().wait_until_finish()
+    finally:
+        pool.shutdown()
+        if spills is not None:
+            shutil.rmtree(spills, ignore_errors=True)
+
+
+def _graph(p: beam.Pipeline, cfg: build.BuildConfig, out_dir: str, files: list[str],
+           previous: build.Previous, workers: int, spills: str | None) -> None:
+    def folder(name: str) -> str:
+        path = os.path.join(spills, name)
+        os.makedirs(path)
+        return path
+
+    def group(name: str) -> beam.PTransform:
+        return beam.GroupByKey() if spills is None else shuffle.GroupOnDisk(folder(name))
+
+    read = (p | "Files" >> beam.Create(files)
+            | "Read" >> beam.ParDo(_Read(cfg.raw_dir)).with_outputs(BOOKS, main="records"))
+    images = (read.records | "GroupByRef" >> group("by-ref")
+              | "Image" >> beam.ParDo(_Image(cfg, out_dir, workers)).with_outputs(
+                  BOOKS, main="parts"))
+    joined = (images.parts | "GroupByHash" >> group("by-hash")
+              | "Join" >> beam.ParDo(_Join(cfg, previous, sizes=spills is None))
+              .with_outputs(BOOKS, SIZES, main="samples"))
+    if spills is None:
+        plan = (joined[SIZES]
+                | "AllSizes" >> beam.CombineGlobally(beam.combiners.ToListCombineFn())
+                .without_defaults()
+                | "Assign" >> beam.Map(_assign, cfg, previous.start_index))
+        no_samples = build.ShardPlan(first_keys=(), start=previous.start_index)
+        shards = (joined.samples
+                  | "ShardOf" >> beam.Map(_by_shard, beam.pvalue.AsSingleton(
+                      plan, default_value=no_samples))
+                  | "GroupByShard" >> beam.GroupByKey())
+    else:
+        shards = (joined.samples
+                  | "Spill" >> beam.ParDo(shuffle.Spill(folder("samples"), shuffle.ordered))
+                  | "AllSpills" >> beam.CombineGlobally(beam.combiners.ToListCombineFn())
+                  .without_defaults()
+                  | "Cut" >> beam.ParDo(_Cut(cfg, previous.start_index)))
+    written = shards | "Write" >> beam.ParDo(_Write(cfg, out_dir, previous, workers)
+                                             ).with_outputs(BOOKS)
+    ((read[BOOKS], images[BOOKS], joined[BOOKS], written[BOOKS]) | "Books" >> beam.Flatten()
+     # never empty (every input file books its count); lists without a default for
+     # empty input take two fewer steps, one of them a second decoded copy of the list
+     | "AllBooks" >> beam.CombineGlobally(beam.combiners.ToListCombineFn()).without_defaults()
+     | "Finish" >> beam.Map(_finish, out_dir, cfg, previous))

@@ -1,0 +1,246 @@
+"""Looking at a built dataset directory: what is in it, and is it intact.
+
+``summarize`` backs ``pixmo inspect``; ``verify`` backs ``pixmo validate`` and
+checks every layer a build writes: each tar against its commit marker
+(size, sha256, sample count, first and last key), every sample JSON against
+the ``sample`` schema and its image bytes against the recorded hash, the
+manifest against the shards, and dataset.json against both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pixmo.atomic import PARTIAL_SUFFIX
+from pixmo.dataset.shards import (
+    ANNOTATION_KINDS,
+    DATASET_JSON,
+    MANIFEST,
+    REJECTS,
+    SHARDS_DIR,
+    ShardSample,
+    ShardStats,
+    committed_shards,
+    file_sha256,
+    iter_shard,
+    read_dataset_json,
+    read_manifest,
+    read_rejects,
+)
+from pixmo.errors import PixmoError
+from pixmo.schema import check
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+
+
+@dataclass
+class DatasetSummary:
+    name: str
+    shards: list[ShardStats]
+    counts: dict[str, int]
+    rejects_by_reason: dict[str, int]
+    failures_by_reason: dict[str, int]  # what stages could not add to accepted samples
+    collection_methods: dict[str, int]
+    example: dict[str, Any] | None = None
+
+    @property
+    def samples(self) -> int:
+        return sum(s.samples for s in self.shards)
+
+    @property
+    def bytes(self) -> int:
+        return sum(s.bytes for s in self.shards)
+
+
+def _require_dataset(path: Path) -> None:
+    if not (path / SHARDS_DIR).is_dir() and not (path / DATASET_JSON).is_file():
+        raise PixmoError("not a dataset directory (no shards/ and no dataset.json)",
+                         file=os.fspath(path))
+
+
+def find_sample(dataset_dir: str | os.PathLike[str], key: str) -> ShardSample:
+    """One sample by key: the manifest says which shard holds it, so only that
+    shard is read."""
+    root = Path(dataset_dir)
+    _require_dataset(root)
+    shards = [s.shard for s in committed_shards(root)]
+    if (root / MANIFEST).is_file():
+        listed = [row["shard"] for row in read_manifest(root / MANIFEST) if row["key"] == key]
+        shards = listed or shards
+    for shard in shards:
+        for sample in iter_shard(os.fspath(root / SHARDS_DIR / shard)):
+            if sample.key == key:
+                return sample
+    raise PixmoError("no sample with this key", file=os.fspath(root), record=key)
+
+
+def summarize(dataset_dir: str | os.PathLike[str]) -> DatasetSummary:
+    """Counts from the commit markers and rejects, point collection methods and
+    failures from the samples, and the first sample in full."""
+    root = Path(dataset_dir)
+    _require_dataset(root)
+    stats = committed_shards(root)
+    name = root.name
+    if (root / DATASET_JSON).is_file():
+        name = read_dataset_json(root / DATASET_JSON)["name"]
+    counts = {kind: sum(s.counts[kind] for s in stats) for kind in ANNOTATION_KINDS}
+    rejects: Counter[str] = Counter()
+    if (root / REJECTS).is_file():
+        rejects.update(row["reason"] for row in read_rejects(root / REJECTS))
+    methods: Counter[str] = Counter()
+    failures: Counter[str] = Counter()
+    example = None
+    for shard in stats:
+        for sample in iter_shard(os.fspath(root / SHARDS_DIR / shard.shard)):
+            if example is None:
+                example = sample.json
+            methods.update(p.get("collection_method", "?") for p in sample.json.get("points", ()))
+            failures.update(f["reason"] for f in sample.json.get("failures", ()))
+    return DatasetSummary(name=name, shards=stats, counts=counts,
+                          rejects_by_reason=dict(sorted(rejects.items())),
+                          failures_by_reason=dict(sorted(failures.items())),
+                          collection_methods=dict(sorted(methods.items())), example=example)
+
+
+@dataclass
+class _Seen:
+    keys: dict[str, str] = field(default_factory=dict)  # key -> shard
+    kind_counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    failures: int = 0
+
+
+def _verify_shard(path: Path, stats: ShardStats, seen: _Seen, problems: list[str]) -> None:
+    where = f"{SHARDS_DIR}/{stats.shard}"
+    if not path.is_file():
+        problems.append(f"{where}: commit marker exists but the tar is missing")
+        return
+    size = path.stat().st_size
+    if size != stats.bytes:
+        problems.append(f"{where}: size {size} bytes, stats say {stats.bytes}")
+    digest = file_sha256(path)
+    if digest != stats.sha256:
+        problems.append(f"{where}: sha256 {digest} does not match stats {stats.sha256}")
+    keys: list[str] = []
+    try:
+        for sample in iter_shard(os.fspath(path)):
+            keys.append(sample.key)
+            _verify_sample(where, sample.key, sample.json, sample.files, problems)
+            if sample.key in seen.keys:
+                problems.append(f"{where}: key {sample.key} also in {seen.keys[sample.key]}")
+            seen.keys[sample.key] = stats.shard
+            seen.kind_counts[sample.key] = {
+                kind: len(sample.json.get(kind, ())) for kind in ANNOTATION_KINDS
+            }
+            seen.failures += len(sample.json.get("failures", ()))
+    except PixmoError as exc:
+        problems.append(f"{where}: unreadable after {len(keys)} samples: {exc.reason}")
+        return
+    if len(keys) != stats.samples:
+        problems.append(f"{where}: {len(keys)} samples, stats say {stats.samples}")
+    if keys and (keys[0] != stats.first_key or keys[-1] != stats.last_key):
+        problems.append(f"{where}: first/last key {keys[0]}/{keys[-1]}, stats say "
+                        f"{stats.first_key}/{stats.last_key}")
+
+
+def _verify_sample(where: str, key: str, obj: Any, files: dict[str, bytes],
+                   problems: list[str]) -> None:
+    violation = check("sample", obj)
+    if violation is not None:
+        problems.append(violation.one_line(file=where, record=key))
+        return
+    if obj["key"] != key:
+        problems.append(f"{where}, record {key}: field key: JSON says {obj['key']!r}")
+    images = [ext for ext in files if ext in IMAGE_EXTENSIONS]
+    if len(images) != 1:
+        problems.append(f"{where}, record {key}: expected one image member, found {images}")
+        return
+    digest = hashlib.sha256(files[images[0]]).hexdigest()
+    if digest != obj["image"]["sha256"]:
+        problems.append(f"{where}, record {key}: field image.sha256: image bytes hash to {digest}")
+
+
+def _verify_manifest(root: Path, seen: _Seen, problems: list[str]) -> None:
+    path = root / MANIFEST
+    if not path.is_file():
+        problems.append(f"{MANIFEST}: missing")
+        return
+    listed: set[str] = set()
+    for index, row in enumerate(read_manifest(path)):
+        violation = check("manifest_row", row)
+        if violation is not None:
+            problems.append(violation.one_line(file=MANIFEST, record=index))
+            continue
+        key = row["key"]
+        listed.add(key)
+        if key not in seen.keys:
+            problems.append(f"{MANIFEST}, record {key}: no sample with this key in any shard")
+            continue
+        if row["shard"] != seen.keys[key]:
+            problems.append(f"{MANIFEST}, record {key}: field shard: {row['shard']}, "
+                            f"sample is in {seen.keys[key]}")
+        for kind, n in seen.kind_counts[key].items():
+            if row[kind] != n:
+                problems.append(f"{MANIFEST}, record {key}: field {kind}: {row[kind]}, "
+                                f"sample has {n}")
+    for key in sorted(set(seen.keys) - listed):
+        problems.append(f"{MANIFEST}: sample {key} ({seen.keys[key]}) has no manifest row")
+
+
+def _verify_description(root: Path, stats: list[ShardStats], seen: _Seen,
+                        problems: list[str]) -> None:
+    try:
+        description = read_dataset_json(root / DATASET_JSON)
+    except FileNotFoundError:
+        problems.append(f"{DATASET_JSON}: missing")
+        return
+    except PixmoError as exc:
+        problems.append(str(exc))
+        return
+    listed = {s["shard"]: s for s in description["shards"]}
+    committed = {s.shard: s for s in stats}
+    for name in sorted(set(listed) - set(committed)):
+        problems.append(f"{DATASET_JSON}: lists {name}, which is not a committed shard")
+    for name in sorted(set(committed) - set(listed)):
+        problems.append(f"{DATASET_JSON}: does not list committed shard {name}")
+    for name in sorted(set(listed) & set(committed)):
+        if listed[name]["sha256"] != committed[name].sha256:
+            problems.append(f"{DATASET_JSON}: sha256 of {name} differs from its stats file")
+    total = sum(s.samples for s in stats)
+    if description["counts"]["samples"] != total:
+        problems.append(f"{DATASET_JSON}: counts.samples {description['counts']['samples']}, "
+                        f"shards hold {total}")
+    failures = description["counts"].get("failures")
+    if failures is not None and failures != seen.failures:
+        problems.append(f"{DATASET_JSON}: counts.failures {failures}, samples record "
+                        f"{seen.failures}")
+
+
+def verify(dataset_dir: str | os.PathLike[str]) -> list[str]:
+    """Every problem found in a dataset directory, one line each; empty when intact."""
+    root = Path(dataset_dir)
+    _require_dataset(root)
+    problems: list[str] = []
+    try:
+        stats = committed_shards(root)
+    except PixmoError as exc:
+        return [str(exc)]
+    indices = [s.index for s in stats]
+    if indices != list(range(len(indices))):
+        problems.append(f"{SHARDS_DIR}/: shard indices are not contiguous from 0: {indices}")
+    committed = {s.shard for s in stats}
+    for tar in sorted((root / SHARDS_DIR).glob("*.tar")):
+        if tar.name not in committed:
+            problems.append(f"{SHARDS_DIR}/{tar.name}: no commit marker (unfinished shard)")
+    for leftover in sorted((root / SHARDS_DIR).glob(f"*{PARTIAL_SUFFIX}")):
+        problems.append(f"{SHARDS_DIR}/{leftover.name}: leftover of an interrupted writer")
+    seen = _Seen()
+    for shard in stats:
+        _verify_shard(root / SHARDS_DIR / shard.shard, shard, seen, problems)
+    _verify_manifest(root, seen, problems)
+    _verify_description(root, stats, seen, problems)
+    return problems

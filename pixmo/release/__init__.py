@@ -1,0 +1,1 @@
+"""Released PixMo subsets: their parquet rows, and importing them into a dataset directory."""

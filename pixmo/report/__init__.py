@@ -1,0 +1,1 @@
+"""Looking at a dataset: points drawn on images (``pixmo show``) and the HTML report (``pixmo report``)."""

@@ -1,0 +1,477 @@
+"""One self-contained HTML page about a dataset (``pixmo report``), and about a
+training run on it when one is given.
+
+The page needs nothing but itself: images are embedded as ``data:`` URIs and
+plots are inline SVG drawn here, so it can be mailed, archived or opened
+offline. It shows the counts and the ledger, rejects and failures by reason,
+histograms (caption length, points per label, image size), a grid of samples
+with their points drawn and their caption, and, for a run: the loss curve from
+``metrics.jsonl``, the numbers in ``eval/eval.json`` and predicted against
+true points on held-out images from ``eval/predictions.jsonl``. Every run file
+is optional (a run still training has no eval yet): a missing one is said so.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import logging
+import math
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pixmo.atomic import atomic_write_bytes
+from pixmo.dataset.shards import (
+    DATASET_JSON,
+    MANIFEST,
+    REJECTS,
+    iter_samples,
+    read_dataset_json,
+    read_manifest,
+    read_rejects,
+)
+from pixmo.errors import PixmoError
+from pixmo.report.draw import render_points
+
+log = logging.getLogger(__name__)
+
+THUMB = 320  # longest side of a thumbnail, pixels
+EVAL_KEYS = ("counting_accuracy", "majority_baseline_accuracy", "pointing_f1",
+             "num_eval_examples")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """What the report needs from a dataset directory."""
+
+    description: dict[str, Any]
+    manifest: list[dict[str, Any]]
+    rejects: list[dict[str, str]]
+    samples: list[dict[str, Any]]  # sample JSON of every sample
+    thumbs: list[tuple[str, bytes, dict[str, Any]]]  # (key, image bytes, sample JSON)
+
+
+def _load(dataset_dir: Path, thumbnails: int) -> Dataset:
+    if not (dataset_dir / DATASET_JSON).is_file():
+        raise PixmoError("not a dataset (no dataset.json)", file=str(dataset_dir))
+    description = read_dataset_json(dataset_dir / DATASET_JSON)
+    manifest = read_manifest(dataset_dir / MANIFEST) if (dataset_dir / MANIFEST).is_file() else []
+    rejects = read_rejects(dataset_dir / REJECTS) if (dataset_dir / REJECTS).is_file() else []
+    samples, thumbs = [], []
+    for sample in iter_samples(dataset_dir):
+        samples.append(sample.json)
+        image = next((data for ext, data in sample.files.items()
+                      if ext in ("jpg", "jpeg", "png", "webp")), None)
+        if image is not None and len(thumbs) < thumbnails:
+            thumbs.append((sample.key, image, sample.json))
+    return Dataset(description, manifest, rejects, samples, thumbs)
+
+
+# --------------------------------------------------------------------------- SVG plots
+
+_W, _H = 560, 240
+_LEFT, _RIGHT, _TOP, _BOTTOM = 56, 16, 16, 44
+_BAR = "#3b75af"
+
+
+def _nice_ticks(low: float, high: float, n: int = 5) -> list[float]:
+    if high <= low:
+        high = low + 1
+    raw = (high - low) / n
+    step = 10 ** math.floor(math.log10(raw))
+    step *= next(m for m in (1, 2, 2.5, 5, 10) if raw <= m * step)
+    first = math.ceil(low / step) * step
+    return [first + i * step for i in range(int((high - first) / step + 1e-9) + 1)]
+
+
+def _fmt(value: float) -> str:
+    if value == int(value) and abs(value) < 1e6:
+        return str(int(value))
+    return f"{value:.3g}"
+
+
+def _svg(body: list[str], title: str, width: int = _W, height: int = _H) -> str:
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+            f'viewBox="0 0 {width} {height}" role="img" aria-label="{html.escape(title)}" '
+            f'class="plot"><title>{html.escape(title)}</title>'
+            f'<rect width="{width}" height="{height}" fill="#fff"/>{"".join(body)}</svg>')
+
+
+def _axes(x0: float, x1: float, y0: float, y1: float, xlabel: str, ylabel: str,
+          x_ticks: bool = True) -> tuple[list[str], Any, Any]:
+    """Axes with ticks; returns the SVG parts and the two data-to-pixel maps."""
+    pw, ph = _W - _LEFT - _RIGHT, _H - _TOP - _BOTTOM
+
+    def sx(x: float) -> float:
+        return _LEFT + (x - x0) / ((x1 - x0) or 1) * pw
+
+    def sy(y: float) -> float:
+        return _TOP + ph - (y - y0) / ((y1 - y0) or 1) * ph
+
+    parts = [f'<line x1="{_LEFT}" y1="{_TOP + ph}" x2="{_LEFT + pw}" y2="{_TOP + ph}" '
+             'stroke="#333"/>',
+             f'<line x1="{_LEFT}" y1="{_TOP}" x2="{_LEFT}" y2="{_TOP + ph}" stroke="#333"/>']
+    for t in _nice_ticks(y0, y1):
+        if t > y1 + 1e-9:
+            continue
+        parts.append(f'<line x1="{_LEFT - 4}" y1="{sy(t):.1f}" x2="{_LEFT + pw}" '
+                     f'y2="{sy(t):.1f}" stroke="#ddd"/>'
+                     f'<text x="{_LEFT - 6}" y="{sy(t) + 4:.1f}" text-anchor="end" '
+                     f'font-size="11">{_fmt(t)}</text>')
+    if x_ticks:
+        for t in _nice_ticks(x0, x1, 6):
+            if t > x1 + 1e-9:
+                continue
+            parts.append(f'<line x1="{sx(t):.1f}" y1="{_TOP + ph}" x2="{sx(t):.1f}" '
+                         f'y2="{_TOP + ph + 4}" stroke="#333"/>'
+                         f'<text x="{sx(t):.1f}" y="{_TOP + ph + 16}" text-anchor="middle" '
+                         f'font-size="11">{_fmt(t)}</text>')
+    parts.append(f'<text x="{_LEFT + pw / 2}" y="{_H - 6}" text-anchor="middle" '
+                 f'font-size="12">{html.escape(xlabel)}</text>'
+                 f'<text x="12" y="{_TOP + ph / 2}" text-anchor="middle" font-size="12" '
+                 f'transform="rotate(-90 12 {_TOP + ph / 2})">{html.escape(ylabel)}</text>')
+    return parts, sx, sy
+
+
+def histogram_svg(values: Sequence[float], title: str, xlabel: str, *, bins: int = 20,
+                  integer: bool = False) -> str:
+    """Counts of ``values`` in equal bins (one bin per integer when ``integer``
+    and the range is small)."""
+    if not values:
+        return _svg([f'<text x="{_W / 2}" y="{_H / 2}" text-anchor="middle">no data</text>'],
+                    title)
+    low, high = min(values), max(values)
+    if integer and high - low + 1 <= 40:
+        edges = [low - 0.5 + i for i in range(int(high - low) + 2)]
+    else:
+        span = (high - low) or 1.0
+        edges = [low + span * i / bins for i in range(bins + 1)]
+    counts = [0] * (len(edges) - 1)
+    for v in values:
+        i = min(len(counts) - 1, int((v - edges[0]) / (edges[-1] - edges[0]) * len(counts)))
+        counts[i] += 1
+    parts, sx, sy = _axes(edges[0], edges[-1], 0, max(counts), xlabel, "count")
+    for i, c in enumerate(counts):
+        if c:
+            x, w = sx(edges[i]), sx(edges[i + 1]) - sx(edges[i])
+            parts.append(f'<rect x="{x + 0.5:.1f}" y="{sy(c):.1f}" width="{max(w - 1, 1):.1f}" '
+                         f'height="{sy(0) - sy(c):.1f}" fill="{_BAR}">'
+                         f'<title>{_fmt(edges[i])}-{_fmt(edges[i + 1])}: {c}</title></rect>')
+    return _svg(parts, title)
+
+
+def bar_chart_svg(items: Sequence[tuple[str, float]], title: str) -> str:
+    """Horizontal bars, one per (name, value)."""
+    row = 22
+    height = max(60, _TOP + row * len(items) + 24)
+    name_w = 170
+    top = max((v for _, v in items), default=0) or 1
+    span = _W - name_w - 60
+    parts = []
+    for i, (name, value) in enumerate(items):
+        y = _TOP + i * row
+        w = value / top * span
+        parts.append(f'<text x="{name_w - 6}" y="{y + 15}" text-anchor="end" font-size="12">'
+                     f'{html.escape(name)}</text>'
+                     f'<rect x="{name_w}" y="{y + 3}" width="{max(w, 1):.1f}" height="{row - 6}" '
+                     f'fill="{_BAR}"/>'
+                     f'<text x="{name_w + w + 4:.1f}" y="{y + 15}" font-size="12">'
+                     f'{_fmt(value)}</text>')
+    if not items:
+        parts.append(f'<text x="{_W / 2}" y="36" text-anchor="middle">none</text>')
+    return _svg(parts, title, height=height)
+
+
+def line_chart_svg(xs: Sequence[float], ys: Sequence[float], title: str, xlabel: str,
+                   ylabel: str) -> str:
+    if not xs:
+        return _svg([f'<text x="{_W / 2}" y="{_H / 2}" text-anchor="middle">no data</text>'],
+                    title)
+    low, high = min(ys), max(ys)
+    pad = (high - low) * 0.05 or abs(high) * 0.05 or 1.0
+    parts, sx, sy = _axes(min(xs), max(xs), min(0.0, low - pad) if low >= 0 else low - pad,
+                          high + pad, xlabel, ylabel)
+    path = " ".join(f"{'M' if i == 0 else 'L'}{sx(x):.1f},{sy(y):.1f}"
+                    for i, (x, y) in enumerate(zip(xs, ys, strict=True)))
+    parts.append(f'<path d="{path}" fill="none" stroke="{_BAR}" stroke-width="1.5"/>')
+    if len(xs) == 1:
+        parts.append(f'<circle cx="{sx(xs[0]):.1f}" cy="{sy(ys[0]):.1f}" r="3" fill="{_BAR}"/>')
+    return _svg(parts, title)
+
+
+# --------------------------------------------------------------------------- images
+
+
+def _data_uri(png_or_jpeg: bytes, mime: str) -> str:
+    return f"data:{mime};base64,{base64.b64encode(png_or_jpeg).decode('ascii')}"
+
+
+def _thumbnail(image: Any) -> str:
+    """A PIL image, shrunk to ``THUMB`` and embedded as JPEG."""
+    image = image.convert("RGB")
+    image.thumbnail((THUMB * 2, THUMB))
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=85)
+    return _data_uri(buf.getvalue(), "image/jpeg")
+
+
+def _drawn(image_bytes: bytes, point_sets: list[dict[str, Any]]) -> str:
+    """The sample's image with its points and legend (``pixmo.report.draw``)."""
+    from PIL import Image
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = render_points(image_bytes, point_sets, Path(tmp) / "drawn.png")
+        with Image.open(path) as drawn:
+            return _thumbnail(drawn)
+
+
+def _predicted_vs_true(image_bytes: bytes, predicted: Sequence[Sequence[float]],
+                       true: Sequence[Sequence[float]]) -> str:
+    """True points as green rings, predicted points as red crosses (percent x, y)."""
+    from PIL import Image, ImageDraw, ImageOps
+
+    with Image.open(io.BytesIO(image_bytes)) as opened:
+        image = ImageOps.exif_transpose(opened).convert("RGB")
+    image.thumbnail((THUMB * 2, THUMB))
+    draw = ImageDraw.Draw(image)
+    w, h = image.size
+    r = max(5, round(min(w, h) / 28))
+    for x, y in _xy(true):
+        cx, cy = x / 100 * w, y / 100 * h
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), outline=(0, 170, 0), width=3)
+    for x, y in _xy(predicted):
+        cx, cy = x / 100 * w, y / 100 * h
+        draw.line((cx - r, cy - r, cx + r, cy + r), fill=(220, 0, 0), width=3)
+        draw.line((cx - r, cy + r, cx + r, cy - r), fill=(220, 0, 0), width=3)
+    return _thumbnail(image)
+
+
+def _xy(points: Any) -> list[tuple[float, float]]:
+    """Points as [[x, y], ...] or [{"x", "y"}, ...]; anything else is skipped."""
+    out = []
+    for p in points or []:
+        if isinstance(p, dict):
+            p = (p.get("x"), p.get("y"))
+        if (isinstance(p, (list, tuple)) and len(p) == 2
+                and all(isinstance(v, (int, float)) and math.isfinite(v) for v in p)):
+            out.append((float(p[0]), float(p[1])))
+    return out
+
+
+# --------------------------------------------------------------------------- run files
+
+
+def _jsonl(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """Objects of a JSON-lines file and how many lines were not objects (a run
+    still writing may leave half a line)."""
+    rows, bad = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            bad += 1
+            continue
+        if isinstance(obj, dict):
+            rows.append(obj)
+        else:
+            bad += 1
+    return rows, bad
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and math.isfinite(value)
+
+
+# --------------------------------------------------------------------------- HTML
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:24px;color:#222;
+max-width:1200px}
+h1{font-size:24px}h2{font-size:19px;margin-top:32px;border-bottom:1px solid #ccc}
+table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 8px;
+text-align:left}td.n{text-align:right;font-variant-numeric:tabular-nums}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(420px,1fr));gap:16px}
+.card{border:1px solid #ddd;padding:8px;display:flex;gap:10px;align-items:flex-start}
+.card img{max-width:240px;height:auto;flex:none}.card p{margin:0 0 6px;font-size:13px}
+.key{font-family:monospace;font-size:11px;color:#666}.plots{display:flex;flex-wrap:wrap;gap:12px}
+.note{color:#666;font-style:italic}
+"""
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f'<td class="n">{_fmt(c)}</td>' if _number(c)
+                         else f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>"
+        for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _caption_of(sample: dict[str, Any]) -> str:
+    captions = sample.get("captions") or []
+    if captions:
+        return str(captions[0].get("text", ""))
+    transcripts = sample.get("transcripts") or []
+    return str(transcripts[0].get("text", "")) if transcripts else ""
+
+
+def _dataset_sections(ds: Dataset) -> list[str]:
+    desc = ds.description
+    out = ["<h2>Counts</h2>",
+           _table(["what", "count"], sorted(desc.get("counts", {}).items()))]
+    if desc.get("ledger"):
+        out.append("<h3>Ledger (records read = accepted + rejected)</h3>")
+        out.append(_table(["file", "read", "accepted", "rejected"],
+                          [[e["file"], e["read"], e["accepted"], e["rejected"]]
+                           for e in desc["ledger"]]))
+    by_reason = Counter(r["reason"] for r in ds.rejects)
+    reasons = sorted(by_reason.items(), key=lambda kv: (-kv[1], kv[0]))
+    out.append("<h2>Rejects by reason</h2>")
+    out.append(_table(["reason", "records"], reasons))
+    out.append(bar_chart_svg(reasons, "rejected records by reason"))
+    if ds.rejects:
+        out.append("<details><summary>every reject</summary>" + _table(
+            ["source", "record", "stage", "reason", "detail"],
+            [[r["source"], r["record"], r["stage"], r["reason"], r["detail"]]
+             for r in ds.rejects]) + "</details>")
+    failed = [(s["key"], f) for s in ds.samples for f in s.get("failures", ())]
+    out.append("<h2>Failures by reason</h2><p>Samples whose records were accepted but that "
+               "lack what a stage could not add (such as a caption the LLM never wrote).</p>")
+    out.append(_table(["reason", "samples"], sorted(
+        Counter(f["reason"] for _, f in failed).items(), key=lambda kv: (-kv[1], kv[0]))))
+    if failed:
+        out.append("<details><summary>every failure</summary>" + _table(
+            ["sample", "stage", "reason", "detail", "sessions"],
+            [[key, f["stage"], f["reason"], f["detail"], ", ".join(f.get("session_ids", ()))]
+             for key, f in failed]) + "</details>")
+
+    words = [len(_caption_of(s).split()) for s in ds.samples if _caption_of(s)]
+    per_label = [len(p.get("points", [])) for s in ds.samples for p in s.get("points", [])]
+    sides = [max(s["image"]["width"], s["image"]["height"]) for s in ds.samples
+             if "image" in s]
+    pixels = [s["image"]["width"] * s["image"]["height"] / 1e6 for s in ds.samples
+              if "image" in s]
+    out.append("<h2>Distributions</h2><div class=\"plots\">")
+    out.append(histogram_svg(words, "caption length", "words per caption"))
+    out.append(histogram_svg(per_label, "points per label", "points per label (0 = not "
+                             "present)", integer=True))
+    out.append(histogram_svg(sides, "image size", "longest side (pixels)"))
+    out.append(histogram_svg(pixels, "image area", "megapixels"))
+    out.append("</div>")
+    return out
+
+
+def _sample_grid(ds: Dataset) -> list[str]:
+    out = [f"<h2>Samples ({len(ds.thumbs)} of {len(ds.samples)})</h2><div class=\"grid\">"]
+    for key, image, sample in ds.thumbs:
+        point_sets = sample.get("points", [])
+        legend = ", ".join(f"{p['label']} ({p.get('count', len(p.get('points', [])))})"
+                           for p in point_sets)
+        out.append(f'<div class="card"><img src="{_drawn(image, point_sets)}" '
+                   f'alt="sample {html.escape(key)}"><div>'
+                   f'<p class="key">{html.escape(key)} · {sample["image"]["width"]}×'
+                   f'{sample["image"]["height"]}</p>'
+                   f"<p>{html.escape(_caption_of(sample)) or '<i>no caption</i>'}</p>"
+                   f"<p><b>points:</b> {html.escape(legend) or 'none'}</p></div></div>")
+    out.append("</div>")
+    return out
+
+
+def _run_sections(run_dir: Path, eval_dataset_dir: Path | None, predictions: int) -> list[str]:
+    out = [f"<h2>Training run</h2><p class=\"key\">{html.escape(str(run_dir))}</p>"]
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.is_file():
+        rows, bad = _jsonl(metrics)
+        points = sorted((r["step"], r["loss"]) for r in rows
+                        if _number(r.get("step")) and _number(r.get("loss")))
+        out.append(line_chart_svg([p[0] for p in points], [p[1] for p in points],
+                                  "training loss", "step", "loss"))
+        if points:
+            out.append(f"<p>{len(points)} logged steps; last loss {_fmt(points[-1][1])} at "
+                       f"step {_fmt(points[-1][0])}.</p>")
+        if bad:
+            out.append(f'<p class="note">{bad} line(s) of metrics.jsonl are not JSON objects.</p>')
+    else:
+        out.append('<p class="note">no metrics.jsonl yet.</p>')
+
+    out.append("<h3>Evaluation</h3>")
+    eval_json = run_dir / "eval" / "eval.json"
+    if eval_json.is_file():
+        try:
+            numbers = json.loads(eval_json.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise PixmoError(f"not JSON: {exc.msg}", file=str(eval_json)) from exc
+        keys = [k for k in EVAL_KEYS if k in numbers]
+        keys += sorted(k for k, v in numbers.items() if k not in EVAL_KEYS and _number(v))
+        out.append(_table(["metric", "value"], [[k, numbers[k]] for k in keys]))
+    else:
+        out.append('<p class="note">no eval/eval.json yet.</p>')
+
+    pred_file = run_dir / "eval" / "predictions.jsonl"
+    if not pred_file.is_file():
+        out.append('<p class="note">no eval/predictions.jsonl yet.</p>')
+        return out
+    rows, _ = _jsonl(pred_file)
+    rows = [r for r in rows if isinstance(r.get("key"), str)][:predictions]
+    images: dict[str, bytes] = {}
+    if eval_dataset_dir is not None:
+        wanted = {r["key"] for r in rows}
+        for sample in iter_samples(eval_dataset_dir):
+            if sample.key in wanted:
+                images[sample.key] = next((d for e, d in sample.files.items()
+                                           if e in ("jpg", "jpeg", "png", "webp")), b"")
+    out.append('<h3>Predicted (red ×) and true (green ○) points on held-out images</h3>'
+               '<div class="grid">')
+    for r in rows:
+        facts = (f"<p><b>{html.escape(str(r.get('label', '')))}</b></p>"
+                 f"<p>predicted count {html.escape(str(r.get('predicted_count', '?')))}, "
+                 f"true count {html.escape(str(r.get('true_count', '?')))}</p>"
+                 f"<p class=\"key\">{html.escape(r['key'])}</p>")
+        image = images.get(r["key"])
+        picture = '<p class="note">image not in the eval dataset given</p>'
+        if image:
+            uri = _predicted_vs_true(image, r.get("predicted_points"), r.get("true_points"))
+            picture = f'<img src="{uri}" alt="prediction {html.escape(r["key"])}">'
+        out.append(f'<div class="card">{picture}<div>{facts}</div></div>')
+    out.append("</div>")
+    return out
+
+
+def write_report(dataset_dir: str | os.PathLike[str], out_file: str | os.PathLike[str], *,
+                 run_dir: str | os.PathLike[str] | None = None,
+                 eval_dataset_dir: str | os.PathLike[str] | None = None,
+                 thumbnails: int = 12, predictions: int = 12) -> Path:
+    """Write the HTML report of ``dataset_dir`` (and of ``run_dir``, whose
+    held-out images come from ``eval_dataset_dir``) to ``out_file``, atomically."""
+    if run_dir is not None and not Path(run_dir).is_dir():
+        raise PixmoError("no such training run directory", file=os.fspath(run_dir))
+    dataset = Path(dataset_dir)
+    ds = _load(dataset, thumbnails)
+    name = ds.description.get("name", dataset.name)
+    parts = [f"<h1>Dataset report: {html.escape(str(name))}</h1>",
+             f"<p class=\"key\">{html.escape(str(dataset))} · format "
+             f"{html.escape(str(ds.description.get('format_version', '?')))} · engine "
+             f"{html.escape(str(ds.description.get('engine', '?')))}</p>"]
+    parts += _dataset_sections(ds)
+    parts += _sample_grid(ds)
+    if run_dir is not None:
+        parts += _run_sections(Path(run_dir),
+                               Path(eval_dataset_dir) if eval_dataset_dir else None, predictions)
+    page = ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{html.escape(str(name))} report</title><style>{_CSS}</style></head>"
+            f"<body>{''.join(parts)}</body></html>\n")
+    out = Path(out_file)
+    atomic_write_bytes(out, page.encode("utf-8"))
+    log.info("wrote report of %d samples to %s", len(ds.samples), out)
+    return out
+

@@ -1,0 +1,397 @@
+"""molmo/data/loader.py: the streaming loader, with real shards, a real BPE tokenizer, the Molmo
+preprocessor, real DataLoader worker processes and worker threads."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import threading
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from molmo.data.loader import DataConfig, DatasetConfig, MolmoLoader
+from molmo.data.tasks import CAPTION_TEMPLATES, TaskConfig
+from molmo.preprocess.processor import PreprocessConfig, normalize_images
+from molmo.preprocess.tokenizer import train_bpe_tokenizer
+from pixmo.dataset.shards import ShardConfig, ShardSample, write_dataset
+from pixmo.errors import PixmoError
+from pixmo.points.prompts import POINT_COUNT_TEMPLATES, POINTING_TEMPLATES
+from tests.conftest import make_sample
+from tests.molmo.data.test_order import break_json, make_dataset, truncate_inside_member
+
+# Small crops keep preprocessing fast; the layout logic is the same as at 336 px.
+PRE = PreprocessConfig(crop_size=112, overlap_margins=(2, 2), max_crops=2,
+                       conversation_weighting="root_subsegments")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    texts = [*CAPTION_TEMPLATES, *POINTING_TEMPLATES, *POINT_COUNT_TEMPLATES,
+             *(make_sample(i).json["captions"][0]["text"] for i in range(50)),
+             '<point x="50.0" y="50.0" alt="square">square</point> Counting the shows a total']
+    return train_bpe_tokenizer(texts * 3, tmp_path_factory.mktemp("tok") / "bpe", vocab_size=400)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """37 samples in 3 shards: fewer shards than the 4 slots of 2 ranks x 2 workers."""
+    return make_dataset(tmp_path_factory.mktemp("data") / "ds", 37, 15)
+
+
+def noisy_sample(i: int, size: tuple[int, int] = (150, 100)) -> ShardSample:
+    """``make_sample(i)`` with a random-noise PNG: resized, its pixels fall between the uint8
+    levels, so uint8 crops really round (a plain colour stays exact)."""
+    obj = make_sample(i, size).json
+    pixels = np.random.default_rng(i).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    data = buf.getvalue()
+    digest = hashlib.sha256(data).hexdigest()
+    obj["key"], obj["image"]["sha256"] = digest[:20], digest
+    return ShardSample(key=obj["key"], json=obj, files={"png": data})
+
+
+def config(*datasets: DatasetConfig, **kw) -> DataConfig:
+    kw = {"batch_size": 2, "num_workers": 2, "shuffle_block": 4, "max_sequence_length": 512,
+          **kw}
+    return DataConfig(datasets=datasets, **kw)
+
+
+def run(loader: MolmoLoader, n: int | None = None) -> list[tuple[dict, object, dict]]:
+    """(batch, info, state_dict after it) for ``n`` batches (or the whole epoch)."""
+    out = []
+    for batch, info in loader.iter_with_info():
+        out.append((batch, info, loader.state_dict()))
+        if n is not None and len(out) == n:
+            break
+    return out
+
+
+def same_batches(a, b) -> None:
+    assert len(a) == len(b)
+    for (x, xi, _), (y, yi, _) in zip(a, b, strict=True):
+        assert xi.keys == yi.keys and xi.slot == yi.slot
+        assert x.keys() == y.keys()
+        for key in x:
+            assert torch.equal(x[key], y[key]), key
+
+
+@pytest.mark.parametrize("worker_type", ["process", "thread"])
+def test_finite_epoch_covered_once_by_two_ranks_of_two_workers(tokenizer, dataset, worker_type):
+    all_keys = {make_sample(i).key for i in range(37)}
+    cfg = config(DatasetConfig("ds", str(dataset)), mode="finite", seed=11,
+                 worker_type=worker_type)
+    seen: list[str] = []
+    counts = []
+    for rank in range(2):
+        loader = MolmoLoader(cfg, tokenizer, PRE, rank=rank, world_size=2)
+        batches = run(loader)
+        counts.append(len(batches))
+        assert {info.slot for _, info, _ in batches} == {2 * rank, 2 * rank + 1}
+        for batch, info, _ in batches:
+            for row, (key, padding) in enumerate(zip(info.keys, info.padding, strict=True)):
+                loss = batch["loss_masks"][row]
+                if padding:  # a repeat that fills the batch: no loss at all
+                    assert loss.sum() == 0 and (batch["labels"][row] == -100).all()
+                else:
+                    assert loss.sum() > 0
+                    seen.append(key)
+        assert loader.epoch == 1
+        stats = loader.stats()
+        assert stats["examples"] == len(batches) * 2
+        assert stats["failed_samples"] == 0
+    # 4 slots x 10 positions (37 padded to whole batches of 2): 10 batches per rank.
+    assert counts == [10, 10] == [loader.batches_per_epoch] * 2
+    assert len(seen) == len(set(seen)) == 37
+    assert set(seen) == all_keys
+
+
+def test_next_epoch_reshuffles(tokenizer, dataset):
+    cfg = config(DatasetConfig("ds", str(dataset)), mode="finite", num_workers=0)
+    loader = MolmoLoader(cfg, tokenizer, PRE)
+    first = [k for _, info, _ in run(loader) for k, p in zip(info.keys, info.padding,
+                                                              strict=True) if not p]
+    second = [k for _, info, _ in run(loader) for k, p in zip(info.keys, info.padding,
+                                                               strict=True) if not p]
+    assert loader.epoch == 2
+    assert sorted(first) == sorted(second) and first != second
+
+
+@pytest.mark.parametrize(("workers", "worker_type"), [(0, "process"), (2, "process"),
+                                                    (2, "thread")])
+def test_finite_resume_equals_uninterrupted(tokenizer, dataset, workers, worker_type):
+    cfg = config(DatasetConfig("ds", str(dataset)), mode="finite", num_workers=workers,
+                 worker_type=worker_type)
+    loader = MolmoLoader(cfg, tokenizer, PRE, rank=1, world_size=2)
+    epoch0 = run(loader)
+    epoch1 = run(loader, 3)
+    full = epoch0 + epoch1
+    n0 = len(epoch0)
+    for k in (1, 4, 7, n0):  # after odd and even batches, and at the epoch's end
+        resumed = MolmoLoader(cfg, tokenizer, PRE, rank=1, world_size=2)
+        resumed.load_state_dict(full[k - 1][2])
+        if k < n0:  # the rest of epoch 0, then epoch 1
+            same_batches(run(resumed), full[k:n0])
+        same_batches(run(resumed, 3), epoch1)
+        assert resumed.state_dict() == full[-1][2]
+        assert json.loads(json.dumps(full[-1][2])) == full[-1][2]  # plain JSON values
+
+
+def test_resampled_mixture_resume_equals_uninterrupted(tokenizer, dataset, tmp_path):
+    small = make_dataset(tmp_path / "small", 7, 3, first=100)
+    cfg = config(DatasetConfig("ds", str(dataset)), DatasetConfig("small", str(small)),
+                 shuffle_block=3, seed=5)
+    full = run(MolmoLoader(cfg, tokenizer, PRE, rank=0, world_size=2), 14)
+    assert {d for _, info, _ in full for d in info.datasets} == {"ds", "small"}
+    for k in (3, 8):
+        resumed = MolmoLoader(cfg, tokenizer, PRE, rank=0, world_size=2)
+        resumed.load_state_dict(full[k - 1][2])
+        same_batches(run(resumed, 14 - k), full[k:])
+
+
+def test_thread_workers_give_the_process_workers_batches(tokenizer, dataset, tmp_path):
+    """Same batches in the same order; a state saved with one type resumes with the other."""
+    small = make_dataset(tmp_path / "small", 7, 3, first=100)
+    sources = (DatasetConfig("ds", str(dataset)), DatasetConfig("small", str(small)))
+    for mode, n in (("finite", None), ("resampled", 9)):
+        cfg = {kind: config(*sources[: 1 if mode == "finite" else 2], mode=mode, seed=3,
+                            worker_type=kind, pin_memory=True)  # no-op without a GPU
+               for kind in ("process", "thread")}
+        processes = run(MolmoLoader(cfg["process"], tokenizer, PRE, rank=1, world_size=2), n)
+        threads = run(MolmoLoader(cfg["thread"], tokenizer, PRE, rank=1, world_size=2), n)
+        same_batches(threads, processes)
+        assert [s for *_, s in threads] == [s for *_, s in processes]
+        resumed = MolmoLoader(cfg["thread"], tokenizer, PRE, rank=1, world_size=2)
+        resumed.load_state_dict(processes[2][2])
+        same_batches(run(resumed, len(processes) - 3), processes[3:])
+    assert not [t for t in threading.enumerate() if t.name.startswith("molmo-data-worker")]
+
+
+def test_changed_world_size_or_workers_refused(tokenizer, dataset):
+    cfg = config(DatasetConfig("ds", str(dataset)))
+    state = MolmoLoader(cfg, tokenizer, PRE, rank=0, world_size=2).state_dict()
+    with pytest.raises(PixmoError, match=r"saved with world_size=2 and num_workers=2, this run "
+                                         r"has world_size=4 and num_workers=2"):
+        MolmoLoader(cfg, tokenizer, PRE, rank=0, world_size=4).load_state_dict(state)
+    fewer = config(DatasetConfig("ds", str(dataset)), num_workers=1)
+    with pytest.raises(PixmoError, match="num_workers=1"):
+        MolmoLoader(fewer, tokenizer, PRE, rank=0, world_size=2).load_state_dict(state)
+    other_seed = config(DatasetConfig("ds", str(dataset)), seed=1)
+    with pytest.raises(PixmoError, match="seed=0, this run has 1"):
+        MolmoLoader(other_seed, tokenizer, PRE, rank=0, world_size=2).load_state_dict(state)
+
+
+def test_mixture_rates_follow_sqrt_sizes(tokenizer, tmp_path):
+    sizes = {"a": 4, "b": 16, "c": 64}
+    datasets = []
+    first = 0
+    for name, n in sizes.items():
+        datasets.append(DatasetConfig(name, str(make_dataset(tmp_path / name, n, 16, first))))
+        first += n
+    cfg = config(*datasets, batch_size=8, num_workers=0,
+                 max_sequence_length=256)
+    loader = MolmoLoader(cfg, tokenizer, PRE)
+    rates = np.asarray([1, 2, 4]) / 7
+    assert np.allclose(loader.rates, rates)
+    names = [d for _, info, _ in run(loader, 40) for d in info.datasets]
+    n = len(names)
+    counts = np.asarray([names.count(k) for k in sizes])
+    sigma = np.sqrt(n * rates * (1 - rates))
+    assert np.all(np.abs(counts - n * rates) < 4 * sigma), (counts, n * rates)
+    explicit = config(*(DatasetConfig(d.name, d.source, rate=r) for d, r in
+                        zip(datasets, (1.0, 0.0, 1.0), strict=True)), num_workers=0)
+    names = {d for _, info, _ in run(MolmoLoader(explicit, tokenizer, PRE), 10)
+             for d in info.datasets}
+    assert names == {"a", "c"}
+
+
+def test_corrupt_shard_and_broken_json_skipped_and_counted(tokenizer, tmp_path, caplog):
+    ds = make_dataset(tmp_path / "ds", 20, 5)
+    truncated = truncate_inside_member(ds / "shards" / "pixmo-000000.tar", 5)  # 3rd sample
+    broken = break_json(ds / "shards" / "pixmo-000002.tar", 1)  # 2nd of 5: the rest still read
+    caplog.set_level(logging.WARNING)
+    totals = []
+    for workers in (0, 2):
+        cfg = config(DatasetConfig("ds", str(ds)), mode="finite", num_workers=workers)
+        loader = MolmoLoader(cfg, tokenizer, PRE)
+        keys = [k for _, info, _ in run(loader) for k, p in zip(info.keys, info.padding,
+                                                                  strict=True) if not p]
+        assert len(keys) == len(set(keys)) == 20 - 3 - 1
+        assert truncated not in keys and broken not in keys
+        stats = loader.stats()
+        assert stats["failures"] == 2  # one per broken shard or sample
+        assert stats["failed_samples"] == 4  # 3 lost from the truncated shard, 1 broken JSON
+        totals.append(stats)
+    assert totals[0] == totals[1]
+    logged = caplog.text
+    assert f"pixmo-000000.tar from offset 2 (key {truncated})" in logged
+    assert "corrupt tar" in logged
+    assert f"skipping sample {broken} of shard {ds}/shards/pixmo-000002.tar" in logged
+    assert "sample JSON does not parse" in logged
+
+
+def test_undecodable_image_is_skipped_and_consecutive_failures_stop(tokenizer, tmp_path):
+    samples = [make_sample(i) for i in range(8)]
+    for s in samples[5:]:
+        s.files = {"png": b"not a png"}
+    write_dataset(tmp_path / "ds", samples, name="ds", config=ShardConfig(max_samples=10))
+    source = DatasetConfig("ds", str(tmp_path / "ds"))
+    # One slot: its 3 failures are made up by repeats of samples 0-3 (the next block).
+    loader = MolmoLoader(config(source, mode="finite", num_workers=0), tokenizer, PRE)
+    batches = run(loader)
+    keys = [k for _, info, _ in batches for k, p in zip(info.keys, info.padding, strict=True)
+            if not p]
+    assert sorted(keys) == sorted(s.key for s in samples[:5])
+    assert len(batches) == loader.batches_per_epoch == 4
+    assert loader.stats() == {"examples": 8, "padding": 3, "empty": 0, "failed_samples": 3,
+                              "failures": 3}
+    # Worker 1 reads samples 4-7 in one shuffled block: at least two failures in a row.
+    for worker_type in ("process", "thread"):
+        strict = config(source, mode="finite", num_workers=2, max_consecutive_failures=1,
+                        worker_type=worker_type)
+        with pytest.raises(PixmoError, match=r"2 consecutive samples failed, more than "
+                                             r"max_consecutive_failures 1; the last: "
+                                             r".*cannot decode"):
+            run(MolmoLoader(strict, tokenizer, PRE))
+
+
+def test_no_usable_sample_stops_instead_of_spinning(tokenizer, tmp_path):
+    write_dataset(tmp_path / "ds", [make_sample(i) for i in range(5)], name="ds")
+    only_qa = DatasetConfig("ds", str(tmp_path / "ds"), tasks=TaskConfig(tasks=("qa",)))
+    loader = MolmoLoader(config(only_qa, num_workers=0), tokenizer, PRE)
+    with pytest.raises(PixmoError, match="no usable sample in 6 positions in a row, more than "
+                                         "the 5 samples"):
+        run(loader, 1)
+
+
+@pytest.mark.parametrize("pixel_dtype", ["uint8", "float32"])
+def test_batches_are_model_ready(tokenizer, tmp_path, pixel_dtype):
+    samples = [make_sample(i, size=(32 + 90 * (i % 3), 24)) for i in range(8)]
+    for s in samples[::2]:  # more conversations on some samples
+        s.json["qa"] = [{"question": "What is it?", "answer": "A square."}]
+    write_dataset(tmp_path / "ds", samples, name="ds")
+    cfg = config(DatasetConfig("ds", str(tmp_path / "ds")), batch_size=4, num_workers=0,
+                 mode="finite", pixel_dtype=pixel_dtype)
+    for batch, _, _ in run(MolmoLoader(cfg, tokenizer, PRE)):
+        assert batch["images"].dtype == getattr(torch, pixel_dtype)
+        if pixel_dtype == "uint8":
+            assert batch["crop_mask"].shape == batch["images"].shape[:2]
+            batch = normalize_images(batch, PRE)
+        ids, labels, weights = batch["input_ids"], batch["labels"], batch["loss_masks"]
+        assert ids.dtype == torch.int64 and batch["images"].dtype == torch.float32
+        lengths = (ids != -1).sum(1)
+        assert ids.shape[1] == lengths.max()  # padded to the longest, no further
+        crops = (batch["images"] != -1).flatten(2).any(2).sum(1)
+        assert batch["images"].shape[1] == crops.max()
+        for row in range(ids.shape[0]):
+            sub = batch["subsegment_ids"][row, : lengths[row]]
+            k = len(set(sub.tolist()) - {10000})
+            targets = labels[row] != -100
+            assert torch.allclose(weights[row][targets], torch.tensor((1 / k) ** 0.5))
+            assert (weights[row][~targets] == 0).all()
+            idx = batch["image_input_idx"][row]
+            assert idx.max() < lengths[row]
+
+
+def test_uint8_transport_gives_the_float32_batches(tokenizer, tmp_path):
+    """Two real workers shipping uint8 crops: after normalize_images, the float32 mode's
+    batches, up to the uint8 rounding (<= 0.5/255 in [0, 1] pixel units)."""
+    write_dataset(tmp_path / "ds", [noisy_sample(i) for i in range(9)], name="ds",
+                  config=ShardConfig(max_samples=4))
+    source = DatasetConfig("ds", str(tmp_path / "ds"))
+    floats = run(MolmoLoader(config(source, mode="finite", pixel_dtype="float32"), tokenizer,
+                             PRE))
+    uint8s = run(MolmoLoader(config(source, mode="finite"), tokenizer, PRE))
+    assert len(floats) == 6  # 9 samples, 2 workers, batch 2: the epoch padded to 12
+    std = torch.tensor(PRE.image_std).repeat(PRE.patch_dim // 3)
+    errors = []
+    for (f, fi, _), (u, ui, _) in zip(floats, uint8s, strict=True):
+        assert fi.keys == ui.keys and u["images"].dtype == torch.uint8
+        got = normalize_images(u, PRE)
+        assert got.keys() == f.keys()
+        for key in f.keys() - {"images"}:
+            assert torch.equal(got[key], f[key]), key
+        absent = (f["images"] == -1).flatten(2).all(2)
+        assert torch.equal(absent, ~u["crop_mask"])
+        assert (got["images"][absent] == -1).all()
+        errors.append(((got["images"] - f["images"])[~absent] * std).abs().max().item())
+    assert 0.4 / 255 < max(errors) <= 0.5 / 255 + 1e-6
+
+
+def test_truncation_keeps_the_image_block(tokenizer, tmp_path):
+    write_dataset(tmp_path / "ds", [make_sample(i) for i in range(4)], name="ds")
+    source = DatasetConfig("ds", str(tmp_path / "ds"))
+    uncapped = run(MolmoLoader(config(source, num_workers=0, mode="finite"), tokenizer, PRE))
+    image_end = int(max(b["image_input_idx"].max() for b, _, _ in uncapped)) + 2
+    cap = image_end + 5
+    capped = run(MolmoLoader(config(source, num_workers=0, mode="finite",
+                                    max_sequence_length=cap), tokenizer, PRE))
+    for (full, _, _), (cut, _, _) in zip(uncapped, capped, strict=True):
+        assert cut["input_ids"].shape[1] == cap < full["input_ids"].shape[1]
+        assert torch.equal(cut["input_ids"], full["input_ids"][:, :cap])
+        assert torch.equal(cut["image_input_idx"], full["image_input_idx"])
+    too_small = config(source, num_workers=0, mode="finite", max_sequence_length=20,
+                       max_consecutive_failures=0)
+    with pytest.raises(PixmoError, match="BOS \\+ image block need .* more than "
+                                         "max_sequence_length 20"):
+        run(MolmoLoader(too_small, tokenizer, PRE))
+
+
+def test_config_from_dict():
+    cfg = DataConfig.from_dict({
+        "batch_size": 8, "mode": "resampled",
+        "datasets": [{"name": "cap", "source": ["a/shards/x-000000.tar"], "size": 50000,
+                      "tasks": {"tasks": ["long_caption", "transcript"],
+                                "caption_prompt": "length_hint"}},
+                     {"name": "points", "source": "b"}],
+    })
+    assert cfg.datasets[0].source == ("a/shards/x-000000.tar",)
+    assert cfg.datasets[0].tasks == TaskConfig(tasks=("long_caption", "transcript"),
+                                               caption_prompt="length_hint")
+    assert cfg.datasets[1].tasks == TaskConfig()
+    with pytest.raises(ValueError, match=r"data.datasets\[0\].tasks: unknown keys \['style'\]"):
+        DataConfig.from_dict({"datasets": [{"name": "a", "source": "a",
+                                            "tasks": {"style": "x"}}]})
+    assert cfg.pixel_dtype == "uint8"
+    with pytest.raises(ValueError, match="pixel_dtype must be one of"):
+        DataConfig.from_dict({"pixel_dtype": "bf16", "datasets": [{"name": "a", "source": "a"}]})
+    assert cfg.worker_type == "process"
+    with pytest.raises(ValueError, match="worker_type must be one of"):
+        DataConfig.from_dict({"worker_type": "fiber", "datasets": [{"name": "a", "source": "a"}]})
+    with pytest.raises(ValueError, match="worker_timeout_s must be >= 0"):
+        DataConfig.from_dict({"worker_timeout_s": -1,
+                              "datasets": [{"name": "a", "source": "a"}]})
+    with pytest.raises(ValueError, match="rates need mode 'resampled'"):
+        DataConfig.from_dict({"mode": "finite",
+                              "datasets": [{"name": "a", "source": "a", "rate": 1.0}]})
+
+
+def test_rank_and_world_size_default_to_torch_distributed(tokenizer, dataset, tmp_path):
+    import subprocess
+    import sys
+
+    import torch.distributed as dist
+
+    assert (MolmoLoader(config(DatasetConfig("ds", str(dataset))), tokenizer, PRE).world_size
+            == 1)
+    store = f"file://{tmp_path / 'store'}"
+    peer = subprocess.Popen([sys.executable, "-c", (
+        "import torch.distributed as dist\n"
+        f"dist.init_process_group('gloo', init_method={store!r}, rank=1, world_size=2)\n"
+        "dist.barrier()\ndist.destroy_process_group()\n")])
+    dist.init_process_group("gloo", init_method=store, rank=0, world_size=2)
+    try:
+        loader = MolmoLoader(config(DatasetConfig("ds", str(dataset))), tokenizer, PRE)
+        assert (loader.rank, loader.world_size) == (0, 2)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+        assert peer.wait(timeout=60) == 0
+    with pytest.raises(ValueError, match=r"rank 2 is not in \[0, world_size 2\)"):
+        MolmoLoader(config(DatasetConfig("ds", str(dataset))), tokenizer, PRE, rank=2,
+                    world_size=2)
