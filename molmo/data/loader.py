@@ -1,8 +1,8 @@
 """The training data loader: PixMo shards in, model-ready Molmo batches out, exactly resumable.
 
 Each (rank, worker) pair is a *slot* with its own contiguous, block-shuffled slice of every
-epoch (``molmo/data/order.py``); a slot turns samples into examples (``molmo/data/tasks.py``), runs the
-Molmo preprocessor and collates whole batches inside its worker (a DataLoader process or a
+epoch (``molmo/data/order.py``); a slot turns samples into examples
+(``molmo/data/tasks.py``), runs the Molmo preprocessor and collates whole batches inside its worker (a DataLoader process or a
 thread, ``worker_type``). Batches are taken from the workers round-robin, so the batch sequence
 of a rank is fixed by the seed, the world size and the worker count, and a slot's position is a
 few counters: ``state_dict`` records them for the batches the training loop actually received,

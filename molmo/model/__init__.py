@@ -1,0 +1,1 @@
+"""The Molmo model: config, vision encoder, connector, decoder LLMs and checkpoint weights."""

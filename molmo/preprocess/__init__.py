@@ -1,1 +1,1 @@
-"""Model inputs: tokenizer, chat format, multi-crop images and the token layout (``MolmoProcessor``)."""
+"""Model inputs: tokenizer, chat format, multi-crop images, token layout (``MolmoProcessor``)."""

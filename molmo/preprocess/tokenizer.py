@@ -301,6 +301,7 @@ def _import_tokenizers() -> Any:
         import tokenizers
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError(
-            "molmo.preprocess.tokenizer needs the 'tokenizers' package: pip install 'pixmo-toolkit[train]'"
+            "molmo.preprocess.tokenizer needs the 'tokenizers' package: "
+            "pip install 'pixmo-toolkit[train]'"
         ) from exc
     return tokenizers

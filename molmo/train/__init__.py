@@ -1,1 +1,1 @@
-"""Training: config, the torchrun loop, parallelism, optimizer, schedule, metrics and resumable checkpoints."""
+"""Training: config, torchrun loop, parallelism, optimizer, schedule, metrics, checkpoints."""

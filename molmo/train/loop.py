@@ -33,9 +33,9 @@ from molmo.model.molmo import Molmo, token_loss
 from molmo.model.weights import from_pretrained, save_pretrained
 from molmo.preprocess.processor import normalize_images
 from molmo.preprocess.tokenizer import MolmoTokenizer
+from molmo.train import parallel
 from molmo.train.checkpoint import Checkpointer
 from molmo.train.config import TrainConfig
-from molmo.train import parallel
 from molmo.train.metrics import FlopModel, MetricsWriter, StepTotals, peak_flops
 from molmo.train.optim import build_optimizer, clip_per_group, freeze, set_lrs
 from pixmo.atomic import atomic_directory

@@ -1,1 +1,1 @@
-"""The build as an Apache Beam graph, and the local process pool, disk groupings and progress it uses."""
+"""The build as an Apache Beam graph, with the local process pool, disk groupings and progress."""

@@ -1,1 +1,1 @@
-"""Looking at a dataset: points drawn on images (``pixmo show``) and the HTML report (``pixmo report``)."""
+"""Looking at a dataset: points drawn on images (``pixmo show``), the page of ``pixmo report``."""

@@ -1,1 +1,1 @@
-"""Speech to text for spoken captions: audio decoding, Whisper backends, quality control and the bundled weights."""
+"""Speech to text for spoken captions: audio, Whisper backends, quality control, bundled weights."""

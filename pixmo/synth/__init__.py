@@ -1,1 +1,1 @@
-"""Demo data: synthetic scenes, synthesized speech and simulated annotators (never imported by the core)."""
+"""Demo data: synthetic scenes, synthesized speech, simulated annotators (not for the core)."""
