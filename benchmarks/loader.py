@@ -47,7 +47,7 @@ def _sample(i: int, rng: np.random.Generator):
 
     from PIL import Image
 
-    from pixmo.dataset.shards import ShardSample
+    from pixmo.dataset.format import ShardSample
 
     h, w = (480, 640) if i % 2 else (640, 480)
     y, x = np.mgrid[0:h, 0:w]
@@ -74,7 +74,7 @@ def _sample(i: int, rng: np.random.Generator):
 
 
 def make_dataset(path: Path, n: int) -> None:
-    from pixmo.dataset.shards import ShardConfig, write_dataset
+    from pixmo.dataset.writer import ShardConfig, write_dataset
 
     rng = np.random.default_rng(0)
     write_dataset(path, (_sample(i, rng) for i in range(n)), name=path.name,
@@ -165,7 +165,7 @@ def run_one(spec: dict) -> dict:
     if spec["kind"] == "webdataset":
         import webdataset as wds
 
-        from pixmo.dataset.shards import shard_urls
+        from pixmo.dataset.reader import shard_urls
 
         start, cpu_at = time.perf_counter(), _cpu_seconds()
         dataset = wds.WebDataset(shard_urls(spec["data"]), shardshuffle=False,
@@ -174,7 +174,7 @@ def run_one(spec: dict) -> dict:
         steady_at, steady_n, cpu_end = start, 0, _cpu_seconds()
     else:
         from molmo.data.loader import DataConfig, DatasetConfig, MolmoLoader
-        from molmo.preprocess.processor import normalize_images
+        from molmo.preprocess.batching import normalize_images
         from molmo.preprocess.tokenizer import MolmoTokenizer
 
         start = time.perf_counter()

@@ -16,7 +16,8 @@ import torch
 
 from molmo.generate import GenerationConfig, generate
 from molmo.model.weights import from_pretrained, read_config
-from molmo.preprocess.processor import MolmoProcessor, PreprocessConfig
+from molmo.preprocess.config import PreprocessConfig
+from molmo.preprocess.processor import MolmoProcessor
 from molmo.preprocess.tokenizer import MolmoTokenizer
 from pixmo.points.text import parse_points
 

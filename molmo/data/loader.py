@@ -48,7 +48,9 @@ from molmo.data.order import (
 )
 from molmo.data.tasks import DEFAULT_MAX_PIXELS, TaskConfig, build_example, load_image
 from molmo.data.workers import round_robin
-from molmo.preprocess.processor import PIXEL_DTYPES, MolmoProcessor, PreprocessConfig, collate
+from molmo.preprocess.batching import collate
+from molmo.preprocess.config import PIXEL_DTYPES, PreprocessConfig
+from molmo.preprocess.processor import MolmoProcessor
 from molmo.preprocess.tokenizer import TextTokenizer
 from pixmo.config import from_mapping
 from pixmo.errors import ConfigError, PixmoError

@@ -24,12 +24,15 @@ import torch
 from molmo.data.tasks import CAPTION_TEMPLATES, load_image
 from molmo.generate import GenerationConfig, collate_prompts, generate
 from molmo.model.molmo import Molmo, token_loss
+from molmo.preprocess.batching import collate
 from molmo.preprocess.chat import Conversation
-from molmo.preprocess.processor import MolmoProcessor, PreprocessConfig, collate
+from molmo.preprocess.config import PreprocessConfig
+from molmo.preprocess.processor import MolmoProcessor
 from molmo.preprocess.tokenizer import MolmoTokenizer
 from molmo.train.config import EvalConfig
 from pixmo.atomic import atomic_write_bytes
-from pixmo.dataset.shards import ShardSample, iter_samples
+from pixmo.dataset.format import ShardSample
+from pixmo.dataset.reader import iter_samples
 from pixmo.errors import PixmoError
 from pixmo.points.metrics import count_accuracy, mean_pointing, parse_count, pointing_score
 from pixmo.points.prompts import point_prompt

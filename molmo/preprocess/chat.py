@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from molmo.preprocess.tokenizer import TextTokenizer
-from pixmo.errors import ConfigError, PixmoError
+from pixmo.config import at_least, between, check_fields, one_of
+from pixmo.errors import PixmoError
 
 MESSAGE_FORMATS = ("role", "none")
 
@@ -46,16 +47,8 @@ class ChatConfig:
     inference_length_hint: int = 65
 
     def __post_init__(self) -> None:
-        if self.message_format not in MESSAGE_FORMATS:
-            raise ConfigError(f"must be one of {MESSAGE_FORMATS}, got {self.message_format!r}",
-                              field="ChatConfig.message_format")
-        for name in ("demo_tag_prob", "length_hint_drop_prob"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ConfigError(f"must be in [0, 1], got {value}", field=f"ChatConfig.{name}")
-        if self.length_hint_divisor < 1:
-            raise ConfigError(f"must be >= 1, got {self.length_hint_divisor}",
-                              field="ChatConfig.length_hint_divisor")
+        check_fields(self, message_format=one_of(MESSAGE_FORMATS), demo_tag_prob=between(0, 1),
+                     length_hint_drop_prob=between(0, 1), length_hint_divisor=at_least(1))
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import Any
 
 from molmo.data.loader import DataConfig
 from molmo.model.config import MolmoConfig, preset
-from molmo.preprocess.processor import PreprocessConfig
+from molmo.preprocess.config import PreprocessConfig
 from pixmo.config import from_mapping, to_plain
 from pixmo.errors import ConfigError, PixmoError
 

@@ -31,7 +31,7 @@ from torch import nn
 from molmo.data.loader import BatchInfo, MolmoLoader
 from molmo.model.molmo import Molmo, token_loss
 from molmo.model.weights import from_pretrained, save_pretrained
-from molmo.preprocess.processor import normalize_images
+from molmo.preprocess.batching import normalize_images
 from molmo.preprocess.tokenizer import MolmoTokenizer
 from molmo.train import parallel
 from molmo.train.checkpoint import Checkpointer

@@ -16,9 +16,11 @@ from PIL import Image
 
 from molmo.data.loader import DataConfig, DatasetConfig, MolmoLoader
 from molmo.data.tasks import CAPTION_TEMPLATES, TaskConfig
-from molmo.preprocess.processor import PreprocessConfig, normalize_images
+from molmo.preprocess.batching import normalize_images
+from molmo.preprocess.config import PreprocessConfig
 from molmo.preprocess.tokenizer import train_bpe_tokenizer
-from pixmo.dataset.shards import ShardConfig, ShardSample, write_dataset
+from pixmo.dataset.format import ShardSample
+from pixmo.dataset.writer import ShardConfig, write_dataset
 from pixmo.errors import PixmoError
 from pixmo.points.prompts import POINT_COUNT_TEMPLATES, POINTING_TEMPLATES
 from tests.conftest import make_sample

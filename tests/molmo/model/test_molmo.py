@@ -15,8 +15,9 @@ from molmo.model.config import LLMConfig, VisionConfig, preset
 from molmo.model.llm import MoEMLP
 from molmo.model.molmo import Molmo, token_loss
 from molmo.model.weights import from_pretrained
+from molmo.preprocess.batching import collate
 from molmo.preprocess.chat import Conversation
-from molmo.preprocess.processor import MolmoProcessor, collate
+from molmo.preprocess.processor import MolmoProcessor
 from molmo.preprocess.tokenizer import ImageTokenIds
 from pixmo.errors import PixmoError
 from tests.paths import OFFICIAL_TINY

@@ -1,4 +1,5 @@
-"""Molmo preprocessing against arrays computed by the official HF processor, plus layout tests.
+"""The Molmo processor against arrays computed by the official HF processor, plus token layout
+and label tests.
 
 Fixture: tests/data/molmo_official_tiny (see its README). Text ids come from the fixture's stub
 tokenizer: each UTF-8 byte b -> (37*b + 11) % 500, special ids from special_tokens.json.
@@ -6,55 +7,22 @@ tokenizer: each UTF-8 byte b -> (37*b + 11) % 500, special ids from special_toke
 
 from __future__ import annotations
 
-import json
 import pickle
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from molmo.preprocess.chat import ChatConfig, Conversation
-from molmo.preprocess.processor import (
-    PREFIX_SUBSEGMENT,
-    MolmoProcessor,
-    PreprocessConfig,
-    collate,
-    normalize_images,
-    preprocess_image,
-    select_tiling,
-)
-from molmo.preprocess.tokenizer import ImageTokenIds, TextTokenizer
+from molmo.preprocess.config import PreprocessConfig
+from molmo.preprocess.processor import PREFIX_SUBSEGMENT, MolmoProcessor
+from molmo.preprocess.tokenizer import TextTokenizer
 from pixmo.errors import PixmoError
-from tests.paths import OFFICIAL_TINY
+from tests.molmo.preprocess.stub_tokenizer import DATA, SPECIAL, StubTokenizer
 
-DATA = OFFICIAL_TINY
-SPECIAL = json.loads((DATA / "special_tokens.json").read_text())
 FULL = ["ex_480x640", "ex_100x300"]
 LAYOUTS = sorted(p.name for p in (DATA / "layouts").iterdir())
-
-
-class StubTokenizer:
-    """The fixture's stand-in tokenizer (bytes -> (37 b + 11) mod 500), invertible."""
-
-    bos_id = None
-    eos_id = SPECIAL["eos_id"]
-    image_ids = ImageTokenIds(
-        SPECIAL["im_start"],
-        SPECIAL["im_end"],
-        SPECIAL["im_patch"],
-        SPECIAL["im_col"],
-        SPECIAL["image_prompt"],
-    )
-
-    def encode(self, text: str) -> list[int]:
-        return [(37 * b + 11) % 500 for b in text.encode("utf-8")]
-
-    def decode(self, ids) -> str:
-        inv = pow(37, -1, 500)
-        return bytes(((i - 11) * inv) % 500 for i in ids if i != self.eos_id).decode("utf-8")
 
 
 def enc(text: str) -> list[int]:
@@ -124,73 +92,6 @@ def test_text_after_image_is_role_format(processor):
     text_ids = _load(DATA / "ex_480x640", "text_ids")
     assert list(text_ids) == enc(" User: What is in this image? Assistant:")
     assert StubTokenizer().decode(text_ids) == " User: What is in this image? Assistant:"
-
-
-@pytest.mark.parametrize(
-    ("hw", "tiling"),
-    [
-        ((336, 336), (1, 1)),
-        ((480, 640), (2, 3)),
-        ((1000, 200), (4, 1)),
-        ((768, 1024), (3, 4)),
-        ((64, 1500), (1, 1)),
-        ((17, 23), (1, 1)),
-        ((300, 3000), (1, 12)),
-        ((337, 337), (2, 2)),
-        ((112, 500), (1, 2)),
-        ((2000, 150), (9, 1)),
-        ((100, 300), (1, 1)),
-    ],
-)
-def test_select_tiling_matches_official_table(hw, tiling):
-    h, w = hw
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the 112 px division by zero must stay silent
-        assert select_tiling(h - 112, w - 112, 224, 12) == tiling
-
-
-def test_mask_quirk_off_gives_each_crops_own_mask():
-    d = DATA / "ex_480x640"
-    image = Image.open(d / "image.png")
-    ids = StubTokenizer.image_ids
-    fixed = preprocess_image(image, PreprocessConfig(official_mask_quirk=False), ids)
-    quirk = preprocess_image(image, PreprocessConfig(official_mask_quirk=True), ids)
-    official = _load(d, "image_masks")
-
-    np.testing.assert_array_equal(quirk.image_masks, official)
-    # Hi-res crop i keeps its own mask: the official row i-1, and no -1 row anywhere.
-    np.testing.assert_array_equal(fixed.image_masks[1:], official[:-1])
-    assert (fixed.image_masks >= 0).all()
-    # Global view: scale float32(336/640) = 0.52499998 truncates 480 px to 251 rows (not 252),
-    # centred with 42 px (3 patch rows) on top: patch row 20 holds 13 real pixel rows of 14.
-    expected_global = np.ones((24, 24), np.float32)
-    expected_global[:3] = 0.0
-    expected_global[20] = np.float32(13 * 14 / 196)
-    expected_global[21:] = 0.0
-    np.testing.assert_array_equal(fixed.image_masks[0].reshape(24, 24), expected_global)
-    # Everything else is unchanged by the flag.
-    np.testing.assert_array_equal(fixed.images, quirk.images)
-    np.testing.assert_array_equal(fixed.tokens, quirk.tokens)
-    np.testing.assert_array_equal(fixed.image_input_idx, quirk.image_input_idx)
-
-
-def test_partial_patch_mask_fraction():
-    """A global view whose padding edge cuts a patch gives k/196 fractions."""
-    image = np.zeros((100, 300, 3), np.uint8)  # global 112x336: top pad 112 px = 8 patches exactly
-    out = preprocess_image(
-        image, PreprocessConfig(official_mask_quirk=False), StubTokenizer.image_ids
-    )
-    rows = out.image_masks[0].reshape(24, 24)[:, 0]
-    np.testing.assert_array_equal(rows, [0.0] * 8 + [1.0] * 8 + [0.0] * 8)
-    tall = np.zeros((336, 300, 3), np.uint8)  # global 336x300: 18 px of padding each side
-    cols = (
-        preprocess_image(tall, PreprocessConfig(official_mask_quirk=False), StubTokenizer.image_ids)
-        .image_masks[0]
-        .reshape(24, 24)[0]
-    )
-    assert (
-        cols[0] == 0.0 and cols[1] == np.float32(10 * 14 / 196) and cols[-2] == np.float32(10 / 14)
-    )
 
 
 def test_layout_counts(processor):
@@ -307,103 +208,6 @@ def test_bad_inputs_raise():
         MolmoProcessor(StubTokenizer())(None, [1, 2])
     with pytest.raises(PixmoError, match="weight must be >= 0"):
         MolmoProcessor(StubTokenizer())(None, "q", weight=-1.0)
-    with pytest.raises(ValueError, match="overlap_margins"):
-        PreprocessConfig(overlap_margins=(3, 4))
-    with pytest.raises(ValueError, match="conversation_weighting"):
-        PreprocessConfig(conversation_weighting="sqrt")
-
-
-def test_collate_pads_like_the_official_collator(processor):
-    small = processor(Image.open(DATA / "layouts" / "17x23" / "image.png"), ["q", "a"])  # 2 crops
-    big = processor(Image.open(DATA / "layouts" / "337x337" / "image.png"), "question?")  # 5 crops
-    text = processor(None, "no image")
-    batch = collate([small, big, text])
-    L = max(len(small["input_ids"]), len(big["input_ids"]))
-    assert batch["input_ids"].shape == (3, L) and batch["input_ids"].dtype == torch.int64
-    assert batch["images"].shape == (3, 5, 576, 588)
-    assert batch["image_masks"].shape == (3, 5, 576) and batch["image_input_idx"].shape == (
-        3,
-        5,
-        144,
-    )
-    n = len(small["input_ids"])
-    assert (batch["input_ids"][0, n:] == -1).all() and (batch["labels"][0, n:] == -100).all()
-    assert (batch["loss_masks"][0, n:] == 0).all()
-    np.testing.assert_array_equal(batch["input_ids"][0, :n].numpy(), small["input_ids"])
-    np.testing.assert_array_equal(batch["images"][0, :2].numpy(), small["images"])
-    assert (batch["images"][0, 2:] == -1).all() and (batch["image_masks"][2] == -1).all()
-    assert (batch["image_input_idx"][0, 2:] == -1).all()
-
-    fixed = collate([small, text], pad_to_length=512, pad_crops_to=13)
-    assert fixed["input_ids"].shape == (2, 512) and fixed["images"].shape == (2, 13, 576, 588)
-    with pytest.raises(ValueError, match="more than the pad 100"):
-        collate([small], pad_to_length=100)
-
-
-@pytest.mark.parametrize("quirk", [True, False])
-def test_uint8_crops_normalised_match_the_float_path(quirk):
-    """uint8 transport (round(255 x), then normalize_images after collate) gives the float32
-    batch: same keys, layout and -1 crops, pixels within the rounding bound of 0.5/255."""
-    cfg = PreprocessConfig(official_mask_quirk=quirk)
-    as_float = MolmoProcessor(StubTokenizer(), cfg)
-    as_uint8 = MolmoProcessor(StubTokenizer(), cfg, pixel_dtype="uint8")
-    inputs = [
-        (Image.open(DATA / "ex_480x640" / "image.png"), "q"),
-        (None, "no image"),
-        (Image.open(DATA / "layouts" / "2000x150" / "image.png"), ["q", "a"]),
-        (Image.open(DATA / "ex_100x300" / "image.png"), "q"),
-    ]
-    floats = [as_float(image, text) for image, text in inputs]
-    uint8s = [as_uint8(image, text) for image, text in inputs]
-    for f, u in zip(floats, uint8s, strict=True):
-        assert u["images"].dtype == np.uint8 and u["images"].shape == f["images"].shape
-        for key in f.keys() - {"images"}:
-            np.testing.assert_array_equal(u[key], f[key])
-
-    expected = collate(floats)
-    transported = collate(uint8s)
-    assert transported["images"].dtype == torch.uint8
-    got = normalize_images(transported, cfg)
-    assert got.keys() == expected.keys() and "crop_mask" in transported
-    for key in expected.keys() - {"images"}:
-        assert torch.equal(got[key], expected[key]), key
-    images, ref = got["images"], expected["images"]
-    assert images.dtype == torch.float32 and images.shape == ref.shape
-    absent = (ref == -1).flatten(2).all(2)
-    assert absent.sum() == sum(ref.shape[1] - len(f["images"]) for f in floats) > 0
-    assert torch.equal(absent, (images == -1).flatten(2).all(2))
-    real = images[~absent]
-    # Back to [0, 1] pixel units, channel by channel: |u8 / 255 - x| <= 0.5 / 255.
-    std = torch.tensor(cfg.image_std).repeat(196)
-    error = ((real - ref[~absent]) * std).abs().max().item()
-    assert error <= 0.5 / 255 + 1e-6
-    assert error > 0.4 / 255  # rounding really happened (a float path in disguise would be 0)
-
-
-def test_uint8_collate_pads_with_zero_and_masks_real_crops():
-    proc = MolmoProcessor(StubTokenizer(), PreprocessConfig(), pixel_dtype="uint8")
-    small = proc(Image.open(DATA / "layouts" / "17x23" / "image.png"), ["q", "a"])  # 2 crops
-    big = proc(Image.open(DATA / "layouts" / "337x337" / "image.png"), "question?")  # 5 crops
-    text = proc(None, "no image")
-    assert text["images"].dtype == np.uint8 and text["images"].shape == (0, 576, 588)
-    batch = collate([small, text, big], pad_crops_to=6)
-    assert batch["images"].shape == (3, 6, 576, 588) and batch["images"].dtype == torch.uint8
-    np.testing.assert_array_equal(batch["images"][2, :5].numpy(), big["images"])
-    assert (batch["images"][0, 2:] == 0).all() and (batch["images"][1] == 0).all()
-    assert batch["crop_mask"].tolist() == [
-        [True, True, False, False, False, False],
-        [False] * 6,
-        [True] * 5 + [False],
-    ]
-    assert (batch["image_masks"][0, 2:] == -1).all() and (batch["image_input_idx"][1] == -1).all()
-    normalised = normalize_images(batch, PreprocessConfig())
-    assert (normalised["images"][1] == -1).all() and (normalised["images"][2, 5] == -1).all()
-    assert "crop_mask" not in normalised and "crop_mask" in batch  # the input is left alone
-
-    with pytest.raises(ValueError, match="images mix dtypes"):
-        collate([small, MolmoProcessor(StubTokenizer())(None, "float")])
-    with pytest.raises(ValueError, match="expects uint8 images, got torch.float32"):
-        normalize_images({**normalised, "crop_mask": batch["crop_mask"]}, PreprocessConfig())
     with pytest.raises(ValueError, match="pixel_dtype must be one of"):
         MolmoProcessor(StubTokenizer(), pixel_dtype="float16")
 
