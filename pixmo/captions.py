@@ -4,8 +4,9 @@ PixMo had Claude rewrite the spoken transcripts: with one transcript it
 cleaned it up, with several it merged them. Here the default is a
 deterministic clean-up (no model, same output every run); the LLM rewrite goes
 through any OpenAI-compatible chat-completions endpoint (vLLM, llama.cpp,
-hosted), with both prompts configurable, bounded time, retries with backoff and
-an on-disk cache keyed by the request, so a re-run sends nothing.
+hosted), with both prompts configurable, requests bounded and retried by the
+toolkit's one HTTP client (``pixmo.fetch``) and an on-disk cache keyed by the
+request, so a re-run sends nothing.
 
 This stage only adds a caption: the raw transcripts stay in the sample. So a
 caption it cannot write (the endpoint down, every retry timed out) rejects no
@@ -17,22 +18,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import re
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pixmo.atomic import atomic_write_bytes
+from pixmo.config import above, at_least, at_most, check_fields, one_of
 from pixmo.errors import ConfigError, PixmoError
+from pixmo.fetch import FetchConfig, FetchError, fetch_bytes, finite
 from pixmo.rejects import Reason
 from pixmo.remote import is_http
-
-log = logging.getLogger(__name__)
 
 STAGE = "caption"
 METHODS = ("cleanup", "llm")
@@ -60,10 +58,13 @@ MERGE_PROMPT = (
 
 
 @dataclass(frozen=True)
-class LLMConfig:
-    """An OpenAI-compatible chat endpoint. ``base_url`` ends before
+class CaptionLLMConfig:
+    """The OpenAI-compatible chat endpoint that rewrites transcripts into captions
+    (not the model that ``molmo`` trains). ``base_url`` ends before
     ``/chat/completions`` (e.g. ``http://127.0.0.1:8000/v1``). ``clean_prompt``
-    must contain ``{transcript}``, ``merge_prompt`` ``{transcripts}``."""
+    must contain ``{transcript}``, ``merge_prompt`` ``{transcripts}``. The limits
+    are ``pixmo.fetch``'s: ``timeout_s`` per attempt, ``retries`` after the first
+    with backoff from ``backoff_s`` doubling each time."""
 
     base_url: str
     model: str
@@ -81,36 +82,36 @@ class LLMConfig:
 
     def __post_init__(self) -> None:
         if not is_http(self.base_url):
-            raise ConfigError(f"must be http(s), got {self.base_url!r}", field="LLMConfig.base_url")
+            raise ConfigError(f"must be http(s), got {self.base_url!r}",
+                              field="CaptionLLMConfig.base_url")
         if "{transcript}" not in self.clean_prompt:
-            raise ConfigError("must contain {transcript}", field="LLMConfig.clean_prompt")
+            raise ConfigError("must contain {transcript}", field="CaptionLLMConfig.clean_prompt")
         if "{transcripts}" not in self.merge_prompt:
-            raise ConfigError("must contain {transcripts}", field="LLMConfig.merge_prompt")
-        if self.timeout_s <= 0:
-            raise ConfigError(f"must be positive, got {self.timeout_s}",
-                              field="LLMConfig.timeout_s")
-        if self.retries < 0:
-            raise ConfigError(f"must be >= 0, got {self.retries}", field="LLMConfig.retries")
+            raise ConfigError("must contain {transcripts}", field="CaptionLLMConfig.merge_prompt")
+        check_fields(self, timeout_s=finite(above(0)), retries=at_least(0),
+                     backoff_s=finite(at_least(0)), max_response_bytes=at_least(1))
+
+    @property
+    def fetch(self) -> FetchConfig:
+        """The limits of one chat request."""
+        return FetchConfig(timeout_s=self.timeout_s, max_bytes=self.max_response_bytes,
+                           retries=self.retries, backoff_base_s=self.backoff_s)
 
 
 @dataclass(frozen=True)
 class CaptionConfig:
     method: str = "cleanup"
-    llm: LLMConfig | None = None
+    llm: CaptionLLMConfig | None = None
     fillers: tuple[str, ...] = DEFAULT_FILLERS
     filler_phrases: tuple[str, ...] = DEFAULT_FILLER_PHRASES
     # sentences sharing at least this fraction of words count as the same sentence
     duplicate_overlap: float = 0.75
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ConfigError(f"must be one of {METHODS}, got {self.method!r}",
-                              field="CaptionConfig.method")
+        check_fields(self, method=one_of(METHODS), duplicate_overlap=above(0))
+        check_fields(self, duplicate_overlap=at_most(1))
         if self.method == "llm" and self.llm is None:
             raise ConfigError("is required when method is 'llm'", field="CaptionConfig.llm")
-        if not 0 < self.duplicate_overlap <= 1:
-            raise ConfigError(f"must be in (0, 1], got {self.duplicate_overlap}",
-                              field="CaptionConfig.duplicate_overlap")
 
 
 @dataclass(frozen=True)
@@ -233,20 +234,15 @@ def merge_transcripts(texts: Sequence[str], cfg: CaptionConfig | None = None) ->
 # ---------------------------------------------------------------- LLM rewrite
 
 
-class _Retryable(Exception):
-    """A failure worth another try: timeout, connection error, 429 or 5xx."""
-
-
 class LLMClient:
-    """Chat completions over HTTP with the standard library: bounded time and
-    response size, retries with exponential backoff, and a request-keyed
-    cache."""
+    """Chat completions through ``pixmo.fetch`` (bounded time and response size,
+    retries with backoff), with a request-keyed cache."""
 
-    def __init__(self, cfg: LLMConfig, sleep: Any = time.sleep) -> None:
+    def __init__(self, cfg: CaptionLLMConfig,
+                 sleep: Callable[[float], object] = time.sleep) -> None:
         self.cfg = cfg
         self.url = cfg.base_url.rstrip("/") + "/chat/completions"
         self.sleep = sleep
-        self.requests_sent = 0
 
     def _body(self, prompt: str) -> dict[str, Any]:
         messages = [{"role": "user", "content": prompt}]
@@ -262,22 +258,14 @@ class LLMClient:
         return Path(self.cfg.cache_dir) / key[:2] / f"{key}.json"
 
     def complete(self, prompt: str) -> str:
-        """The reply's text. Raises ``_Retryable`` once the retries are spent
-        and ``PixmoError`` on a reply no retry can fix (4xx, malformed JSON)."""
+        """The reply's text. Raises a retryable ``FetchError`` once the retries
+        are spent and ``PixmoError`` on a reply no retry can fix (4xx, malformed
+        JSON, too large)."""
         body = self._body(prompt)
         cache = self._cache_path(body)
         if cache is not None and cache.is_file():
             return json.loads(cache.read_text(encoding="utf-8"))["content"]
-        for attempt in range(self.cfg.retries + 1):
-            try:
-                content = self._post(body)
-                break
-            except _Retryable as e:
-                if attempt == self.cfg.retries:
-                    raise
-                delay = self.cfg.backoff_s * 2**attempt
-                log.warning("%s: %s; retry %d in %.1f s", self.url, e, attempt + 1, delay)
-                self.sleep(delay)
+        content = self._post(body)
         if cache is not None:
             entry = {"request": body, "content": content}
             atomic_write_bytes(cache, json.dumps(entry, ensure_ascii=False).encode("utf-8"))
@@ -287,23 +275,13 @@ class LLMClient:
         headers = {"Content-Type": "application/json"}
         if self.cfg.api_key:
             headers["Authorization"] = f"Bearer {self.cfg.api_key}"
-        request = urllib.request.Request(
-            self.url, data=json.dumps(body).encode("utf-8"), headers=headers, method="POST"
-        )
-        self.requests_sent += 1
         try:
-            with urllib.request.urlopen(request, timeout=self.cfg.timeout_s) as response:
-                raw = response.read(self.cfg.max_response_bytes + 1)
-        except urllib.error.HTTPError as e:
-            if e.code == 429 or e.code >= 500:
-                raise _Retryable(f"HTTP {e.code}") from e
-            raise PixmoError(f"chat endpoint answered HTTP {e.code}: {e.reason}",
-                             file=self.url) from e
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
-            raise _Retryable(f"no answer within {self.cfg.timeout_s} s: {e}") from e
-        if len(raw) > self.cfg.max_response_bytes:
-            raise PixmoError(f"reply larger than max_response_bytes={self.cfg.max_response_bytes}",
-                             file=self.url)
+            raw = fetch_bytes(self.url, self.cfg.fetch, data=json.dumps(body).encode("utf-8"),
+                              headers=headers, sleep=self.sleep)
+        except FetchError as e:
+            if e.retryable or e.status is None:
+                raise
+            raise PixmoError(f"chat endpoint answered {e.reason}", file=self.url) from e
         try:
             content = json.loads(raw)["choices"][0]["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError) as e:
@@ -313,12 +291,19 @@ class LLMClient:
             raise PixmoError(f"reply content is {type(content).__name__}, not text", file=self.url)
         return content.strip()
 
+    def failure(self, error: FetchError) -> str:
+        """A caption failure's detail for a request that kept failing."""
+        what = (f"HTTP {error.status}" if error.status is not None
+                else f"no answer within {self.cfg.timeout_s} s: {error.reason}")
+        return f"{what} after {self.cfg.retries} retries"
+
 
 class CaptionWriter:
     """The caption stage: the transcript records of one image in, one
     ``Caption`` (or a ``CaptionFailure``) out."""
 
-    def __init__(self, cfg: CaptionConfig | None = None, sleep: Any = time.sleep) -> None:
+    def __init__(self, cfg: CaptionConfig | None = None,
+                 sleep: Callable[[float], object] = time.sleep) -> None:
         self.cfg = cfg or CaptionConfig()
         self.client = LLMClient(self.cfg.llm, sleep) if self.cfg.method == "llm" else None
 
@@ -333,9 +318,10 @@ class CaptionWriter:
         else:
             try:
                 text = self.client.complete(self._prompt(texts))
-            except _Retryable as e:
-                return CaptionFailure(Reason.CAPTION_FAILED,
-                                      f"{e} after {self.cfg.llm.retries} retries", session_ids)
+            except FetchError as e:
+                if not e.retryable:
+                    raise
+                return CaptionFailure(Reason.CAPTION_FAILED, self.client.failure(e), session_ids)
             model = self.cfg.llm.model
         if not text.strip():
             return CaptionFailure(Reason.CAPTION_FAILED, "caption is empty", session_ids)

@@ -1,14 +1,17 @@
-"""Bounded HTTP(S) downloads: the only network opener of the toolkit.
+"""Bounded HTTP(S) requests: the only HTTP client of the toolkit.
 
-Released PixMo subsets name their images by URL, and the official downloader
-hung on slow hosts, obeyed ``Retry-After`` dated days ahead and cached failures
-for good (pixmo.md 1.10, 6). Every request here is bounded: a total deadline
-per attempt that covers connecting, headers and a slowly dripping body; a byte
-cap checked against ``Content-Length`` and again while streaming; a redirect
-cap; a per-host concurrency bound shared by all threads of the process; and a
-fixed number of retries with capped exponential backoff for 429, 5xx and
-connection errors. Schemes come from an explicit table (http and https only);
-local paths and ``file:`` are the caller's business, and nothing runs a shell.
+Image downloads (GET) and the caption LLM's chat completions (JSON POST) both
+go through ``fetch_bytes``. Released PixMo subsets name their images by URL,
+and the official downloader hung on slow hosts, obeyed ``Retry-After`` dated
+days ahead and cached failures for good (pixmo.md 1.10, 6). Every request here
+is bounded: a total deadline per attempt that covers connecting, sending,
+headers and a slowly dripping body; a byte cap checked against
+``Content-Length`` and again while streaming; a redirect cap; a per-host
+concurrency bound shared by all threads of the process; and a fixed number of
+retries with capped exponential backoff (or the server's ``Retry-After``, cut
+to a cap) for 408, 429, 5xx and connection errors. Schemes come from an
+explicit table (http and https only); local paths and ``file:`` are the
+caller's business, and nothing runs a shell.
 """
 
 from __future__ import annotations
@@ -24,11 +27,12 @@ import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from urllib.parse import quote, urljoin, urlsplit
 
+from pixmo.config import Rule, above, at_least, check_fields
 from pixmo.errors import ConfigError, PixmoError
 
 log = logging.getLogger(__name__)
@@ -41,9 +45,15 @@ _PATH_SAFE = "!#$%&'()*+,/:;=?@[]~"
 _CHUNK = 1 << 16
 
 
+def finite(rule: Rule) -> Rule:
+    """``rule``, refusing infinity too: a wait or a deadline of ``inf`` never ends."""
+    return Rule(lambda v: bool(rule.test(v)) and math.isfinite(v),
+                f"a finite number {rule.wording}")
+
+
 @dataclass(frozen=True)
 class FetchConfig:
-    """Limits of one download (every attempt gets the whole ``timeout_s``)."""
+    """Limits of one request (every attempt gets the whole ``timeout_s``)."""
 
     timeout_s: float = 15.0  # total per attempt: connect, headers and body together
     max_bytes: int = 50 << 20
@@ -56,22 +66,10 @@ class FetchConfig:
     user_agent: str = "pixmo-toolkit/0.1 (+https://github.com/allenai/molmo)"
 
     def __post_init__(self) -> None:
-        for name in ("timeout_s", "backoff_cap_s"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ConfigError(f"must be a finite number > 0, got {value}",
-                                  field=f"FetchConfig.{name}")
-        for name in ("backoff_base_s", "retry_after_cap_s"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ConfigError(f"must be a finite number >= 0, got {value}",
-                                  field=f"FetchConfig.{name}")
-        for name, least in (("max_bytes", 1), ("max_redirects", 0), ("retries", 0),
-                            ("per_host_concurrency", 1)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < least:
-                raise ConfigError(f"must be an integer >= {least}, got {value!r}",
-                                  field=f"FetchConfig.{name}")
+        check_fields(self, timeout_s=finite(above(0)), backoff_base_s=finite(at_least(0)),
+                     backoff_cap_s=finite(above(0)), retry_after_cap_s=finite(at_least(0)),
+                     max_bytes=at_least(1), max_redirects=at_least(0), retries=at_least(0),
+                     per_host_concurrency=at_least(1))
         if not self.user_agent or any(c in self.user_agent for c in "\r\n"):
             raise ConfigError(f"must be one non-empty line, got {self.user_agent!r}",
                               field="FetchConfig.user_agent")
@@ -220,34 +218,56 @@ def _read_body(response: http.client.HTTPResponse, url: str, config: FetchConfig
     return b"".join(chunks)
 
 
-def _attempt(url: str, config: FetchConfig) -> bytes:
+@dataclass(frozen=True)
+class _Call:
+    """What a request sends besides its URL: the method, the body and the caller's headers."""
+
+    method: str
+    data: bytes | None
+    headers: Mapping[str, str]
+
+    def redirected(self, status: int, same_origin: bool) -> _Call:
+        """The request to send to a redirect's Location: a 303, or a 301 or 302 after a
+        POST, becomes a GET without body (as browsers do); the caller's headers (an API
+        key) go only to the origin they were given for."""
+        method, data = self.method, self.data
+        if status == 303 or (status in (301, 302) and method == "POST"):
+            method, data = "GET", None
+        return _Call(method, data, self.headers if same_origin else {})
+
+
+def _attempt(url: str, config: FetchConfig, call: _Call) -> bytes:
     """One attempt, following redirects, within one deadline."""
     deadline = time.monotonic() + config.timeout_s
     seen = {url}
     current = url
     for _ in range(config.max_redirects + 1):
-        scheme, host, port, path = _origin(current)
-        semaphore = _HOST_LIMITS.get((scheme, host, port), config.per_host_concurrency)
+        origin = _origin(current)
+        semaphore = _HOST_LIMITS.get(origin[:3], config.per_host_concurrency)
         remaining = deadline - time.monotonic()
         if not semaphore.acquire(timeout=max(remaining, 0.0)):
-            raise _Retry(FetchError(f"no free connection slot for {host} within the timeout",
+            raise _Retry(FetchError(f"no free connection slot for {origin[1]} within the timeout",
                                     url=url, retryable=True))
         try:
-            location = _request(current, url, scheme, host, port, path, config, deadline)
+            answer = _request(origin, url, call, config, deadline)
         finally:
             semaphore.release()
-        if isinstance(location, bytes):
-            return location
+        if isinstance(answer, bytes):
+            return answer
+        status, location = answer
         current = urljoin(current, location)
         if current in seen:
             raise FetchError(f"redirect loop at {current}", url=url, retryable=False)
         seen.add(current)
+        call = call.redirected(status, _origin(current)[:3] == origin[:3])
     raise FetchError(f"more than {config.max_redirects} redirects", url=url, retryable=False)
 
 
-def _request(current: str, url: str, scheme: str, host: str, port: int, path: str,
-             config: FetchConfig, deadline: float) -> bytes | str:
-    """GET ``current``; the body, or the Location of a redirect."""
+def _request(origin: tuple[str, str, int, str], url: str, call: _Call, config: FetchConfig,
+             deadline: float) -> bytes | tuple[int, str]:
+    """Send ``call`` to ``origin`` (scheme, host, port, path); the body, or the status
+    and Location of a redirect."""
+    scheme, host, port, path = origin
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         raise _Retry(FetchError(f"timed out after {config.timeout_s}s", url=url, retryable=True))
@@ -257,8 +277,9 @@ def _request(current: str, url: str, scheme: str, host: str, port: int, path: st
     try:
         conn.connect()  # bounded by the socket timeout, the remaining time
         watchdog = _Watchdog(conn.sock, deadline - time.monotonic())
-        conn.request("GET", path, headers={"User-Agent": config.user_agent,
-                                           "Accept-Encoding": "identity"})
+        conn.request(call.method, path, body=call.data,
+                     headers={**call.headers, "User-Agent": config.user_agent,
+                              "Accept-Encoding": "identity"})
         response = conn.getresponse()
         status = response.status
         if status in _REDIRECTS:
@@ -266,7 +287,7 @@ def _request(current: str, url: str, scheme: str, host: str, port: int, path: st
             if not location:
                 raise FetchError(f"HTTP {status} redirect without Location", url=url,
                                  retryable=False, status=status)
-            return location
+            return status, location
         if status in _RETRY_STATUS or 500 <= status < 600:
             raise _Retry(FetchError(f"HTTP {status} {response.reason}", url=url, retryable=True,
                                     status=status),
@@ -297,21 +318,25 @@ def backoff_delay(attempt: int, config: FetchConfig, retry_after: float | None =
     return min(config.backoff_cap_s, config.backoff_base_s * 2.0**attempt)
 
 
-def fetch_bytes(url: str, config: FetchConfig | None = None) -> bytes:
-    """The body of ``url`` (http or https), retrying transient failures; raises
-    ``FetchError`` with ``retryable`` and the last HTTP status on failure."""
+def fetch_bytes(url: str, config: FetchConfig | None = None, *, data: bytes | None = None,
+                headers: Mapping[str, str] | None = None,
+                sleep: Callable[[float], object] = time.sleep) -> bytes:
+    """The body of ``url`` (http or https): a GET, or a POST of ``data`` with the
+    caller's ``headers``. Transient failures are retried after ``sleep(backoff)``;
+    raises ``FetchError`` with ``retryable`` and the last HTTP status on failure."""
     config = config or FetchConfig()
     _origin(url)
+    call = _Call("GET" if data is None else "POST", data, dict(headers or {}))
     attempt = 0
     while True:
         try:
-            return _attempt(url, config)
+            return _attempt(url, config, call)
         except _Retry as retry:
             if attempt >= config.retries:
                 raise retry.error from None
             delay = backoff_delay(attempt, config, retry.retry_after)
             log.debug("retry %d of %s in %.2fs: %s", attempt + 1, url, delay, retry.error)
-            time.sleep(delay)
+            sleep(delay)
             attempt += 1
 
 

@@ -1,8 +1,9 @@
 """A real HTTP server on 127.0.0.1 for download tests (no other network).
 
 Each path serves a list of replies, one per request, the last one repeating,
-so a test can say "429 first, then 200". The server counts requests per path,
-and a test can change the replies between runs (a host that comes back).
+so a test can say "429 first, then 200". GET and POST are answered alike. The
+server counts requests per path and keeps what each one sent, and a test can
+change the replies between runs (a host that comes back).
 
 Slowness that a test relies on is made with events, not with the machine's
 speed: a ``held`` reply is sent only when the server closes, so the client's
@@ -37,6 +38,16 @@ class Reply:
     send_length: bool = True  # False: no Content-Length, body ends when the connection closes
 
 
+@dataclass(frozen=True)
+class Received:
+    """One request as the server saw it."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
 class LocalServer:
     """``with LocalServer() as server: server.route("/a.jpg", Reply(body=...))``."""
 
@@ -44,6 +55,7 @@ class LocalServer:
         self.routes: dict[str, list[Reply]] = {}
         self.hits: Counter[str] = Counter()
         self.completed: Counter[str] = Counter()  # replies sent to the end
+        self.received: list[Received] = []
         self.in_flight = 0  # requests being handled, from arrival to the end of the reply
         # Requests that arrived and whose reply has not started. The client holds each of them
         # open, so the most at once is never above the client's own concurrency.
@@ -94,6 +106,10 @@ class LocalServer:
             protocol_version = "HTTP/1.1"
 
             def do_GET(self) -> None:  # noqa: N802 - the http.server API
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with server._lock:
+                    server.received.append(
+                        Received(self.command, self.path, dict(self.headers), body))
                 reply = server._next(self.path)
                 with server._changed:
                     server.in_flight += 1
@@ -115,6 +131,8 @@ class LocalServer:
                         server.in_flight -= 1
                         server._changed.notify_all()
                 self.close_connection = True
+
+            do_POST = do_GET  # noqa: N815 - the http.server API
 
             def _answer(self, reply: Reply) -> bool:
                 # the client hangs up on slow replies: that is the point, not an error

@@ -20,7 +20,7 @@ from PIL import Image
 
 from pipelines.cli import main
 from pixmo.build.stages import BuildConfig
-from pixmo.captions import CaptionConfig, LLMConfig
+from pixmo.captions import CaptionConfig, CaptionLLMConfig
 from pixmo.dataset.shards import ShardConfig, iter_samples, read_dataset_json, read_rejects
 from pixmo.dataset.verify import summarize, verify
 from pixmo.report.page import write_report
@@ -58,8 +58,8 @@ def make_raw(root: Path) -> Path:
 
 
 def config(raw: Path, server: ChatServer) -> BuildConfig:
-    llm = LLMConfig(base_url=server.url, model="qwen2.5-7b-instruct", retries=1,
-                    backoff_s=0.01, timeout_s=10.0)
+    llm = CaptionLLMConfig(base_url=server.url, model="qwen2.5-7b-instruct", retries=1,
+                           backoff_s=0.01, timeout_s=10.0)
     return BuildConfig(raw_dir=str(raw), name="caption-failures",
                        speech=SpeechConfig(qc=QCConfig(min_speech_s=5.0, min_words=5),
                                            device="cpu"),

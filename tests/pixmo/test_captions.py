@@ -15,8 +15,8 @@ import pytest
 from pixmo.captions import (
     CaptionConfig,
     CaptionFailure,
+    CaptionLLMConfig,
     CaptionWriter,
-    LLMConfig,
     clean_transcript,
     merge_transcripts,
     split_sentences,
@@ -181,7 +181,7 @@ def server():
 
 
 def llm_writer(server: ChatServer, sleeps: list[float] | None = None, **fields) -> CaptionWriter:
-    llm = LLMConfig(**{"base_url": server.url, "model": "qwen2.5-7b-instruct",
+    llm = CaptionLLMConfig(**{"base_url": server.url, "model": "qwen2.5-7b-instruct",
                        "backoff_s": 0.5, **fields})
     return CaptionWriter(CaptionConfig(method="llm", llm=llm),
                          sleep=(sleeps.append if sleeps is not None else time.sleep))
@@ -236,7 +236,7 @@ def test_llm_timeout_then_success(server):
     sleeps: list[float] = []
     writer = llm_writer(server, sleeps, timeout_s=1.0)
     caption = writer([{"text": "a red car"}])
-    assert caption.text == "In time." and writer.client.requests_sent == 2 and sleeps == [0.5]
+    assert caption.text == "In time." and len(server.requests) == 2 and sleeps == [0.5]
 
 
 def test_llm_timeouts_become_a_failure(server):
@@ -245,7 +245,7 @@ def test_llm_timeouts_become_a_failure(server):
     result = writer([{"text": "a red car"}])
     assert result.reason is Reason.CAPTION_FAILED
     assert result.detail.startswith("no answer within 0.2 s") and "after 1 retries" in result.detail
-    assert writer.client.requests_sent == 2
+    assert len(server.requests) == 2
 
 
 def test_llm_client_errors_are_not_retried(server):
@@ -256,6 +256,13 @@ def test_llm_client_errors_are_not_retried(server):
     with pytest.raises(PixmoError, match="reply is not a chat completion"):
         llm_writer(server, [])([{"text": "a red car"}])
     assert len(server.requests) == 2
+
+
+def test_llm_oversized_reply_is_refused_without_retry(server):
+    server.script = [("ok", "x" * 5000)]
+    with pytest.raises(PixmoError, match="body of 5[0-9]{3} bytes exceeds max_bytes 1000"):
+        llm_writer(server, [], max_response_bytes=1000)([{"text": "a red car"}])
+    assert len(server.requests) == 1
 
 
 def test_llm_empty_reply_is_a_failure(server):
@@ -284,8 +291,33 @@ def test_llm_cache_makes_reruns_free(server, tmp_path):
 
 def test_llm_config_errors():
     with pytest.raises(ValueError, match=r"clean_prompt must contain \{transcript\}"):
-        LLMConfig(base_url="http://127.0.0.1:1/v1", model="m", clean_prompt="no slot")
+        CaptionLLMConfig(base_url="http://127.0.0.1:1/v1", model="m", clean_prompt="no slot")
     with pytest.raises(ValueError, match="base_url must be http"):
-        LLMConfig(base_url="ftp://host/v1", model="m")
+        CaptionLLMConfig(base_url="ftp://host/v1", model="m")
     with pytest.raises(ValueError, match="CaptionConfig.llm is required"):
         CaptionConfig(method="llm")
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda: CaptionLLMConfig(base_url="http://h/v1", model="m", timeout_s=0),
+     "CaptionLLMConfig.timeout_s must be a finite number > 0, got 0"),
+    (lambda: CaptionLLMConfig(base_url="http://h/v1", model="m", retries=-1),
+     "CaptionLLMConfig.retries must be >= 0, got -1"),
+    (lambda: CaptionLLMConfig(base_url="http://h/v1", model="m", max_response_bytes=0),
+     "CaptionLLMConfig.max_response_bytes must be >= 1, got 0"),
+    (lambda: CaptionConfig(method="gpt"), r"CaptionConfig.method must be one of \('cleanup'"),
+    (lambda: CaptionConfig(duplicate_overlap=0), "CaptionConfig.duplicate_overlap must be > 0"),
+    (lambda: CaptionConfig(duplicate_overlap=1.5),
+     "CaptionConfig.duplicate_overlap must be <= 1, got 1.5"),
+])
+def test_config_ranges_name_the_field(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_llm_requests_use_the_fetch_limits():
+    llm = CaptionLLMConfig(base_url="http://h/v1", model="m", timeout_s=7.0, retries=4,
+                           backoff_s=0.25, max_response_bytes=99)
+    fetch = llm.fetch
+    assert (fetch.timeout_s, fetch.retries, fetch.backoff_base_s, fetch.max_bytes) == (
+        7.0, 4, 0.25, 99)

@@ -1,4 +1,7 @@
-"""Bounded downloads against a real HTTP server on 127.0.0.1."""
+"""Bounded requests (GET downloads, POSTs) against a real HTTP server on 127.0.0.1.
+
+Waits between retries go to a recording ``sleep``, so the tests assert them
+instead of waiting."""
 
 from __future__ import annotations
 
@@ -19,10 +22,10 @@ from pixmo.fetch import (
 )
 from tests.http_server import HOLD_S, LocalServer, Reply
 
-# fast retries; the timeout is long because no test using FAST waits for it: on a busy
-# machine a short one would turn a late reply into a retry and change the hit counts
-FAST = FetchConfig(timeout_s=30.0, retries=2, backoff_base_s=0.01, backoff_cap_s=0.02,
-                   retry_after_cap_s=0.05, max_bytes=4096)
+# the timeout is long because no test using FAST waits for it: on a busy machine a short
+# one would turn a late reply into a retry and change the hit counts
+FAST = FetchConfig(timeout_s=30.0, retries=2, backoff_base_s=0.5, backoff_cap_s=0.75,
+                   retry_after_cap_s=5.0, max_bytes=4096)
 BODY = bytes(range(256)) * 4
 
 
@@ -30,6 +33,12 @@ BODY = bytes(range(256)) * 4
 def server():
     with LocalServer() as srv:
         yield srv
+
+
+@pytest.fixture
+def sleeps():
+    """The waits a request asked for, in order."""
+    return []
 
 
 def test_ok_returns_the_exact_body(server):
@@ -50,19 +59,27 @@ def test_not_found_is_final_and_not_retried(server):
     assert server.hits["/gone.jpg"] == 1
 
 
-def test_429_with_retry_after_is_retried_and_the_wait_capped(server):
-    # an hour-long Retry-After would hang the test if it were obeyed
-    url = server.route("/busy.jpg", Reply(429, headers={"Retry-After": "3600"}), Reply(body=BODY))
-    assert fetch_bytes(url, FAST) == BODY
-    assert server.hits["/busy.jpg"] == 2
+def test_429_with_retry_after_is_retried_and_the_wait_capped(server, sleeps):
+    url = server.route("/busy.jpg", Reply(429, headers={"Retry-After": "3600"}),
+                       Reply(429, headers={"Retry-After": "2"}), Reply(body=BODY))
+    assert fetch_bytes(url, FAST, sleep=sleeps.append) == BODY
+    assert server.hits["/busy.jpg"] == 3
+    assert sleeps == [5.0, 2.0]  # an hour cut to retry_after_cap_s; two seconds obeyed
 
 
-def test_server_errors_are_retried_then_reported_as_retryable(server):
+def test_server_errors_are_retried_with_backoff_then_reported_as_retryable(server, sleeps):
     url = server.route("/down.jpg", Reply(503, b"down"))
     with pytest.raises(FetchError) as info:
-        fetch_bytes(url, FAST)
+        fetch_bytes(url, FAST, sleep=sleeps.append)
     assert info.value.status == 503 and info.value.retryable is True
     assert server.hits["/down.jpg"] == FAST.retries + 1
+    assert sleeps == [0.5, 0.75]  # base, then twice the base cut to the cap
+
+
+def test_request_timeout_is_retried(server, sleeps):
+    url = server.route("/408.jpg", Reply(408), Reply(body=b"ok"))
+    assert fetch_bytes(url, FAST, sleep=sleeps.append) == b"ok"
+    assert sleeps == [0.5]
 
 
 def test_backoff_is_exponential_capped_and_retry_after_is_cut():
@@ -72,11 +89,11 @@ def test_backoff_is_exponential_capped_and_retry_after_is_cut():
     assert backoff_delay(0, cfg, retry_after=86400.0) == 10.0
 
 
-def test_retry_after_as_an_http_date_in_days_is_cut_to_the_cap(server):
+def test_retry_after_as_an_http_date_in_days_is_cut_to_the_cap(server, sleeps):
     later = email.utils.formatdate(time.time() + 3 * 86400, usegmt=True)
     url = server.route("/date.jpg", Reply(503, headers={"Retry-After": later}), Reply(body=b"x"))
-    assert fetch_bytes(url, FAST) == b"x"
-    assert server.hits["/date.jpg"] == 2
+    assert fetch_bytes(url, FAST, sleep=sleeps.append) == b"x"
+    assert server.hits["/date.jpg"] == 2 and sleeps == [FAST.retry_after_cap_s]
 
 
 def test_slow_headers_time_out(server):
@@ -97,10 +114,10 @@ def test_a_dripping_body_hits_the_total_deadline(server):
     assert server.completed["/drip.jpg"] == 0  # the client hung up mid-body
 
 
-def test_truncated_body_is_a_retryable_failure(server):
+def test_truncated_body_is_a_retryable_failure(server, sleeps):
     url = server.route("/cut.jpg", Reply(body=b"0123456789", content_length=1000))
     with pytest.raises(FetchError, match="truncated body: got 10 of 1000 bytes") as info:
-        fetch_bytes(url, FAST)
+        fetch_bytes(url, FAST, sleep=sleeps.append)
     assert info.value.retryable is True
     assert server.hits["/cut.jpg"] == FAST.retries + 1
 
@@ -171,13 +188,47 @@ def test_non_ascii_and_spaces_are_percent_encoded_so_no_header_can_be_injected(s
     assert fetch_bytes(server.base + "/a\r\nX-Evil: 1", FAST) == b"safe"
 
 
-def test_connection_refused_is_retryable():
+def test_connection_refused_is_retryable(sleeps):
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     with pytest.raises(FetchError, match="connection failed") as info:
-        fetch_bytes(f"http://127.0.0.1:{port}/x.jpg", FetchConfig(retries=1, backoff_base_s=0.01))
-    assert info.value.retryable is True
+        fetch_bytes(f"http://127.0.0.1:{port}/x.jpg", FetchConfig(retries=1), sleep=sleeps.append)
+    assert info.value.retryable is True and sleeps == [1.0]
+
+
+def test_post_sends_its_body_and_headers_on_every_attempt(server, sleeps):
+    url = server.route("/v1/chat", Reply(500), Reply(body=b'{"ok": 1}'))
+    answer = fetch_bytes(url, FAST, data=b'{"q": 1}', sleep=sleeps.append,
+                         headers={"Content-Type": "application/json", "Authorization": "k"})
+    assert answer == b'{"ok": 1}' and sleeps == [0.5]
+    assert [(r.method, r.path, r.body) for r in server.received] == [
+        ("POST", "/v1/chat", b'{"q": 1}')] * 2
+    headers = server.received[0].headers
+    assert headers["Authorization"] == "k" and headers["Content-Type"] == "application/json"
+    assert headers["Content-Length"] == "8" and headers["User-Agent"] == FAST.user_agent
+
+
+def test_post_redirects_keep_or_drop_the_body_as_http_says(server):
+    server.route("/new", Reply(body=b"done"))
+    kept = server.route("/307", Reply(307, headers={"Location": "/new"}))
+    assert fetch_bytes(kept, FAST, data=b"body", headers={"Authorization": "k"}) == b"done"
+    dropped = server.route("/303", Reply(303, headers={"Location": "/new"}))
+    assert fetch_bytes(dropped, FAST, data=b"body", headers={"Authorization": "k"}) == b"done"
+    assert [(r.method, r.path, r.body, r.headers.get("Authorization"))
+            for r in server.received] == [("POST", "/307", b"body", "k"),
+                                          ("POST", "/new", b"body", "k"),
+                                          ("POST", "/303", b"body", "k"),
+                                          ("GET", "/new", b"", "k")]
+
+
+def test_credentials_are_not_sent_to_another_origin(server):
+    with LocalServer() as other:
+        target = other.route("/elsewhere", Reply(body=b"x"))
+        url = server.route("/hop", Reply(307, headers={"Location": target}))
+        assert fetch_bytes(url, FAST, data=b"body", headers={"Authorization": "k"}) == b"x"
+        (seen,) = other.received
+        assert seen.body == b"body" and "Authorization" not in seen.headers
 
 
 def test_fetch_many_returns_each_url_once_with_bytes_or_error(server):
@@ -209,10 +260,12 @@ def test_per_host_concurrency_bounds_a_thread_pool(server):
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
-    ({"timeout_s": 0}, "FetchConfig.timeout_s must be a finite number > 0"),
-    ({"max_bytes": 0}, "FetchConfig.max_bytes must be an integer >= 1"),
-    ({"retries": -1}, "FetchConfig.retries must be an integer >= 0"),
-    ({"per_host_concurrency": 0}, "FetchConfig.per_host_concurrency must be an integer >= 1"),
+    ({"timeout_s": 0}, "FetchConfig.timeout_s must be a finite number > 0, got 0"),
+    ({"timeout_s": float("inf")}, "FetchConfig.timeout_s must be a finite number > 0, got inf"),
+    ({"backoff_base_s": float("nan")}, "FetchConfig.backoff_base_s must be a finite number >= 0"),
+    ({"max_bytes": 0}, "FetchConfig.max_bytes must be >= 1, got 0"),
+    ({"retries": -1}, "FetchConfig.retries must be >= 0, got -1"),
+    ({"per_host_concurrency": 0}, "FetchConfig.per_host_concurrency must be >= 1, got 0"),
     ({"user_agent": "a\r\nX-Evil: 1"}, "FetchConfig.user_agent must be one non-empty line"),
 ])
 def test_config_errors_name_the_field(kwargs, message):
