@@ -16,13 +16,14 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from pixmo.errors import ConfigError
+from pixmo.config import at_least, check_fields, one_of
 from pixmo.rejects import Reason
 from pixmo.remote import inside as remote_inside
 from pixmo.remote import is_http
 
 FORMATS = {"JPEG": "jpeg", "PNG": "png", "WEBP": "webp"}
 EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp"}
+SHA256_POLICIES = ("strict", "flag")  # strict: reject a mismatch; flag: keep and mark it
 _EXIF_ORIENTATION = 0x0112
 
 
@@ -30,16 +31,11 @@ _EXIF_ORIENTATION = 0x0112
 class ImageConfig:
     max_pixels: int = 64_000_000
     max_bytes: int = 64 << 20
-    sha256_policy: str = "strict"  # strict: reject a mismatch; flag: keep and mark it
+    sha256_policy: str = "strict"  # one of SHA256_POLICIES
 
     def __post_init__(self) -> None:
-        if self.sha256_policy not in ("strict", "flag"):
-            raise ConfigError(f"must be 'strict' or 'flag', got {self.sha256_policy!r}",
-                              field="ImageConfig.sha256_policy")
-        for name in ("max_pixels", "max_bytes"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"must be >= 1, got {getattr(self, name)}",
-                                  field=f"ImageConfig.{name}")
+        check_fields(self, max_pixels=at_least(1), max_bytes=at_least(1),
+                     sha256_policy=one_of(SHA256_POLICIES))
 
 
 class ImageRejected(Exception):

@@ -9,7 +9,7 @@ function of the position: resuming is a counter, never a replay of earlier data.
 
 Nothing here holds a per-sample table: memory is O(shards) for the plan and O(block) for the
 samples being read, whatever the dataset size. Shards are read only through
-``pixmo.dataset.shards`` (``shard_urls``, ``committed_shards``, ``iter_shard``).
+``pixmo.dataset.reader`` (``shard_urls``, ``committed_shards``, ``iter_shard``).
 """
 
 from __future__ import annotations
@@ -21,14 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pixmo.dataset.shards import (
-    SHARDS_DIR,
-    ShardSample,
-    committed_shards,
-    iter_members,
-    parse_sample,
-    shard_urls,
-)
+from pixmo.dataset.format import SHARDS_DIR, ShardSample
+from pixmo.dataset.reader import committed_shards, iter_members, parse_sample, shard_urls
 from pixmo.errors import PixmoError
 
 log = logging.getLogger(__name__)

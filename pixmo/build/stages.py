@@ -8,7 +8,7 @@ Every stage is a plain function of records, so the Beam and Ray pipelines in
 3. ``resolve_image``   one image ref -> ``LoadedImage`` | rejects for every record naming it
 4. ``Annotator``       record + its image -> ``Annotation`` (transcript or points) | ``Reject``
 5. ``join_sample``     everything about one content hash -> ``ShardSample`` -> ``plan``
-6. ``ShardCutter`` / ``write_or_keep`` / ``finish``   (pixmo.dataset.samples, pixmo.dataset.shards)
+6. ``ShardCutter`` / ``write_or_keep`` / ``finish``   (pixmo.dataset.samples, .writer, .tables)
 
 Input records are counted per file, so ``finish`` can prove that every
 record read ended in a sample's ``sources`` or in ``rejects.parquet``. What a
@@ -43,28 +43,28 @@ from pixmo import remote
 from pixmo.atomic import PARTIAL_SUFFIX
 from pixmo.captions import CaptionConfig, CaptionFailure, CaptionWriter
 from pixmo.config import to_plain
-from pixmo.dataset.samples import ImageAnnotations, ShardCutter, build_sample, merge_images
-from pixmo.dataset.shards import (
+from pixmo.dataset.format import (
     DATASET_JSON,
     MANIFEST,
     REJECTS,
     SHARDS_DIR,
-    ShardConfig,
     ShardSample,
     ShardStats,
-    committed_shards,
-    describe,
     json_bytes,
+)
+from pixmo.dataset.reader import committed_shards
+from pixmo.dataset.samples import ImageAnnotations, ShardCutter, build_sample, merge_images
+from pixmo.dataset.tables import (
+    describe,
     manifest_row,
     read_dataset_json,
     read_manifest,
     read_rejects,
-    tar_digest,
     write_dataset_json,
     write_manifest,
     write_rejects,
-    write_shard,
 )
+from pixmo.dataset.writer import ShardConfig, tar_digest, write_shard
 from pixmo.errors import PixmoError
 from pixmo.images import (
     ImageConfig,

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pixmo.dataset.shards import ShardSample
+from pixmo.dataset.format import ShardSample
 from pixmo.images import LoadedImage
 
 KEY_LENGTH = 24  # hex digits of the sha256: 96 bits, collisions are not a concern

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pixmo.atomic import PARTIAL_SUFFIX
-from pixmo.dataset.shards import (
+from pixmo.dataset.format import (
     ANNOTATION_KINDS,
     DATASET_JSON,
     MANIFEST,
@@ -25,14 +25,11 @@ from pixmo.dataset.shards import (
     SHARDS_DIR,
     ShardSample,
     ShardStats,
-    committed_shards,
-    file_sha256,
-    iter_shard,
-    read_dataset_json,
-    read_manifest,
-    read_rejects,
 )
+from pixmo.dataset.reader import committed_shards, iter_shard
+from pixmo.dataset.tables import read_dataset_json, read_manifest, read_rejects
 from pixmo.errors import PixmoError
+from pixmo.remote import file_sha256
 from pixmo.schema import check
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")

@@ -30,19 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from pixmo.atomic import PARTIAL_SUFFIX, atomic_write_bytes
-from pixmo.dataset.shards import (
-    DATASET_JSON,
-    SHARDS_DIR,
-    ShardConfig,
-    ShardSample,
-    file_sha256,
-    write_dataset,
-)
+from pixmo.dataset.format import DATASET_JSON, SHARDS_DIR, ShardSample
+from pixmo.dataset.writer import ShardConfig, write_dataset
 from pixmo.errors import ConfigError, PixmoError
 from pixmo.fetch import FetchConfig, FetchError, fetch_many
 from pixmo.images import ImageConfig, ImageRejected, LoadedImage, decode_image
 from pixmo.rejects import Reason, Reject
 from pixmo.release.subsets import Annotations, Row, Sha256Policy, Subset, get_subset, read_rows
+from pixmo.remote import file_sha256
 
 log = logging.getLogger(__name__)
 

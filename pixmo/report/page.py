@@ -28,15 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from pixmo.atomic import atomic_write_bytes
-from pixmo.dataset.shards import (
-    DATASET_JSON,
-    MANIFEST,
-    REJECTS,
-    iter_samples,
-    read_dataset_json,
-    read_manifest,
-    read_rejects,
-)
+from pixmo.dataset.format import DATASET_JSON, MANIFEST, REJECTS
+from pixmo.dataset.reader import iter_samples
+from pixmo.dataset.tables import read_dataset_json, read_manifest, read_rejects
 from pixmo.errors import PixmoError
 from pixmo.report.draw import render_points
 

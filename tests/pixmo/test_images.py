@@ -85,3 +85,14 @@ def test_load_from_raw_dir(tmp_path):
         with pytest.raises(ImageRejected) as info:
             load_image(ref, tmp_path)
         assert info.value.reason is reason, ref
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"max_pixels": 0}, "ImageConfig.max_pixels must be >= 1, got 0"),
+    ({"max_bytes": -5}, "ImageConfig.max_bytes must be >= 1, got -5"),
+    ({"sha256_policy": "loose"},
+     r"ImageConfig.sha256_policy must be one of \('strict', 'flag'\), got 'loose'"),
+])
+def test_config_errors_name_the_field(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ImageConfig(**kwargs)
