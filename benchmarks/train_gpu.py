@@ -30,7 +30,8 @@ import numpy as np
 import yaml
 
 from molmo.preprocess.tokenizer import MolmoTokenizer, train_bpe_tokenizer
-from pixmo.dataset.shards import ShardConfig, ShardSample, write_dataset
+from pixmo.dataset.format import ShardSample
+from pixmo.dataset.writer import ShardConfig, write_dataset
 
 
 def _sample(i: int, words: list[str], rng: np.random.Generator) -> ShardSample:

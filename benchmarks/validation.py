@@ -18,7 +18,8 @@ import time
 import jsonschema
 from PIL import Image
 
-from pixmo.dataset.shards import ShardConfig, ShardSample, write_dataset
+from pixmo.dataset.format import ShardSample
+from pixmo.dataset.writer import ShardConfig, write_dataset
 from pixmo.schema import check, load_schema
 
 

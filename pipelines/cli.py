@@ -127,7 +127,8 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
 
 def cmd_build(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
     from pixmo.build.stages import BuildConfig, input_files
-    from pixmo.dataset.shards import ShardConfig, read_dataset_json
+    from pixmo.dataset.tables import read_dataset_json
+    from pixmo.dataset.writer import ShardConfig
     from pixmo.remote import Folder
     from pixmo.speech.transcribe import QCConfig, SpeechConfig
 
@@ -171,7 +172,7 @@ def cmd_build(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from pixmo.dataset.shards import ShardConfig
+    from pixmo.dataset.writer import ShardConfig
     from pixmo.release.importer import ImportConfig, import_release
 
     cfg = ImportConfig(workers=args.workers, cache_dir=args.cache_dir,

@@ -28,7 +28,7 @@ import yaml
 from molmo.cli import main as molmo_main
 from molmo.preprocess.tokenizer import train_bpe_tokenizer
 from pipelines.cli import main as pixmo_main
-from pixmo.dataset.shards import iter_samples
+from pixmo.dataset.reader import iter_samples
 from pixmo.points.prompts import point_prompt
 from pixmo.points.text import points_to_text
 from pixmo.synth.raw import SynthConfig, synthesize

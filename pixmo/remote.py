@@ -42,6 +42,21 @@ def is_http(ref: str) -> bool:
     return ref.startswith(("http://", "https://"))
 
 
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The sha256 of a file's bytes, read in chunks: a local path, ``file://`` or fsspec URL."""
+    text = os.fspath(path)
+    if is_remote(text):
+        fs, root = _filesystem(text)
+        opener = fs.open(root, "rb")
+    else:
+        opener = open(text.removeprefix("file://"), "rb")  # noqa: SIM115 - closed below
+    digest = hashlib.sha256()
+    with opener as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def _filesystem(url: str) -> tuple[Any, str]:
     """The filesystem and root path of a URL; fsspec keeps one instance per
     protocol and options, so this is cheap, and follows configuration changes."""
@@ -100,13 +115,7 @@ class Folder:
         return bytes(self._fs()[0].cat_file(self.path(rel)))
 
     def sha256(self, rel: str) -> str:
-        digest = hashlib.sha256()
-        opener = open(self.path(rel), "rb") if not self.remote else \
-            self._fs()[0].open(self.path(rel), "rb")
-        with opener as fh:
-            while chunk := fh.read(_CHUNK):
-                digest.update(chunk)
-        return digest.hexdigest()
+        return file_sha256(self.path(rel) if not self.remote else f"{self.url.rstrip('/')}/{rel}")
 
     def glob(self, pattern: str) -> list[str]:
         """Names (relative to the folder) matching a glob pattern, sorted."""

@@ -9,7 +9,7 @@ import io
 import pytest
 from PIL import Image
 
-from pixmo.dataset.shards import ShardSample
+from pixmo.dataset.format import ShardSample
 
 
 def make_sample(i: int, size: tuple[int, int] = (32, 24)) -> ShardSample:

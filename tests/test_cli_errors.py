@@ -15,7 +15,7 @@ from PIL import Image
 
 from molmo.cli import main as molmo_main
 from pipelines.cli import main as pixmo_main
-from pixmo.dataset.shards import write_dataset
+from pixmo.dataset.writer import write_dataset
 from tests.conftest import make_sample
 from tests.paths import OFFICIAL_TINY
 

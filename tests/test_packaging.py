@@ -22,7 +22,7 @@ def test_wheel_ships_schemas_and_console_scripts(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for schema in SCHEMA_NAMES:
         assert f"pixmo/schemas/{schema}.json" in names
-    assert {"pixmo/dataset/shards.py", "pipelines/cli.py", "molmo/__init__.py"} <= names
+    assert {"pixmo/dataset/writer.py", "pipelines/cli.py", "molmo/__init__.py"} <= names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "pixmo = pipelines.cli:main" in text

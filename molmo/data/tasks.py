@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from molmo.preprocess.chat import ChatConfig, Conversation, choose_style_tag, length_hint_prompt
-from pixmo.dataset.shards import ShardSample
+from pixmo.dataset.format import ShardSample
 from pixmo.errors import ConfigError, PixmoError
 from pixmo.points.prompts import point_example
 from pixmo.schema import validate

@@ -23,7 +23,7 @@ from functools import lru_cache
 from typing import Any
 
 from pixmo.build import stages as build
-from pixmo.dataset.shards import ShardStats
+from pixmo.dataset.format import ShardStats
 from pixmo.rejects import Reject
 
 

@@ -21,8 +21,10 @@ from PIL import Image
 from pipelines.cli import main
 from pixmo.build.stages import BuildConfig
 from pixmo.captions import CaptionConfig, CaptionLLMConfig
-from pixmo.dataset.shards import ShardConfig, iter_samples, read_dataset_json, read_rejects
+from pixmo.dataset.reader import iter_samples
+from pixmo.dataset.tables import read_dataset_json, read_rejects
 from pixmo.dataset.verify import summarize, verify
+from pixmo.dataset.writer import ShardConfig
 from pixmo.report.page import write_report
 from pixmo.speech.transcribe import QCConfig, SpeechConfig
 from tests.paths import SPEECH

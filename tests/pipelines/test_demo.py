@@ -6,7 +6,7 @@ from molmo.model.config import preset
 from molmo.model.molmo import Molmo
 from molmo.train.config import TrainConfig
 from pipelines.demo import TOKENIZER_VOCAB, tokenizer_texts, train_config
-from pixmo.dataset.shards import ShardConfig, write_dataset
+from pixmo.dataset.writer import ShardConfig, write_dataset
 from tests.conftest import make_sample
 
 

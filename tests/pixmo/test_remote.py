@@ -15,9 +15,9 @@ import pytest
 
 from pipelines.cli import main
 from pixmo.atomic import atomic_open
-from pixmo.dataset.shards import read_dataset_json, read_manifest, read_rejects
+from pixmo.dataset.tables import read_dataset_json, read_manifest, read_rejects
 from pixmo.dataset.verify import verify
-from pixmo.remote import Folder, is_remote
+from pixmo.remote import Folder, file_sha256, is_remote
 from tests.pixmo.build.test_resume import kill, make_points_raw, start_held_build
 
 
@@ -73,6 +73,7 @@ def test_folder_operations(url, tmp_path):
     assert folder.read_bytes("shards/a.json") == b'{"a": 1}'
     assert folder.size("shards/a.tar") == 3000 and folder.is_file("shards/a.tar")
     assert folder.sha256("shards/a.tar") == hashlib.sha256(b"x" * 3000).hexdigest()
+    assert file_sha256(f"{base}/shards/a.tar") == folder.sha256("shards/a.tar")
     with folder.local_copy("shards/a.tar") as path:
         assert Path(path).read_bytes() == b"x" * 3000 and path.endswith("a.tar")
     with folder.local_target("manifest.parquet") as path:
@@ -195,3 +196,11 @@ def test_s3_build_killed_during_upload_then_resumed(s3, tmp_path):
         assert versions[marker] == 1 and versions[marker.replace(".json", ".tar")] == 1
     listed = s3.list_objects_v2(Bucket="data", Prefix="out/").get("Contents", [])
     assert not [o["Key"] for o in listed if o["Key"].endswith(".partial")]
+
+
+def test_file_sha256_reads_past_one_chunk(tmp_path):
+    data = bytes(range(256)) * 8193  # two 1 MiB chunks and a bit
+    path = tmp_path / "big.bin"
+    path.write_bytes(data)
+    want = hashlib.sha256(data).hexdigest()
+    assert file_sha256(path) == file_sha256(f"file://{path}") == want

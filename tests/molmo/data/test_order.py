@@ -19,7 +19,7 @@ from molmo.data.order import (
     resolve_shards,
     slot_range,
 )
-from pixmo.dataset.shards import ShardConfig, write_dataset
+from pixmo.dataset.writer import ShardConfig, write_dataset
 from pixmo.errors import PixmoError
 from tests.conftest import make_sample
 

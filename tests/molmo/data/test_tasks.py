@@ -19,7 +19,7 @@ from molmo.data.tasks import (
     load_image,
 )
 from molmo.preprocess.chat import ChatConfig, format_messages
-from pixmo.dataset.shards import ShardSample
+from pixmo.dataset.format import ShardSample
 from pixmo.errors import PixmoError
 from pixmo.points.prompts import POINT_COUNT_TEMPLATES, POINTING_TEMPLATES
 from pixmo.points.text import points_to_text

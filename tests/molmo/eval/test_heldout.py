@@ -15,7 +15,7 @@ from molmo.model.molmo import Molmo
 from molmo.model.weights import save_pretrained
 from molmo.preprocess.tokenizer import MolmoTokenizer
 from molmo.train.config import EvalConfig, TrainConfig
-from pixmo.dataset.shards import ShardConfig, write_dataset
+from pixmo.dataset.writer import ShardConfig, write_dataset
 from pixmo.errors import PixmoError
 from pixmo.points.metrics import count_accuracy, pointing_score
 from pixmo.points.prompts import POINT_COUNT_TEMPLATES

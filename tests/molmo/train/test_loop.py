@@ -25,7 +25,7 @@ from molmo.model.weights import from_pretrained
 from molmo.preprocess.tokenizer import train_bpe_tokenizer
 from molmo.train.config import TrainConfig
 from molmo.train.loop import main_train, train
-from pixmo.dataset.shards import write_dataset
+from pixmo.dataset.writer import write_dataset
 from pixmo.errors import PixmoError
 from pixmo.points.prompts import POINT_COUNT_TEMPLATES, POINTING_TEMPLATES
 from tests.conftest import make_sample

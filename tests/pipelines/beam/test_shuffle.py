@@ -70,7 +70,8 @@ def test_beam_build_removes_its_spills(tmp_path, monkeypatch):
     from benchmarks.build import make_raw
     from pipelines.beam import graph as beam
     from pixmo.build.stages import BuildConfig
-    from pixmo.dataset.shards import ShardConfig, read_dataset_json
+    from pixmo.dataset.tables import read_dataset_json
+    from pixmo.dataset.writer import ShardConfig
 
     read = []
     monkeypatch.setattr(shuffle, "read_spill", lambda path, real=shuffle.read_spill:

@@ -13,7 +13,8 @@ from pathlib import Path
 from PIL import Image
 
 from pipelines.cli import main
-from pixmo.dataset.shards import committed_shards, iter_samples, read_dataset_json, read_rejects
+from pixmo.dataset.reader import committed_shards, iter_samples
+from pixmo.dataset.tables import read_dataset_json, read_rejects
 from pixmo.dataset.verify import verify
 from tests.paths import REPO
 

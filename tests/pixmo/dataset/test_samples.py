@@ -6,7 +6,7 @@ from PIL import Image
 
 from pixmo.build.stages import ShardPlan
 from pixmo.dataset.samples import ImageAnnotations, build_sample, merge_images
-from pixmo.dataset.shards import ShardConfig
+from pixmo.dataset.writer import ShardConfig
 from pixmo.images import decode_image
 from pixmo.schema import check
 

@@ -9,16 +9,11 @@ from pathlib import Path
 import pytest
 
 from pipelines.cli import main
-from pixmo.dataset.shards import (
-    ShardConfig,
-    ShardSample,
-    TarShard,
-    committed_shards,
-    read_manifest,
-    write_dataset,
-    write_manifest,
-)
+from pixmo.dataset.format import ShardSample
+from pixmo.dataset.reader import committed_shards
+from pixmo.dataset.tables import read_manifest, write_manifest
 from pixmo.dataset.verify import summarize, verify
+from pixmo.dataset.writer import ShardConfig, TarShard, write_dataset
 from tests.conftest import make_sample
 
 REJECTS = [{"source": "points.jsonl", "record": "4", "stage": "points", "reason": "out_of_bounds",
@@ -112,7 +107,7 @@ def test_image_bytes_must_match_recorded_hash(tmp_path):
     shard.add(swapped)
     stats = shard.commit()
     write_manifest(shard.rows, tmp_path / "manifest.parquet")
-    from pixmo.dataset.shards import describe, write_dataset_json
+    from pixmo.dataset.tables import describe, write_dataset_json
 
     write_dataset_json(describe("x", [stats]), tmp_path / "dataset.json")
     problems = verify(tmp_path)

@@ -10,8 +10,10 @@ import shutil
 
 import pytest
 
-from pixmo.dataset.shards import ShardConfig, iter_samples, read_dataset_json, read_rejects
+from pixmo.dataset.reader import iter_samples
+from pixmo.dataset.tables import read_dataset_json, read_rejects
 from pixmo.dataset.verify import verify
+from pixmo.dataset.writer import ShardConfig
 from pixmo.errors import PixmoError
 from pixmo.fetch import FetchConfig
 from pixmo.release.importer import FAILURES, ImportConfig, import_release, read_failures

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pixmo.dataset.shards import ShardConfig, ShardSample, write_dataset
+from pixmo.dataset.format import ShardSample
+from pixmo.dataset.writer import ShardConfig, write_dataset
 from pixmo.errors import PixmoError
 from pixmo.report.page import bar_chart_svg, histogram_svg, write_report
 from pixmo.synth.scenes import SceneConfig, describe, make_scene, render

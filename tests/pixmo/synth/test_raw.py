@@ -13,8 +13,10 @@ import pytest
 from PIL import Image, ImageOps
 
 from pixmo.build.stages import BuildConfig
-from pixmo.dataset.shards import ShardConfig, iter_samples, read_dataset_json, read_rejects
+from pixmo.dataset.reader import iter_samples
+from pixmo.dataset.tables import read_dataset_json, read_rejects
 from pixmo.dataset.verify import verify
+from pixmo.dataset.writer import ShardConfig
 from pixmo.errors import PixmoError
 from pixmo.points.annotations import orient_point
 from pixmo.schema import check

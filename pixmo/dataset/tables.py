@@ -1,0 +1,132 @@
+"""The dataset's tables: ``manifest.parquet``, ``rejects.parquet`` and ``dataset.json``.
+
+Each is written atomically and every row is checked against its schema under
+``schemas/`` (``manifest_row``, ``reject``, ``dataset``); ``describe`` sums the
+committed shards' stats into the ``dataset.json`` body.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from pixmo.atomic import atomic_open, atomic_write_bytes
+from pixmo.dataset.format import ANNOTATION_KINDS, FORMAT_VERSION, ShardSample, ShardStats
+from pixmo.errors import PixmoError
+from pixmo.schema import load_schema, validate
+
+
+def manifest_row(sample: ShardSample, shard: str) -> dict[str, Any]:
+    """The manifest's row for a sample written to ``shard``."""
+    image = sample.json.get("image", {})
+    row = {
+        "key": sample.key,
+        "shard": shard,
+        "image_sha256": image.get("sha256"),
+        "width": image.get("width"),
+        "height": image.get("height"),
+    }
+    row.update({kind: len(sample.json.get(kind, ())) for kind in ANNOTATION_KINDS})
+    return row
+
+
+def _manifest_arrow_schema() -> Any:
+    import pyarrow as pa
+
+    types = {"string": pa.string(), "integer": pa.int64()}
+    schema = load_schema("manifest_row")
+    return pa.schema(
+        [
+            pa.field(name, types[prop["type"]], nullable=False)
+            for name, prop in schema["properties"].items()
+        ]
+    )
+
+
+def _write_parquet(table: Any, path: str | os.PathLike[str]) -> None:
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def write_manifest(rows: Iterable[dict[str, Any]], path: str | os.PathLike[str],
+                   row_group: int = 1024) -> None:
+    """Write ``manifest.parquet`` atomically, each row checked against its schema.
+    Rows stream through in groups of ``row_group``, so a manifest of any length
+    is written in bounded memory."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = _manifest_arrow_schema()
+    with atomic_open(path) as fh, pq.ParquetWriter(fh, schema) as writer:
+        group: list[dict[str, Any]] = []
+        groups = 0
+        for row in rows:
+            validate("manifest_row", row, file=os.fspath(path), record_id=row.get("key"))
+            group.append(row)
+            if len(group) == row_group:
+                writer.write_table(pa.Table.from_pylist(group, schema=schema))
+                group, groups = [], groups + 1
+        if group or not groups:
+            writer.write_table(pa.Table.from_pylist(group, schema=schema))
+
+
+def read_manifest(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()
+
+
+def write_rejects(rows: Iterable[dict[str, str]], path: str | os.PathLike[str]) -> None:
+    """Write ``rejects.parquet`` atomically (schema ``reject``)."""
+    import pyarrow as pa
+
+    rows = list(rows)
+    for row in rows:
+        validate("reject", row, file=os.fspath(path), record_id=row.get("record"))
+    names = list(load_schema("reject")["properties"])
+    schema = pa.schema([pa.field(name, pa.string(), nullable=False) for name in names])
+    _write_parquet(pa.Table.from_pylist(rows, schema=schema), path)
+
+
+def read_rejects(path: str | os.PathLike[str]) -> list[dict[str, str]]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()
+
+
+def write_dataset_json(description: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    validate("dataset", description, file=os.fspath(path))
+    atomic_write_bytes(path, json.dumps(description, indent=2, sort_keys=True).encode() + b"\n")
+
+
+def read_dataset_json(path: str | os.PathLike[str]) -> dict[str, Any]:
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise PixmoError(f"not JSON: {exc}", file=os.fspath(path)) from exc
+    validate("dataset", obj, file=os.fspath(path))
+    return obj
+
+
+def describe(name: str, stats: list[ShardStats], **extra: Any) -> dict[str, Any]:
+    """A ``dataset.json`` body for a set of committed shards."""
+    counts = {
+        "samples": sum(s.samples for s in stats),
+        "shards": len(stats),
+        "bytes": sum(s.bytes for s in stats),
+    }
+    for kind in ANNOTATION_KINDS:
+        counts[kind] = sum(s.counts[kind] for s in stats)
+    shards = [
+        {"shard": s.shard, "samples": s.samples, "bytes": s.bytes, "sha256": s.sha256}
+        for s in stats
+    ]
+    return {"format_version": FORMAT_VERSION, "name": name, "counts": counts, "shards": shards,
+            **extra}

@@ -1,0 +1,80 @@
+"""Tests of pixmo.dataset.tables: manifest, rejects and dataset.json."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pixmo.dataset.format import ShardStats
+from pixmo.dataset.tables import (
+    describe,
+    manifest_row,
+    read_dataset_json,
+    read_manifest,
+    read_rejects,
+    write_dataset_json,
+    write_manifest,
+)
+from pixmo.dataset.writer import ShardConfig, write_dataset
+from pixmo.errors import PixmoError
+from tests.conftest import make_sample
+
+
+def test_manifest_and_rejects_tables(tmp_path, samples):
+    rejects = [{"source": "points.jsonl", "record": "7", "stage": "points",
+                "reason": "out_of_bounds", "detail": "x=900 beyond width 640"}]
+    description = write_dataset(tmp_path, samples, name="t", rejects=rejects,
+                                config=ShardConfig(max_samples=10))
+    rows = read_manifest(tmp_path / "manifest.parquet")
+    assert [r["key"] for r in rows] == [s.key for s in samples]
+    assert rows[0] == {"key": samples[0].key, "shard": "pixmo-000000.tar",
+                       "image_sha256": samples[0].json["image"]["sha256"], "width": 32,
+                       "height": 24, "transcripts": 0, "captions": 1, "points": 1, "qa": 0}
+    assert rows[-1]["shard"] == "pixmo-000002.tar"
+    assert read_rejects(tmp_path / "rejects.parquet") == rejects
+    assert description["counts"] == {"samples": 23, "shards": 3, "bytes": description["counts"]
+                                     ["bytes"], "transcripts": 0, "captions": 23, "points": 23,
+                                     "qa": 0, "rejects": 1}
+    on_disk = json.loads((tmp_path / "dataset.json").read_text())
+    assert on_disk == description
+
+
+def test_manifest_streams_in_row_groups(tmp_path, samples):
+    import pyarrow.parquet as pq
+
+    rows = [manifest_row(s, "pixmo-000000.tar") for s in samples]
+    write_manifest(iter(rows), tmp_path / "m.parquet", row_group=10)
+    assert pq.ParquetFile(tmp_path / "m.parquet").num_row_groups == 3
+    assert read_manifest(tmp_path / "m.parquet") == rows
+    with pytest.raises(PixmoError, match="width"):
+        write_manifest([{**rows[0], "width": "wide"}], tmp_path / "bad.parquet")
+    assert not (tmp_path / "bad.parquet").exists()
+
+
+def _stats(index: int, samples: int, captions: int) -> ShardStats:
+    return ShardStats(shard=f"pixmo-{index:06d}.tar", index=index, samples=samples,
+                      bytes=10240 * (index + 1), sha256=f"{index:064x}", first_key="a",
+                      last_key="b", counts={"transcripts": 0, "captions": captions,
+                                            "points": 0, "qa": 1})
+
+
+def test_describe_sums_the_shards_and_round_trips(tmp_path):
+    body = describe("demo", [_stats(0, 3, 2), _stats(1, 1, 5)], engine="local")
+    assert body["counts"] == {"samples": 4, "shards": 2, "bytes": 30720, "transcripts": 0,
+                              "captions": 7, "points": 0, "qa": 2}
+    assert [s["shard"] for s in body["shards"]] == ["pixmo-000000.tar", "pixmo-000001.tar"]
+    assert body["engine"] == "local" and body["format_version"] == 1
+    body["counts"]["rejects"] = 0
+    write_dataset_json(body, tmp_path / "dataset.json")
+    assert read_dataset_json(tmp_path / "dataset.json") == body
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(PixmoError, match="not JSON"):
+        read_dataset_json(tmp_path / "broken.json")
+
+
+def test_manifest_row_counts_annotations():
+    sample = make_sample(4)
+    row = manifest_row(sample, "pixmo-000002.tar")
+    assert row["shard"] == "pixmo-000002.tar" and row["key"] == sample.key
+    assert (row["captions"], row["points"], row["qa"], row["transcripts"]) == (1, 1, 0, 0)
