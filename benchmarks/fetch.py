@@ -46,7 +46,7 @@ def main() -> None:
     images = [jpeg(i) for i in range(args.images)]
     config = FetchConfig(timeout_s=10, per_host_concurrency=args.workers)
     with LocalServer() as server, tempfile.TemporaryDirectory() as tmp:
-        urls = [server.route(f"/{i}.jpg", Reply(body=data, delay_s=args.latency))
+        urls = [server.route(f"/{i}.jpg", Reply(body=data, latency_s=args.latency))
                 for i, data in enumerate(images)]
         start = time.perf_counter()
         for url in urls:

@@ -31,6 +31,7 @@ class Reply:
     status: int = 200
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
+    latency_s: float = 0.0  # sleep before answering: a distant host, for benchmarks only
     drip_s: float = 0.0  # sleep between body bytes (a slow body)
     held: bool = False  # send nothing until the server closes (a reply that never comes)
     together: int = 0  # send nothing until this many requests have waited at once
@@ -117,6 +118,7 @@ class LocalServer:
                     server.max_waiting = max(server.max_waiting, server.waiting)
                     server._changed.notify_all()
                 try:
+                    time.sleep(reply.latency_s)
                     if reply.held:
                         server._closing.wait(HOLD_S)
                     with server._changed:
