@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from pixmo.errors import ConfigError
+from pixmo.config import at_least, check_fields, one_of
 from pixmo.points.metrics import match_points
 from pixmo.points.text import Point
 from pixmo.raw import RawRecord, read_records
@@ -32,6 +32,11 @@ from pixmo.schema import check
 
 READ_STAGE = "read_points"
 VALIDATE_STAGE = "validate_points"
+
+# EXIF orientation -> (swap the axes, then mirror x, mirror y)
+_EXIF_MAPS = {1: (False, False, False), 2: (False, True, False), 3: (False, True, True),
+              4: (False, False, True), 5: (True, False, False), 6: (True, True, False),
+              7: (True, True, True), 8: (True, False, True)}
 
 
 @dataclass(frozen=True)
@@ -53,14 +58,8 @@ class PointsConfig:
     coords_before_exif: bool = True
 
     def __post_init__(self) -> None:
-        if self.max_points is not None and self.max_points < 1:
-            raise ConfigError(f"must be >= 1 or None, got {self.max_points}",
-                              field="PointsConfig.max_points")
-        for name in ("clamp_tolerance", "duplicate_radius", "merge_threshold"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ConfigError(f"must be a finite number >= 0, got {value}",
-                                  field=f"PointsConfig.{name}")
+        check_fields(self, max_points=at_least(1), clamp_tolerance=at_least(0),
+                     duplicate_radius=at_least(0), merge_threshold=at_least(0))
 
 
 @dataclass(frozen=True)
@@ -76,10 +75,8 @@ class ImageInfo:
     orientation: int = 1
 
     def __post_init__(self) -> None:
-        if self.width < 1 or self.height < 1:
-            raise ValueError(f"ImageInfo size must be positive, got {self.width}x{self.height}")
-        if self.orientation not in range(1, 9):
-            raise ValueError(f"ImageInfo.orientation must be 1-8, got {self.orientation}")
+        check_fields(self, width=at_least(1), height=at_least(1),
+                     orientation=one_of(tuple(_EXIF_MAPS)))
 
     @property
     def displayed_size(self) -> tuple[int, int]:
@@ -155,26 +152,19 @@ def orient_point(x: float, y: float, orientation: int) -> Point:
     left-right, 3 turns 180 degrees, 4 mirrors top-bottom, 5 transposes, 6 turns 90
     degrees clockwise, 7 transverses, 8 turns 90 degrees counter-clockwise.
     """
-    if orientation == 1:
-        return x, y
-    if orientation == 2:
-        return 100.0 - x, y
-    if orientation == 3:
-        return 100.0 - x, 100.0 - y
-    if orientation == 4:
-        return x, 100.0 - y
-    if orientation == 5:
-        return y, x
-    if orientation == 6:
-        return 100.0 - y, x
-    if orientation == 7:
-        return 100.0 - y, 100.0 - x
-    if orientation == 8:
-        return y, 100.0 - x
-    raise ValueError(f"EXIF orientation must be 1-8, got {orientation}")
+    if orientation not in _EXIF_MAPS:
+        raise ValueError(f"EXIF orientation must be 1-8, got {orientation}")
+    swap, mirror_x, mirror_y = _EXIF_MAPS[orientation]
+    if swap:
+        x, y = y, x
+    return (100.0 - x if mirror_x else x), (100.0 - y if mirror_y else y)
 
 
 # ---------------------------------------------------------------- validation
+
+def _reject(raw: RawRecord, reason: Reason, detail: str) -> Reject:
+    return Reject(VALIDATE_STAGE, reason, detail, raw.source, raw.record)
+
 
 def _schema_reject(raw: RawRecord) -> Reject | None:
     violation = check("point_annotation", raw.data)
@@ -187,7 +177,7 @@ def _schema_reject(raw: RawRecord) -> Reject | None:
     else:
         reason = Reason.INVALID_RECORD
     detail = f"{violation.field}: {violation.message}" if violation.field else violation.message
-    return Reject(VALIDATE_STAGE, reason, detail, raw.source, raw.record)
+    return _reject(raw, reason, detail)
 
 
 def _dedup(points: np.ndarray, radius: float) -> np.ndarray:
@@ -210,6 +200,51 @@ def _dedup(points: np.ndarray, radius: float) -> np.ndarray:
     return np.array([points[g].mean(axis=0) for g in groups.values()]).reshape(-1, 2)
 
 
+def _coordinates(raw: RawRecord) -> np.ndarray | Reject:
+    """The record's clicks as an (n, 2) float array, or a reject for a non-finite one."""
+    try:
+        xy = np.array([[p["x"], p["y"]] for p in raw.data["points"]], dtype=np.float64)
+    except OverflowError:  # a JSON integer beyond float range
+        return _reject(raw, Reason.NON_FINITE_COORDINATE, "a coordinate does not fit a float")
+    xy = xy.reshape(-1, 2)
+    bad = np.nonzero(~np.isfinite(xy).all(axis=1))[0]
+    if len(bad):
+        i = int(bad[0])
+        return _reject(raw, Reason.NON_FINITE_COORDINATE, f"points[{i}] = ({xy[i, 0]}, {xy[i, 1]})")
+    return xy
+
+
+def _in_percent(raw: RawRecord, xy: np.ndarray, image: ImageInfo,
+                cfg: PointsConfig) -> tuple[np.ndarray, int] | Reject:
+    """Clicks in percent of the frame they were made on, clamped onto it, and how many
+    were clamped; a reject for a click further out than ``clamp_tolerance``."""
+    units = raw.data["units"]
+    # pixel coordinates are of the stored image unless annotated on the displayed one
+    frame_w, frame_h = (image.width, image.height) if cfg.coords_before_exif else (
+        image.displayed_size)
+    scale = {"pixels": (100.0 / frame_w, 100.0 / frame_h), "percent": (1.0, 1.0),
+             "normalized": (100.0, 100.0)}[units]
+    pct = xy * np.array(scale)
+    tol = cfg.clamp_tolerance
+    outside = ((pct < -tol) | (pct > 100.0 + tol)).any(axis=1)
+    if outside.any():
+        i = int(np.nonzero(outside)[0][0])
+        return _reject(raw, Reason.OUT_OF_BOUNDS,
+                       f"points[{i}] = ({xy[i, 0]}, {xy[i, 1]}) {units} is outside the "
+                       f"{frame_w}x{frame_h} image by more than {tol}%")
+    clamped = int(((pct < 0) | (pct > 100)).any(axis=1).sum())
+    return np.clip(pct, 0.0, 100.0), clamped
+
+
+def _fold_duplicates(pct: np.ndarray, width: int, height: int, cfg: PointsConfig) -> np.ndarray:
+    """Clicks on the displayed image with those within ``duplicate_radius`` folded."""
+    if cfg.duplicate_radius <= 0 or len(pct) <= 1:
+        return pct
+    pixels = pct * np.array([width, height]) / 100.0
+    radius = cfg.duplicate_radius / 100.0 * math.hypot(width, height)
+    return _dedup(pixels, radius) * 100.0 / np.array([width, height])
+
+
 def validate_points(
     raw: RawRecord, image: ImageInfo | None, cfg: PointsConfig
 ) -> PointAnnotation | Reject:
@@ -221,72 +256,36 @@ def validate_points(
     reason; small repairs (clamping within ``clamp_tolerance``, folding duplicate clicks
     within ``duplicate_radius``) are counted on the result.
     """
-
-    def reject(reason: Reason, detail: str) -> Reject:
-        return Reject(VALIDATE_STAGE, reason, detail, raw.source, raw.record)
-
     schema_reject = _schema_reject(raw)
     if schema_reject is not None:
         return schema_reject
     data = raw.data
     label = " ".join(data["label"].split())
     if not label:
-        return reject(Reason.EMPTY_LABEL, "label: is blank")
+        return _reject(raw, Reason.EMPTY_LABEL, "label: is blank")
     if image is None:
-        return reject(Reason.IMAGE_NOT_FOUND, f"image {data['image']!r} not found")
-    try:
-        xy = np.array([[p["x"], p["y"]] for p in data["points"]], dtype=np.float64)
-    except OverflowError:  # a JSON integer beyond float range
-        return reject(Reason.NON_FINITE_COORDINATE, "a coordinate does not fit a float")
-    xy = xy.reshape(-1, 2)
-    bad = np.nonzero(~np.isfinite(xy).all(axis=1))[0]
-    if len(bad):
-        i = int(bad[0])
-        return reject(Reason.NON_FINITE_COORDINATE,
-                      f"points[{i}] = ({xy[i, 0]}, {xy[i, 1]})")
-
-    units = data["units"]
-    # pixel coordinates are of the stored image unless annotated on the displayed one
-    frame_w, frame_h = (image.width, image.height) if cfg.coords_before_exif else (
-        image.displayed_size)
-    scale = {"pixels": (100.0 / frame_w, 100.0 / frame_h), "percent": (1.0, 1.0),
-             "normalized": (100.0, 100.0)}[units]
-    pct = xy * np.array(scale)
-    tol = cfg.clamp_tolerance
-    outside = ((pct < -tol) | (pct > 100.0 + tol)).any(axis=1)
-    if outside.any():
-        i = int(np.nonzero(outside)[0][0])
-        return reject(Reason.OUT_OF_BOUNDS,
-                      f"points[{i}] = ({xy[i, 0]}, {xy[i, 1]}) {units} is outside the "
-                      f"{frame_w}x{frame_h} image by more than {tol}%")
-    clamped = int(((pct < 0) | (pct > 100)).any(axis=1).sum())
-    pct = np.clip(pct, 0.0, 100.0)
-
+        return _reject(raw, Reason.IMAGE_NOT_FOUND, f"image {data['image']!r} not found")
+    xy = _coordinates(raw)
+    if isinstance(xy, Reject):
+        return xy
+    framed = _in_percent(raw, xy, image, cfg)
+    if isinstance(framed, Reject):
+        return framed
+    pct, clamped = framed
     if cfg.coords_before_exif:
         pct = np.array([orient_point(x, y, image.orientation) for x, y in pct]).reshape(-1, 2)
     width, height = image.displayed_size
-    if cfg.duplicate_radius > 0 and len(pct) > 1:
-        pixels = pct * np.array([width, height]) / 100.0
-        radius = cfg.duplicate_radius / 100.0 * math.hypot(width, height)
-        pct = _dedup(pixels, radius) * 100.0 / np.array([width, height])
+    pct = _fold_duplicates(pct, width, height, cfg)
     merged = len(xy) - len(pct)
     if cfg.max_points is not None and len(pct) > cfg.max_points:
-        return reject(Reason.TOO_MANY_POINTS,
-                      f"{len(pct)} points (after merging {merged} duplicates) > "
-                      f"max_points {cfg.max_points}")
+        return _reject(raw, Reason.TOO_MANY_POINTS,
+                       f"{len(pct)} points (after merging {merged} duplicates) > "
+                       f"max_points {cfg.max_points}")
     return PointAnnotation(
-        image=data["image"],
-        label=label,
-        points=tuple((float(x), float(y)) for x, y in pct),
-        annotator=data["annotator"],
-        collection_method=data.get("collection_method", "pointing"),
-        width=width,
-        height=height,
-        source=raw.source,
-        record=raw.record,
-        clamped=clamped,
-        duplicates_merged=merged,
-    )
+        image=data["image"], label=label, points=tuple((float(x), float(y)) for x, y in pct),
+        annotator=data["annotator"], collection_method=data.get("collection_method", "pointing"),
+        width=width, height=height, source=raw.source, record=raw.record, clamped=clamped,
+        duplicates_merged=merged)
 
 
 # ---------------------------------------------------------------- merging annotators
