@@ -1,5 +1,6 @@
-"""Validation against the JSON Schemas in ``schemas/``, the one definition of
-every record format.
+"""Validates records against the JSON Schemas in ``schemas/``, the one definition of each format.
+
+(``pixmo validate``, which checks a whole dataset directory, is ``pixmo.dataset.verify``.)
 
 Each schema is loaded and compiled (fastjsonschema) once per process, so
 checking a record costs a function call, not a schema walk. A violation comes

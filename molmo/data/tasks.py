@@ -27,14 +27,14 @@ from typing import Any
 import numpy as np
 
 from molmo.preprocess.chat import ChatConfig, Conversation, choose_style_tag, length_hint_prompt
-from pixmo.dataset.format import ShardSample
+from pixmo.config import between, check_fields, one_of
+from pixmo.dataset.format import IMAGE_EXTENSIONS, ShardSample
 from pixmo.errors import ConfigError, PixmoError
 from pixmo.points.prompts import point_example
 from pixmo.schema import validate
 
 TASKS = ("long_caption", "transcript", "pointing", "point_count", "qa")
 PROMPT_KINDS = ("template", "length_hint")
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 DEFAULT_MAX_PIXELS = 64_000_000
 
 # Our own wording, in the spirit of the official prompt lists.
@@ -92,12 +92,7 @@ class TaskConfig:
         if unknown or not self.tasks:
             raise ConfigError(f"must be a non-empty subset of {TASKS}, got {self.tasks}",
                               field="TaskConfig.tasks")
-        if self.caption_prompt not in PROMPT_KINDS:
-            raise ConfigError(f"must be one of {PROMPT_KINDS}, got {self.caption_prompt!r}",
-                              field="TaskConfig.caption_prompt")
-        if not 0.0 <= self.point_count_prob <= 1.0:
-            raise ConfigError(f"must be in [0, 1], got {self.point_count_prob}",
-                              field="TaskConfig.point_count_prob")
+        check_fields(self, caption_prompt=one_of(PROMPT_KINDS), point_count_prob=between(0, 1))
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ FORMAT_VERSION = 1
 KEY_RE = re.compile(r"^[A-Za-z0-9-][A-Za-z0-9_-]*$")
 MAX_KEY_LENGTH = 128
 ANNOTATION_KINDS = ("transcripts", "captions", "points", "qa")
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")  # a sample holds one image member
 
 
 def validate_key(key: str) -> str:
@@ -79,6 +80,10 @@ class ShardSample:
             if not ext or "/" in ext or ext != ext.lower():
                 raise PixmoError(f"member extension {ext!r} must be lower-case", record=self.key)
         return sorted(members.items())
+
+    def image(self) -> bytes | None:
+        """The bytes of the image member, or None if the sample has none."""
+        return next((data for ext, data in self.files.items() if ext in IMAGE_EXTENSIONS), None)
 
 
 @dataclass(frozen=True)

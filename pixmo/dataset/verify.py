@@ -1,10 +1,11 @@
-"""Looking at a built dataset directory: what is in it, and is it intact.
+"""What ``pixmo validate`` runs: is a built dataset directory whole and consistent.
 
-``summarize`` backs ``pixmo inspect``; ``verify`` backs ``pixmo validate`` and
+``verify`` backs ``pixmo validate`` and ``summarize`` backs ``pixmo inspect``. ``verify``
 checks every layer a build writes: each tar against its commit marker
 (size, sha256, sample count, first and last key), every sample JSON against
 the ``sample`` schema and its image bytes against the recorded hash, the
-manifest against the shards, and dataset.json against both.
+manifest against the shards, and dataset.json against both. Checking one
+record against its JSON Schema is ``pixmo.schema``'s job; this module calls it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pixmo.atomic import PARTIAL_SUFFIX
 from pixmo.dataset.format import (
     ANNOTATION_KINDS,
     DATASET_JSON,
+    IMAGE_EXTENSIONS,
     MANIFEST,
     REJECTS,
     SHARDS_DIR,
@@ -31,8 +33,6 @@ from pixmo.dataset.tables import read_dataset_json, read_manifest, read_rejects
 from pixmo.errors import PixmoError
 from pixmo.remote import file_sha256
 from pixmo.schema import check
-
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 
 
 @dataclass

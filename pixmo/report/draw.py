@@ -55,9 +55,19 @@ def render_points(
     ``point_sets`` is the sample JSON's ``points`` list (schema ``sample``,
     ``$defs/point_set``). The file appears whole or not at all. Returns its path.
     """
-    from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
-
     out = Path(out)
+    image = _decode(image_bytes, out, max_pixels)
+    canvas = _with_points(image, point_sets)
+    with atomic_open(out) as fh:
+        canvas.save(fh, format="PNG")
+    logger.debug("drew %d label sets on %dx%d image to %s", len(point_sets), *image.size, out)
+    return out
+
+
+def _decode(image_bytes: bytes, out: Path, max_pixels: int) -> Any:
+    """The image as displayed (EXIF-rotated, RGB); size checked before any pixel is decoded."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
     try:
         image = Image.open(io.BytesIO(image_bytes))
     except UnidentifiedImageError as exc:
@@ -66,42 +76,46 @@ def render_points(
     if width * height > max_pixels:
         raise PixmoError(f"image is {width}x{height} = {width * height} pixels, more than "
                          f"max_pixels {max_pixels}", file=str(out))
-    image = ImageOps.exif_transpose(image).convert("RGB")
-    width, height = image.size
+    return ImageOps.exif_transpose(image).convert("RGB")
 
+
+def _with_points(image: Any, point_sets: Sequence[dict[str, Any]]) -> Any:
+    """A canvas holding ``image``, its numbered points and, to the right, the legend."""
+    from PIL import Image, ImageDraw
+
+    width, height = image.size
     scale = max(1.0, min(width, height) / 400)
-    radius = round(5 * scale)
     font = _font(round(12 * scale))
     line = round(18 * scale)
-    entries = []
-    for i, point_set in enumerate(point_sets):
-        n = len(point_set["points"])
-        entries.append((PALETTE[i % len(PALETTE)],
-                        f"{point_set['label']} ({n if n else 'none'})"))
+    entries = [(PALETTE[i % len(PALETTE)],
+                f"{point_set['label']} ({len(point_set['points']) or 'none'})")
+               for i, point_set in enumerate(point_sets)]
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     text_w = max((measure.textlength(text, font=font) for _, text in entries), default=0)
     legend_w = round(text_w + line * 2.5) if entries else 0
-    legend_h = line * (len(entries) + 1)
-
-    canvas = Image.new("RGB", (width + legend_w, max(height, legend_h)), (255, 255, 255))
+    canvas = Image.new("RGB", (width + legend_w, max(height, line * (len(entries) + 1))),
+                       (255, 255, 255))
     canvas.paste(image, (0, 0))
     draw = ImageDraw.Draw(canvas)
     for (colour, _), point_set in zip(entries, point_sets, strict=True):
-        points = [(p[0], p[1]) for p in point_set["points"]]
-        for number, (x, y) in enumerate(official_order(points), start=1):
-            cx, cy = x / 100 * width, y / 100 * height
-            draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=colour,
-                         outline=(0, 0, 0), width=max(1, round(scale)))
-            draw.text((cx + radius + 1, cy - radius - 1), str(number), fill=colour, font=font,
-                      stroke_width=max(1, round(scale)), stroke_fill=(0, 0, 0))
+        _draw_points(draw, point_set["points"], colour, (width, height), scale, font)
     for row, (colour, text) in enumerate(entries):
         top = line // 2 + row * line
         left = width + line // 2
         draw.rectangle((left, top, left + line - 4, top + line - 4), fill=colour,
                        outline=(0, 0, 0))
         draw.text((left + line + 2, top), text, fill=(0, 0, 0), font=font)
+    return canvas
 
-    with atomic_open(out) as fh:
-        canvas.save(fh, format="PNG")
-    logger.debug("drew %d label sets on %dx%d image to %s", len(entries), width, height, out)
-    return out
+
+def _draw_points(draw: Any, points: Sequence[Sequence[float]], colour: tuple[int, int, int],
+                 size: tuple[int, int], scale: float, font: Any) -> None:
+    """Dots numbered in the order Molmo writes them; points are percent of ``size``."""
+    radius = round(5 * scale)
+    stroke = max(1, round(scale))
+    for number, (x, y) in enumerate(official_order([(p[0], p[1]) for p in points]), start=1):
+        cx, cy = x / 100 * size[0], y / 100 * size[1]
+        draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=colour,
+                     outline=(0, 0, 0), width=stroke)
+        draw.text((cx + radius + 1, cy - radius - 1), str(number), fill=colour, font=font,
+                  stroke_width=stroke, stroke_fill=(0, 0, 0))

@@ -18,7 +18,7 @@ from PIL import Image
 from pixmo.dataset.format import ShardSample
 from pixmo.dataset.writer import ShardConfig, write_dataset
 from pixmo.errors import PixmoError
-from pixmo.report.page import bar_chart_svg, histogram_svg, write_report
+from pixmo.report.page import write_report
 from pixmo.synth.scenes import SceneConfig, describe, make_scene, render
 
 N_SAMPLES = 5
@@ -127,18 +127,6 @@ def test_report_tolerates_missing_run_files(dataset, tmp_path):
     assert "Training run" not in plain and plain.count("<svg") == 5
     with pytest.raises(PixmoError, match="no dataset.json"):
         write_report(tmp_path, tmp_path / "x.html")
-
-
-def test_plots_draw_their_numbers():
-    svg = histogram_svg([1, 1, 2, 5], "t", "x", integer=True)
-    bars = re.findall(r'height="([\d.]+)" fill="#3b75af"><title>([^<]+)</title>', svg)
-    assert [t for _, t in bars] == ["0.5-1.5: 2", "1.5-2.5: 1", "4.5-5.5: 1"]
-    heights = [float(h) for h, _ in bars]
-    assert heights[0] == pytest.approx(2 * heights[1])
-    svg = bar_chart_svg([("a", 4), ("b", 1)], "t")
-    widths = [float(w) for w in re.findall(r'<rect x="170" y="[\d.]+" width="([\d.]+)"', svg)]
-    assert widths[0] == pytest.approx(4 * widths[1])
-    assert "no data" in histogram_svg([], "t", "x")
 
 
 PROBE = """<script>
