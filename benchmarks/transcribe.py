@@ -31,7 +31,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from pixmo.speech.audio import Audio, read_audio
-from pixmo.speech.transcribe import CT2_KERNELS, QCConfig, SpeechConfig, Transcriber
+from pixmo.speech.config import QCConfig, SpeechConfig
+from pixmo.speech.kernels import CT2_KERNELS
+from pixmo.speech.transcribe import Transcriber
 
 CLIPS = [Path(__file__).resolve().parents[1] / "tests" / "data" / "speech" / name
          for name in ("kitchen.opus", "street.opus", "garden.opus", "desk.flac")]

@@ -116,7 +116,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
-    from pixmo.speech.transcribe import QCConfig, SpeechConfig, transcribe_files
+    from pixmo.speech.config import QCConfig, SpeechConfig
+    from pixmo.speech.transcribe import transcribe_files
 
     cfg = SpeechConfig(backend=args.backend, model=args.model, device=args.device,
                        cpu_threads=args.cpu_threads, qc=QCConfig(min_speech_s=args.min_speech_s))
@@ -130,7 +131,7 @@ def cmd_build(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
     from pixmo.dataset.tables import read_dataset_json
     from pixmo.dataset.writer import ShardConfig
     from pixmo.remote import Folder
-    from pixmo.speech.transcribe import QCConfig, SpeechConfig
+    from pixmo.speech.config import QCConfig, SpeechConfig
 
     speech = SpeechConfig(model=args.whisper_model, device=args.device,
                           cpu_threads=args.cpu_threads,

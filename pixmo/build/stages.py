@@ -79,7 +79,7 @@ from pixmo.points.annotations import validate_points as _validate_points
 from pixmo.raw import RawRecord, read_records
 from pixmo.rejects import Reason, Reject
 from pixmo.schema import check
-from pixmo.speech.transcribe import SpeechConfig
+from pixmo.speech.config import SpeechConfig
 
 log = logging.getLogger(__name__)
 

@@ -10,13 +10,22 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from pixmo.atomic import atomic_open, atomic_write_bytes
-from pixmo.dataset.format import ANNOTATION_KINDS, FORMAT_VERSION, ShardSample, ShardStats
+from pixmo.dataset.format import (
+    ANNOTATION_KINDS,
+    DATASET_JSON,
+    FORMAT_VERSION,
+    MANIFEST,
+    REJECTS,
+    ShardSample,
+    ShardStats,
+)
 from pixmo.errors import PixmoError
+from pixmo.remote import Folder
 from pixmo.schema import load_schema, validate
 
 
@@ -113,6 +122,19 @@ def read_dataset_json(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise PixmoError(f"not JSON: {exc}", file=os.fspath(path)) from exc
     validate("dataset", obj, file=os.fspath(path))
     return obj
+
+
+def write_tables(out_dir: str | os.PathLike[str], manifest: Iterable[dict[str, Any]],
+                 rejects: Sequence[dict[str, str]], description: dict[str, Any]) -> None:
+    """Finish a dataset folder (a path or URL) whose shards are committed: the manifest,
+    the rejects, then ``dataset.json`` last, so a folder with a dataset.json is whole."""
+    out = Folder(os.fspath(out_dir))
+    with out.local_target(MANIFEST) as path:
+        write_manifest(manifest, path)
+    with out.local_target(REJECTS) as path:
+        write_rejects(rejects, path)
+    with out.local_target(DATASET_JSON) as path:
+        write_dataset_json(description, path)
 
 
 def describe(name: str, stats: list[ShardStats], **extra: Any) -> dict[str, Any]:

@@ -26,9 +26,6 @@ from pixmo.atomic import atomic_write_bytes, partial_path
 from pixmo.config import at_least, check_fields
 from pixmo.dataset.format import (
     ANNOTATION_KINDS,
-    DATASET_JSON,
-    MANIFEST,
-    REJECTS,
     SHARDS_DIR,
     ShardSample,
     ShardStats,
@@ -36,13 +33,7 @@ from pixmo.dataset.format import (
     shard_name,
     validate_key,
 )
-from pixmo.dataset.tables import (
-    describe,
-    manifest_row,
-    write_dataset_json,
-    write_manifest,
-    write_rejects,
-)
+from pixmo.dataset.tables import describe, manifest_row, write_tables
 from pixmo.errors import ConfigError
 from pixmo.schema import validate
 
@@ -264,12 +255,9 @@ def write_dataset(out_dir: str | os.PathLike[str], samples: Iterable[ShardSample
     with ShardWriter(out, config) as writer:
         for sample in samples:
             writer.write(sample)
-    written = writer.written
-    write_manifest(written.rows, out / MANIFEST)
     rejects = list(rejects)
-    write_rejects(rejects, out / REJECTS)
     extra.setdefault("engine", "local")
-    description = describe(name, written.stats, **extra)
+    description = describe(name, writer.written.stats, **extra)
     description["counts"]["rejects"] = len(rejects)
-    write_dataset_json(description, out / DATASET_JSON)
+    write_tables(out, writer.written.rows, rejects, description)
     return description

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pixmo.errors import ConfigError, PixmoError
+from pixmo.config import above, check_fields
+from pixmo.errors import PixmoError
 
 log = logging.getLogger(__name__)
 
@@ -37,15 +38,7 @@ class AudioConfig:
     max_bytes: int = 200 * 1024 * 1024
 
     def __post_init__(self) -> None:
-        if self.sample_rate <= 0:
-            raise ConfigError(f"must be positive, got {self.sample_rate}",
-                              field="AudioConfig.sample_rate")
-        if self.max_duration_s <= 0:
-            raise ConfigError(f"must be positive, got {self.max_duration_s}",
-                              field="AudioConfig.max_duration_s")
-        if self.max_bytes <= 0:
-            raise ConfigError(f"must be positive, got {self.max_bytes}",
-                              field="AudioConfig.max_bytes")
+        check_fields(self, sample_rate=above(0), max_duration_s=above(0), max_bytes=above(0))
 
 
 @dataclass(frozen=True)

@@ -113,57 +113,60 @@ def _layers(variables: dict[str, np.ndarray], side: str) -> int:
     return len(found)
 
 
-def ct2_to_openai(variables: dict[str, np.ndarray]) -> tuple[dict[str, int], dict[str, Any]]:
-    """openai-whisper ``(dims, state_dict)`` (float32 tensors) from CTranslate2
-    Whisper variables."""
-    import torch
+class _OpenAIState:
+    """openai-whisper's float32 tensors, gathered from CTranslate2 variables
+    (``dst`` names are openai-whisper's, ``src`` prefixes CTranslate2's)."""
 
-    sd: dict[str, Any] = {}
+    def __init__(self, variables: dict[str, np.ndarray]) -> None:
+        self.variables = variables
+        self.tensors: dict[str, Any] = {}
 
-    def tensor(a: np.ndarray) -> Any:
-        return torch.from_numpy(a.astype(np.float32))
+    def put(self, dst: str, array: np.ndarray) -> None:
+        import torch
 
-    def norm(dst: str, src: str) -> None:
-        sd[f"{dst}.weight"], sd[f"{dst}.bias"] = tensor(variables[f"{src}/gamma"]), tensor(
-            variables[f"{src}/beta"])
+        self.tensors[dst] = torch.from_numpy(array.astype(np.float32))
 
-    def linear(dst: str, src: str) -> None:
-        sd[f"{dst}.weight"], sd[f"{dst}.bias"] = tensor(variables[f"{src}/weight"]), tensor(
-            variables[f"{src}/bias"])
+    def copy(self, dst: str, src: str) -> None:
+        self.put(dst, self.variables[src])
 
-    def fused(dsts: list[str], src: str) -> None:
-        weights = np.split(variables[f"{src}/weight"], len(dsts))
-        biases = np.split(variables[f"{src}/bias"], len(dsts))
+    def norm(self, dst: str, src: str) -> None:
+        self.copy(f"{dst}.weight", f"{src}/gamma")
+        self.copy(f"{dst}.bias", f"{src}/beta")
+
+    def linear(self, dst: str, src: str) -> None:
+        self.copy(f"{dst}.weight", f"{src}/weight")
+        self.copy(f"{dst}.bias", f"{src}/bias")
+
+    def fused(self, dsts: list[str], src: str) -> None:
+        """Split a fused projection back into its parts."""
+        weights = np.split(self.variables[f"{src}/weight"], len(dsts))
+        biases = np.split(self.variables[f"{src}/bias"], len(dsts))
         for dst, w, b in zip(dsts, weights, biases, strict=True):
-            sd[f"{dst}.weight"] = tensor(w)
+            self.put(f"{dst}.weight", w)
             if not dst.endswith(".key"):  # Whisper's key projections have no bias
-                sd[f"{dst}.bias"] = tensor(b)
+                self.put(f"{dst}.bias", b)
 
-    n_enc, n_dec = _layers(variables, "encoder"), _layers(variables, "decoder")
-    for side, n in (("encoder", n_enc), ("decoder", n_dec)):
-        for i in range(n):
-            s, d = f"{side}/layer_{i}", f"{side}.blocks.{i}"
-            fused([f"{d}.attn.query", f"{d}.attn.key", f"{d}.attn.value"],
-                  f"{s}/self_attention/linear_0")
-            linear(f"{d}.attn.out", f"{s}/self_attention/linear_1")
-            norm(f"{d}.attn_ln", f"{s}/self_attention/layer_norm")
-            linear(f"{d}.mlp.0", f"{s}/ffn/linear_0")
-            linear(f"{d}.mlp.2", f"{s}/ffn/linear_1")
-            norm(f"{d}.mlp_ln", f"{s}/ffn/layer_norm")
-            if side == "decoder":
-                linear(f"{d}.cross_attn.query", f"{s}/attention/linear_0")
-                fused([f"{d}.cross_attn.key", f"{d}.cross_attn.value"], f"{s}/attention/linear_1")
-                linear(f"{d}.cross_attn.out", f"{s}/attention/linear_2")
-                norm(f"{d}.cross_attn_ln", f"{s}/attention/layer_norm")
-        positions = variables[f"{side}/position_encodings/encodings"]
-        sd[f"{side}.positional_embedding"] = tensor(positions)
-    linear("encoder.conv1", "encoder/conv1")
-    linear("encoder.conv2", "encoder/conv2")
-    norm("encoder.ln_post", "encoder/layer_norm")
-    norm("decoder.ln", "decoder/layer_norm")
+    def block(self, side: str, i: int) -> None:
+        """One encoder or decoder block; decoder blocks add cross-attention."""
+        s, d = f"{side}/layer_{i}", f"{side}.blocks.{i}"
+        self.fused([f"{d}.attn.query", f"{d}.attn.key", f"{d}.attn.value"],
+                   f"{s}/self_attention/linear_0")
+        self.linear(f"{d}.attn.out", f"{s}/self_attention/linear_1")
+        self.norm(f"{d}.attn_ln", f"{s}/self_attention/layer_norm")
+        self.linear(f"{d}.mlp.0", f"{s}/ffn/linear_0")
+        self.linear(f"{d}.mlp.2", f"{s}/ffn/linear_1")
+        self.norm(f"{d}.mlp_ln", f"{s}/ffn/layer_norm")
+        if side == "decoder":
+            self.linear(f"{d}.cross_attn.query", f"{s}/attention/linear_0")
+            self.fused([f"{d}.cross_attn.key", f"{d}.cross_attn.value"], f"{s}/attention/linear_1")
+            self.linear(f"{d}.cross_attn.out", f"{s}/attention/linear_2")
+            self.norm(f"{d}.cross_attn_ln", f"{s}/attention/layer_norm")
+
+
+def _openai_dims(variables: dict[str, np.ndarray], n_enc: int, n_dec: int) -> dict[str, int]:
+    """openai-whisper's ``ModelDimensions``, read off the tensors' shapes."""
     embeddings = variables["decoder/embeddings/weight"]
-    sd["decoder.token_embedding.weight"] = tensor(embeddings)
-    dims = {
+    return {
         "n_mels": int(variables["encoder/conv1/weight"].shape[1]),
         "n_audio_ctx": int(variables["encoder/position_encodings/encodings"].shape[0]),
         "n_audio_state": int(embeddings.shape[1]),
@@ -175,7 +178,23 @@ def ct2_to_openai(variables: dict[str, np.ndarray]) -> tuple[dict[str, int], dic
         "n_text_head": int(variables["decoder/num_heads"]),
         "n_text_layer": n_dec,
     }
-    return dims, sd
+
+
+def ct2_to_openai(variables: dict[str, np.ndarray]) -> tuple[dict[str, int], dict[str, Any]]:
+    """openai-whisper ``(dims, state_dict)`` (float32 tensors) from CTranslate2
+    Whisper variables."""
+    state = _OpenAIState(variables)
+    n_enc, n_dec = _layers(variables, "encoder"), _layers(variables, "decoder")
+    for side, n in (("encoder", n_enc), ("decoder", n_dec)):
+        for i in range(n):
+            state.block(side, i)
+        state.copy(f"{side}.positional_embedding", f"{side}/position_encodings/encodings")
+    state.linear("encoder.conv1", "encoder/conv1")
+    state.linear("encoder.conv2", "encoder/conv2")
+    state.norm("encoder.ln_post", "encoder/layer_norm")
+    state.norm("decoder.ln", "decoder/layer_norm")
+    state.copy("decoder.token_embedding.weight", "decoder/embeddings/weight")
+    return _openai_dims(variables, n_enc, n_dec), state.tensors
 
 
 def openai_to_transformers(state_dict: dict[str, Any]) -> dict[str, Any]:

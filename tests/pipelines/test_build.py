@@ -17,7 +17,7 @@ from pixmo.dataset.reader import iter_samples
 from pixmo.dataset.tables import read_dataset_json, read_manifest, read_rejects
 from pixmo.dataset.verify import verify
 from pixmo.dataset.writer import ShardConfig
-from pixmo.speech.transcribe import QCConfig, SpeechConfig
+from pixmo.speech.config import QCConfig, SpeechConfig
 from tests.paths import SPEECH, TESTS
 
 

@@ -26,7 +26,7 @@ from pixmo.dataset.tables import read_dataset_json, read_rejects
 from pixmo.dataset.verify import summarize, verify
 from pixmo.dataset.writer import ShardConfig
 from pixmo.report.page import write_report
-from pixmo.speech.transcribe import QCConfig, SpeechConfig
+from pixmo.speech.config import QCConfig, SpeechConfig
 from tests.paths import SPEECH
 from tests.pixmo.test_captions import ChatServer
 

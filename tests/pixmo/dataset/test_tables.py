@@ -15,6 +15,7 @@ from pixmo.dataset.tables import (
     read_rejects,
     write_dataset_json,
     write_manifest,
+    write_tables,
 )
 from pixmo.dataset.writer import ShardConfig, write_dataset
 from pixmo.errors import PixmoError
@@ -78,3 +79,28 @@ def test_manifest_row_counts_annotations():
     row = manifest_row(sample, "pixmo-000002.tar")
     assert row["shard"] == "pixmo-000002.tar" and row["key"] == sample.key
     assert (row["captions"], row["points"], row["qa"], row["transcripts"]) == (1, 1, 0, 0)
+
+
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_write_tables_finishes_a_folder_with_dataset_json_last(tmp_path, where):
+    import uuid
+
+    from pixmo.remote import Folder
+
+    out = str(tmp_path / "ds") if where == "local" else f"memory://tables-{uuid.uuid4().hex}"
+    folder = Folder(out)
+    folder.makedirs("")
+    rows = [manifest_row(make_sample(i), "pixmo-000000.tar") for i in range(3)]
+    rejects = [{"source": "a.jsonl", "record": "1", "stage": "points", "reason": "invalid_record",
+                "detail": "x"}]
+    body = describe("t", [_stats(0, 3, 3)])
+    body["counts"]["rejects"] = 1
+    write_tables(out, rows, rejects, body)
+    assert folder.glob("*") == ["dataset.json", "manifest.parquet", "rejects.parquet"]
+    with folder.local_copy("manifest.parquet") as path:
+        assert read_manifest(path) == rows
+    assert json.loads(folder.read_bytes("dataset.json")) == body
+    folder.remove("dataset.json")
+    with pytest.raises(PixmoError, match="dataset.json"):  # invalid: the tables are written,
+        write_tables(out, rows, rejects, {**body, "name": 7})  # dataset.json is not
+    assert not folder.is_file("dataset.json") and folder.is_file("rejects.parquet")

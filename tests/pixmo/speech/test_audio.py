@@ -138,5 +138,5 @@ def test_limits_bound_duration_and_size(tmp_path):
         read_audio(path, AudioConfig(max_duration_s=2.0))
     with pytest.raises(PixmoError, match=r"more than max_bytes=1000"):
         read_audio(path, AudioConfig(max_bytes=1000))
-    with pytest.raises(ValueError, match="AudioConfig.sample_rate must be positive, got 0"):
+    with pytest.raises(ValueError, match="AudioConfig.sample_rate must be > 0, got 0"):
         AudioConfig(sample_rate=0)

@@ -1,92 +1,38 @@
-"""Transcription with real Whisper weights on real (synthesised) speech: word
-error rate against the scripts read aloud, every QC rejection on real audio,
-the transcript record against the ``sample`` schema, and the openai-whisper
-and transformers backends on the same bundled tiny.en weights converted to
-their formats (the conversion itself: test_whisper_weights.py).
+"""The transcription stage with real Whisper weights on real (synthesised)
+speech: word error rate against the scripts read aloud, every QC rejection on
+real audio as the stage returns it, the transcript record against the
+``sample`` schema, and what ``pixmo transcribe`` prints.
 
 The faster-whisper model is loaded once per process (``load_backend`` caches
-it); the other two backends are loaded once per module.
+it).
 """
 
 from __future__ import annotations
 
-import io
 import json
-import os
 import re
-import subprocess
-import sys
-from dataclasses import asdict, replace
+from dataclasses import replace
 from importlib.metadata import version
-from pathlib import Path
 
-import fastjsonschema
-import jiwer
 import numpy as np
 import pytest
-import soundfile as sf
 
-from pixmo.errors import PixmoError
-from pixmo.rejects import Reason, Reject
-from pixmo.schema import load_schema
+from pixmo.rejects import Reason
 from pixmo.speech.audio import SAMPLE_RATE, decode_audio, read_audio
-from pixmo.speech.transcribe import (
-    QCConfig,
-    Segment,
-    SpeechConfig,
-    Transcriber,
-    Transcript,
-    check_transcript,
-    compression_ratio,
-    load_backend,
-    transcribe_files,
-)
-from pixmo.speech.weights import export_bundled
+from pixmo.speech.config import QCConfig, SpeechConfig
+from pixmo.speech.transcribe import Transcriber, transcribe_files
+from pixmo.speech.transcript import Transcript
 from tests.paths import SPEECH
-
-SCRIPTS = {c["file"]: c for c in json.loads((SPEECH / "scripts.json").read_text())}
-DESCRIPTIONS = ["kitchen.opus", "street.opus", "garden.opus", "desk.flac"]
-# The sample clips last 7-21 s: QC for them asks 5 s and 10 words; the
-# 60 s default is tested separately.
-CLIP_QC = QCConfig(min_speech_s=5.0, min_words=10)
-# Measured with tiny.en on the four descriptions (words lower-cased, punctuation
-# removed): corpus WER 0.176 with faster-whisper (int8, beam 5; per clip
-# 0.04-0.32), 0.167 with openai-whisper (float32, beam 5), 0.167 with
-# transformers (float32, greedy), 0.150 with transformers (beam 5). The
-# thresholds leave room for other CPUs' rounding and codec builds.
-MAX_CORPUS_WER = 0.25
-MAX_CLIP_WER = 0.4
-
-NORMALISE = jiwer.Compose([
-    jiwer.ToLowerCase(),
-    jiwer.RemovePunctuation(),
-    jiwer.RemoveMultipleSpaces(),
-    jiwer.Strip(),
-    jiwer.ReduceToListOfListOfWords(),
-])
-
-
-def wer(references: list[str], hypotheses: list[str]) -> float:
-    return jiwer.wer(references, hypotheses, reference_transform=NORMALISE,
-                     hypothesis_transform=NORMALISE)
-
-
-def wav_bytes(samples: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    sf.write(buf, samples, SAMPLE_RATE, format="WAV", subtype="PCM_16")
-    return buf.getvalue()
-
-
-@pytest.fixture(scope="module")
-def transcriber() -> Transcriber:
-    return Transcriber(SpeechConfig(qc=CLIP_QC))
-
-
-@pytest.fixture(scope="module")
-def transcript_schema():
-    """The ``transcripts`` item of ``schemas/sample.json``, compiled alone."""
-    sample = load_schema("sample")
-    return fastjsonschema.compile({"$defs": sample["$defs"], **sample["$defs"]["transcript"]})
+from tests.pixmo.speech.conftest import (
+    CLIP_QC,
+    DESCRIPTIONS,
+    MAX_CLIP_WER,
+    MAX_CORPUS_WER,
+    SCRIPTS,
+    reason,
+    wav_bytes,
+    wer,
+)
 
 
 def test_sample_speech_word_error_rate(transcriber, transcript_schema):
@@ -115,26 +61,6 @@ def test_sample_speech_word_error_rate(transcriber, transcript_schema):
                    for a, b in zip(segments, segments[1:], strict=False))
         assert abs(segments[-1]["end"] - record["duration_s"]) < 1.5
     assert wer(references, hypotheses) < MAX_CORPUS_WER
-
-
-def test_model_is_loaded_once_per_process(transcriber):
-    assert load_backend(SpeechConfig(qc=CLIP_QC)) is transcriber.backend
-    assert Transcriber(SpeechConfig(qc=QCConfig())).backend is transcriber.backend
-    assert load_backend(SpeechConfig(beam_size=1)) is not transcriber.backend
-
-
-def test_batched_pipeline_transcribes(transcriber):
-    batched = Transcriber(SpeechConfig(batch_size=4, qc=CLIP_QC))
-    assert batched.backend.pipeline is not None
-    result = batched(read_audio(SPEECH / "kitchen.opus"))
-    assert isinstance(result, Transcript), result
-    assert wer([SCRIPTS["kitchen.opus"]["text"]], [result.text]) < MAX_CLIP_WER
-
-
-def reason(result) -> Reason:
-    assert isinstance(result, Reject), result
-    assert result.stage == "transcribe"
-    return result.reason
 
 
 def test_reject_silence(transcriber):
@@ -245,52 +171,6 @@ def test_reject_too_few_words(transcriber):
     assert result.detail.endswith("words < min_words=30")
 
 
-def make_transcript(**fields) -> Transcript:
-    base = dict(text="a red car " * 10, annotator="a1", audio_sha256="0" * 64, duration_s=70.0,
-                language="en", model="tiny.en", backend="faster-whisper", compute_type="int8",
-                beam_size=5, segments=[Segment(0.0, 65.0, "a red car " * 10, -0.3, 0.1, 1.5)],
-                language_probability=0.9, avg_logprob=-0.3, no_speech_prob=0.1,
-                compression_ratio=1.5)
-    return Transcript(**{**base, **fields})
-
-
-@pytest.mark.parametrize(
-    "fields,expected,detail",
-    [
-        ({}, None, None),
-        ({"text": ""}, Reason.SILENCE, "no words recognised"),
-        ({"no_speech_prob": 0.8}, Reason.SILENCE, "no_speech_prob 0.80 > max_no_speech_prob=0.6"),
-        ({"language": "fr"}, Reason.WRONG_LANGUAGE, "language 'fr' is not one of ['en']"),
-        ({"language_probability": 0.3}, Reason.WRONG_LANGUAGE,
-         "language 'en' detected with probability 0.30 < min_language_probability=0.5"),
-        ({"compression_ratio": 3.1}, Reason.REPETITION_LOOP,
-         "compression ratio 3.10 > max_compression_ratio=2.4"),
-        ({"avg_logprob": -1.2}, Reason.LOW_CONFIDENCE, "avg_logprob -1.20 < min_avg_logprob=-0.7"),
-        ({"segments": [Segment(0.0, 30.0, "a red car", -0.3, 0.1, 1.0)]},
-         Reason.SPEECH_TOO_SHORT, "speech covers 30.0 s < min_speech_s=60.0"),
-        ({"text": "a red car"}, Reason.TOO_FEW_WORDS, "3 words < min_words=20"),
-    ],
-)
-def test_check_transcript_thresholds(fields, expected, detail):
-    result = check_transcript(make_transcript(**fields), QCConfig(), "a.flac", "s-1")
-    if expected is None:
-        assert result is None
-    else:
-        assert result == Reject("transcribe", expected, detail, "a.flac", "s-1")
-
-
-def test_check_transcript_session_language_overrides_accepted_list():
-    t = make_transcript(language="de")
-    assert check_transcript(t, QCConfig(), "a.flac", "s-1", language="de") is None
-    assert check_transcript(t, QCConfig(languages=()), "a.flac", "s-1") is None
-
-
-def test_compression_ratio_flags_loops():
-    assert compression_ratio("") == 0.0
-    assert compression_ratio("There is a red ball. " * 16) > 4
-    assert compression_ratio(SCRIPTS["kitchen.opus"]["text"]) < 2
-
-
 def test_transcribe_files_yields_one_json_line_per_file(tmp_path):
     fake = tmp_path / "fake.flac"
     fake.write_text("not audio")
@@ -308,131 +188,3 @@ def test_transcribe_files_yields_one_json_line_per_file(tmp_path):
     for row in rows:
         assert json.loads(json.dumps(row)) == row
 
-
-def test_config_errors_name_the_field(tmp_path):
-    with pytest.raises(ValueError, match="SpeechConfig.backend must be one of"):
-        SpeechConfig(backend="whisper.cpp")
-    with pytest.raises(ValueError, match="SpeechConfig.beam_size must be >= 1, got 0"):
-        SpeechConfig(beam_size=0)
-    with pytest.raises(ValueError, match="QCConfig.max_no_speech_prob must be in"):
-        QCConfig(max_no_speech_prob=2)
-    with pytest.raises(PixmoError, match="field model: cannot load faster-whisper model"):
-        load_backend(SpeechConfig(model=str(tmp_path / "no-such-model")))
-    with pytest.raises(PixmoError, match="transformers model must be a local directory"):
-        load_backend(SpeechConfig(backend="transformers", model="openai/whisper-tiny"))
-
-
-# ------------------------------------------------- the same transcript in any environment
-
-
-def transcribe_in_fresh_process(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "transcribe", str(SPEECH / "kitchen.opus"),
-         str(SPEECH / "garden.opus"), "--min-speech-s", "5", *args],
-        env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
-
-
-def test_transcripts_do_not_depend_on_the_thread_environment():
-    """Environment variables that set OpenMP threads or CTranslate2's kernels
-    (unpinned, CT2_USE_MKL=1 alone changes these transcripts on an AMD EPYC)
-    leave the output byte for byte the same."""
-    plain = transcribe_in_fresh_process({})
-    other = transcribe_in_fresh_process({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-                                         "CT2_USE_MKL": "1", "CT2_FORCE_CPU_ISA": "GENERIC",
-                                         "ONEDNN_MAX_CPU_ISA": "SSE41"})
-    assert plain.returncode == 0 and other.returncode == 0, plain.stderr + other.stderr
-    rows = [json.loads(line) for line in plain.stdout.splitlines()]
-    assert [r["transcript"]["cpu_threads"] for r in rows] == [1, 1]
-    assert other.stdout == plain.stdout
-
-
-def test_kernels_that_cannot_be_pinned_any_more_are_a_one_line_error():
-    script = ("import ctranslate2; from pixmo.speech.transcribe import SpeechConfig, load_backend; "
-              "load_backend(SpeechConfig(device='cpu'))")
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         env={k: v for k, v in os.environ.items() if k != "CT2_USE_MKL"},
-                         timeout=300)
-    assert run.returncode != 0
-    assert "ctranslate2 was imported before its CPU kernels could be pinned" in run.stderr
-    assert "CT2_USE_MKL=0 CT2_FORCE_CPU_ISA=AVX2 ONEDNN_MAX_CPU_ISA=AVX2" in run.stderr
-
-
-def test_thread_count_is_a_recorded_decoding_setting():
-    two = Transcriber(SpeechConfig(cpu_threads=2, qc=CLIP_QC))
-    result = two(read_audio(SPEECH / "desk.flac"))
-    assert isinstance(result, Transcript) and result.cpu_threads == 2
-    assert load_backend(SpeechConfig(cpu_threads=2, qc=CLIP_QC)) is two.backend
-    with pytest.raises(ValueError, match="SpeechConfig.cpu_threads must be >= 1, got 0"):
-        SpeechConfig(cpu_threads=0)
-
-
-# ------------------------------------------------- the other two backends
-
-
-@pytest.fixture(scope="module")
-def openai_checkpoint(tmp_path_factory) -> Path:
-    return export_bundled("openai", tmp_path_factory.mktemp("openai") / "tiny.en.pt")
-
-
-@pytest.fixture(scope="module")
-def transformers_dir(tmp_path_factory) -> Path:
-    return export_bundled("transformers", tmp_path_factory.mktemp("hf") / "tiny.en")
-
-
-def test_openai_whisper_backend_from_checkpoint(openai_checkpoint, transcript_schema):
-    transcriber = Transcriber(SpeechConfig(backend="openai-whisper",
-                                           model=str(openai_checkpoint), qc=CLIP_QC))
-    result = transcriber(read_audio(SPEECH / "desk.flac"))
-    assert isinstance(result, Transcript), result
-    assert wer([SCRIPTS["desk.flac"]["text"]], [result.text]) < MAX_CLIP_WER
-    record = result.to_record()
-    transcript_schema(record)
-    assert record["backend"] == "openai-whisper" and record["compute_type"] == "float32"
-    assert record["runtime"] == f"torch {version('torch')} cpu" and record["cpu_threads"] == 1
-    assert record["model"] == str(openai_checkpoint) and record["language"] == "en"
-    assert -0.7 < record["avg_logprob"] < 0 and 0 <= record["no_speech_prob"] < 0.6
-    assert len(record["segments"]) >= 2
-
-
-def test_transformers_backend_from_directory(transformers_dir, transcript_schema):
-    assert (transformers_dir / "model.safetensors").is_file()
-    transcriber = Transcriber(SpeechConfig(backend="transformers", model=str(transformers_dir),
-                                           beam_size=1, qc=CLIP_QC))
-    references, hypotheses = [], []
-    for name in ("desk.flac", "kitchen.opus"):
-        result = transcriber(read_audio(SPEECH / name))
-        assert isinstance(result, Transcript), result
-        references.append(SCRIPTS[name]["text"])
-        hypotheses.append(result.text)
-        record = result.to_record()
-        transcript_schema(record)
-        assert record["backend"] == "transformers" and record["beam_size"] == 1
-        assert -0.7 < record["avg_logprob"] < 0 and "no_speech_prob" not in record
-        assert record["segments"][0]["start"] == 0.0
-    assert wer(references, hypotheses) < MAX_CORPUS_WER
-    # the QC sees this backend's confidence too
-    assert reason(transcriber(read_audio(SPEECH / "german.opus"))) is Reason.LOW_CONFIDENCE
-
-
-def test_openai_whisper_detects_language_with_a_multilingual_model(tmp_path):
-    """No multilingual Whisper weights can be had offline, so a randomly
-    initialised model in openai-whisper's own checkpoint format drives the
-    language-detection path; only the mechanics are checked, not the answer."""
-    import torch
-    import whisper
-
-    torch.manual_seed(0)
-    dims = whisper.model.ModelDimensions(
-        n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=2, n_audio_layer=1,
-        n_vocab=51865, n_text_ctx=448, n_text_state=64, n_text_head=2, n_text_layer=1)
-    model = whisper.model.Whisper(dims)
-    # openai-whisper leaves the decoder's positional embedding as torch.empty (real
-    # checkpoints overwrite it); uninitialised memory made this test NaN now and then
-    torch.nn.init.normal_(model.decoder.positional_embedding, std=0.02)
-    path = tmp_path / "random-multilingual.pt"
-    torch.save({"dims": asdict(dims), "model_state_dict": model.state_dict()}, path)
-    backend = load_backend(SpeechConfig(backend="openai-whisper", model=str(path), beam_size=1))
-    assert backend.model.is_multilingual
-    decoding = backend.decode(read_audio(SPEECH / "desk.flac").samples[: 3 * SAMPLE_RATE])
-    assert decoding.language in whisper.tokenizer.LANGUAGES
-    assert 0 < decoding.language_probability <= 1

@@ -20,7 +20,7 @@ from pixmo.dataset.writer import ShardConfig
 from pixmo.errors import PixmoError
 from pixmo.points.annotations import orient_point
 from pixmo.schema import check
-from pixmo.speech.transcribe import QCConfig, SpeechConfig
+from pixmo.speech.config import QCConfig, SpeechConfig
 from pixmo.synth.raw import SynthConfig, stored_point, synthesize
 from pixmo.synth.scenes import COLOURS, SceneConfig
 

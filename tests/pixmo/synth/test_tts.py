@@ -12,7 +12,8 @@ import soundfile as sf
 
 from pixmo.errors import PixmoError
 from pixmo.speech.audio import read_audio
-from pixmo.speech.transcribe import QCConfig, SpeechConfig, Transcriber
+from pixmo.speech.config import QCConfig, SpeechConfig
+from pixmo.speech.transcribe import Transcriber
 from pixmo.synth import tts
 
 TEXT = ("In this picture I can see two red circles near the top left and a large blue "
