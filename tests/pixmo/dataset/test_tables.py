@@ -6,17 +6,8 @@ import json
 
 import pytest
 
+from pixmo.dataset import tables
 from pixmo.dataset.format import ShardStats
-from pixmo.dataset.tables import (
-    describe,
-    manifest_row,
-    read_dataset_json,
-    read_manifest,
-    read_rejects,
-    write_dataset_json,
-    write_manifest,
-    write_tables,
-)
 from pixmo.dataset.writer import ShardConfig, write_dataset
 from pixmo.errors import PixmoError
 from tests.conftest import make_sample
@@ -27,13 +18,13 @@ def test_manifest_and_rejects_tables(tmp_path, samples):
                 "reason": "out_of_bounds", "detail": "x=900 beyond width 640"}]
     description = write_dataset(tmp_path, samples, name="t", rejects=rejects,
                                 config=ShardConfig(max_samples=10))
-    rows = read_manifest(tmp_path / "manifest.parquet")
+    rows = tables.read_manifest(tmp_path / "manifest.parquet")
     assert [r["key"] for r in rows] == [s.key for s in samples]
     assert rows[0] == {"key": samples[0].key, "shard": "pixmo-000000.tar",
                        "image_sha256": samples[0].json["image"]["sha256"], "width": 32,
                        "height": 24, "transcripts": 0, "captions": 1, "points": 1, "qa": 0}
     assert rows[-1]["shard"] == "pixmo-000002.tar"
-    assert read_rejects(tmp_path / "rejects.parquet") == rejects
+    assert tables.read_rejects(tmp_path / "rejects.parquet") == rejects
     assert description["counts"] == {"samples": 23, "shards": 3, "bytes": description["counts"]
                                      ["bytes"], "transcripts": 0, "captions": 23, "points": 23,
                                      "qa": 0, "rejects": 1}
@@ -44,12 +35,12 @@ def test_manifest_and_rejects_tables(tmp_path, samples):
 def test_manifest_streams_in_row_groups(tmp_path, samples):
     import pyarrow.parquet as pq
 
-    rows = [manifest_row(s, "pixmo-000000.tar") for s in samples]
-    write_manifest(iter(rows), tmp_path / "m.parquet", row_group=10)
+    rows = [tables.manifest_row(s, "pixmo-000000.tar") for s in samples]
+    tables.write_manifest(iter(rows), tmp_path / "m.parquet", row_group=10)
     assert pq.ParquetFile(tmp_path / "m.parquet").num_row_groups == 3
-    assert read_manifest(tmp_path / "m.parquet") == rows
+    assert tables.read_manifest(tmp_path / "m.parquet") == rows
     with pytest.raises(PixmoError, match="width"):
-        write_manifest([{**rows[0], "width": "wide"}], tmp_path / "bad.parquet")
+        tables.write_manifest([{**rows[0], "width": "wide"}], tmp_path / "bad.parquet")
     assert not (tmp_path / "bad.parquet").exists()
 
 
@@ -61,22 +52,22 @@ def _stats(index: int, samples: int, captions: int) -> ShardStats:
 
 
 def test_describe_sums_the_shards_and_round_trips(tmp_path):
-    body = describe("demo", [_stats(0, 3, 2), _stats(1, 1, 5)], engine="local")
+    body = tables.describe("demo", [_stats(0, 3, 2), _stats(1, 1, 5)], engine="local")
     assert body["counts"] == {"samples": 4, "shards": 2, "bytes": 30720, "transcripts": 0,
                               "captions": 7, "points": 0, "qa": 2}
     assert [s["shard"] for s in body["shards"]] == ["pixmo-000000.tar", "pixmo-000001.tar"]
     assert body["engine"] == "local" and body["format_version"] == 1
     body["counts"]["rejects"] = 0
-    write_dataset_json(body, tmp_path / "dataset.json")
-    assert read_dataset_json(tmp_path / "dataset.json") == body
+    tables.write_dataset_json(body, tmp_path / "dataset.json")
+    assert tables.read_dataset_json(tmp_path / "dataset.json") == body
     (tmp_path / "broken.json").write_text("{")
     with pytest.raises(PixmoError, match="not JSON"):
-        read_dataset_json(tmp_path / "broken.json")
+        tables.read_dataset_json(tmp_path / "broken.json")
 
 
 def test_manifest_row_counts_annotations():
     sample = make_sample(4)
-    row = manifest_row(sample, "pixmo-000002.tar")
+    row = tables.manifest_row(sample, "pixmo-000002.tar")
     assert row["shard"] == "pixmo-000002.tar" and row["key"] == sample.key
     assert (row["captions"], row["points"], row["qa"], row["transcripts"]) == (1, 1, 0, 0)
 
@@ -90,17 +81,17 @@ def test_write_tables_finishes_a_folder_with_dataset_json_last(tmp_path, where):
     out = str(tmp_path / "ds") if where == "local" else f"memory://tables-{uuid.uuid4().hex}"
     folder = Folder(out)
     folder.makedirs("")
-    rows = [manifest_row(make_sample(i), "pixmo-000000.tar") for i in range(3)]
+    rows = [tables.manifest_row(make_sample(i), "pixmo-000000.tar") for i in range(3)]
     rejects = [{"source": "a.jsonl", "record": "1", "stage": "points", "reason": "invalid_record",
                 "detail": "x"}]
-    body = describe("t", [_stats(0, 3, 3)])
+    body = tables.describe("t", [_stats(0, 3, 3)])
     body["counts"]["rejects"] = 1
-    write_tables(out, rows, rejects, body)
+    tables.write_tables(out, rows, rejects, body)
     assert folder.glob("*") == ["dataset.json", "manifest.parquet", "rejects.parquet"]
     with folder.local_copy("manifest.parquet") as path:
-        assert read_manifest(path) == rows
+        assert tables.read_manifest(path) == rows
     assert json.loads(folder.read_bytes("dataset.json")) == body
     folder.remove("dataset.json")
     with pytest.raises(PixmoError, match="dataset.json"):  # invalid: the tables are written,
-        write_tables(out, rows, rejects, {**body, "name": 7})  # dataset.json is not
+        tables.write_tables(out, rows, rejects, {**body, "name": 7})  # dataset.json is not
     assert not folder.is_file("dataset.json") and folder.is_file("rejects.parquet")
