@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from pixmo.config import at_least, check_fields, one_of
+from pixmo.fetch import FetchError
 from pixmo.rejects import Reason
+from pixmo.remote import Folder, is_http, read_url
 from pixmo.remote import inside as remote_inside
-from pixmo.remote import is_http
 
 FORMATS = {"JPEG": "jpeg", "PNG": "png", "WEBP": "webp"}
 EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp"}
@@ -130,27 +131,27 @@ def decode_image(data: bytes, source: str, config: ImageConfig = ImageConfig(),
 
 def read_image_bytes(ref: str, base_dir: str | os.PathLike[str],
                      config: ImageConfig = ImageConfig()) -> bytes:
-    """The bytes a record's ``image`` names: a path under ``base_dir`` or an
-    http(s) URL (fetched with bounded size, time and retries)."""
+    """The bytes a record's ``image`` names: an http(s) URL (fetched with bounded
+    size, time and retries), or a path inside ``base_dir``, a local folder or an
+    fsspec URL."""
     if is_http(ref):
-        from pixmo.fetch import FetchError, fetch_bytes
-
         try:
-            return fetch_bytes(ref)
+            return read_url(ref)
         except FetchError as exc:
             raise ImageRejected(Reason.DOWNLOAD_FAILED, str(exc)) from exc
     if "://" in ref:
         raise ImageRejected(Reason.IMAGE_NOT_FOUND, f"unsupported URL scheme in {ref!r}")
-    path = inside(base_dir, ref)
-    if path is None:
-        raise ImageRejected(Reason.IMAGE_NOT_FOUND, f"{ref!r} points outside {base_dir}")
+    folder = Folder(os.fspath(base_dir))
+    name = remote_inside(ref)
+    if name in (None, "."):
+        where = folder.url if folder.remote else folder.local
+        raise ImageRejected(Reason.IMAGE_NOT_FOUND, f"{ref!r} points outside {where}")
     try:
-        size = os.stat(path).st_size
+        size = folder.size(name)
         if size > config.max_bytes:
             raise ImageRejected(Reason.IMAGE_TOO_LARGE,
                                 f"{size} bytes exceeds the limit of {config.max_bytes}")
-        with open(path, "rb") as fh:
-            return fh.read()
+        return folder.read_bytes(name)
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
         raise ImageRejected(Reason.IMAGE_NOT_FOUND, f"no file {ref}") from exc
 

@@ -1,7 +1,11 @@
-"""Folders named by a local path or an fsspec URL (s3://, gs://, memory://, …).
+"""Files and folders named by a local path or a URL: the toolkit's one opener.
 
-A build reads its raw folder and writes its dataset folder through ``Folder``,
-so a path and a URL take the same code, on the driver and on any worker.
+``open_url`` streams what a local path, ``file://`` or fsspec URL (s3://,
+gs://, memory://, …) names; ``read_url`` reads it whole, and reads an http(s)
+URL through ``pixmo.fetch``, with the downloader's limits on size, time,
+retries and redirects. A build reads its raw folder and writes its dataset
+folder through ``Folder``, so a path and a URL take the same code, on the
+driver and on any worker.
 Local paths, and ``file://`` URLs, keep the local guarantees: a file is
 written under a temporary name, fsynced and renamed. On object stores one
 upload is itself all or nothing, so objects are put under their final name;
@@ -22,9 +26,10 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from pixmo.atomic import PARTIAL_SUFFIX, atomic_open, atomic_write_bytes
+from pixmo.fetch import FetchConfig, fetch_bytes
 
 OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})
 _CHUNK = 1 << 20
@@ -42,16 +47,31 @@ def is_http(ref: str) -> bool:
     return ref.startswith(("http://", "https://"))
 
 
+def open_url(url: str | os.PathLike[str]) -> BinaryIO:
+    """A binary stream of the file a local path, ``file://`` or fsspec URL names; the
+    caller closes it. An http(s) URL streams through fsspec too (shards can be far
+    larger than a download's byte cap); ``read_url`` reads one through ``pixmo.fetch``."""
+    text = os.fspath(url)
+    if is_remote(text):
+        fs, path = _filesystem(text)
+        return fs.open(path, "rb")
+    return open(text.removeprefix("file://"), "rb")  # noqa: SIM115 - the caller closes it
+
+
+def read_url(ref: str | os.PathLike[str], fetch: FetchConfig | None = None) -> bytes:
+    """The bytes ``ref`` names: an http(s) URL through ``pixmo.fetch`` with ``fetch``'s
+    limits (``FetchError`` when it fails), anything else through ``open_url``."""
+    text = os.fspath(ref)
+    if is_http(text):
+        return fetch_bytes(text, fetch)
+    with open_url(text) as fh:
+        return fh.read()
+
+
 def file_sha256(path: str | os.PathLike[str]) -> str:
     """The sha256 of a file's bytes, read in chunks: a local path, ``file://`` or fsspec URL."""
-    text = os.fspath(path)
-    if is_remote(text):
-        fs, root = _filesystem(text)
-        opener = fs.open(root, "rb")
-    else:
-        opener = open(text.removeprefix("file://"), "rb")  # noqa: SIM115 - closed below
     digest = hashlib.sha256()
-    with opener as fh:
+    with open_url(path) as fh:
         while chunk := fh.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()

@@ -8,6 +8,7 @@ from PIL import Image
 
 from pixmo.images import ImageConfig, ImageRejected, decode_image, load_image
 from pixmo.rejects import Reason
+from tests.http_server import LocalServer, Reply
 
 
 def _jpeg(size=(40, 30), orientation: int | None = None) -> bytes:
@@ -96,3 +97,34 @@ def test_load_from_raw_dir(tmp_path):
 def test_config_errors_name_the_field(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ImageConfig(**kwargs)
+
+
+def test_load_from_a_remote_raw_dir():
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe_file("/img-raw/images/a.jpg", _jpeg())
+    assert load_image("images/a.jpg", "memory://img-raw").width == 40
+    for ref, reason, detail in [
+        ("images/missing.jpg", Reason.IMAGE_NOT_FOUND, "no file images/missing.jpg"),
+        ("../a.jpg", Reason.IMAGE_NOT_FOUND, "'../a.jpg' points outside memory://img-raw"),
+    ]:
+        with pytest.raises(ImageRejected) as info:
+            load_image(ref, "memory://img-raw")
+        assert (info.value.reason, info.value.detail) == (reason, detail)
+    with pytest.raises(ImageRejected) as info:
+        load_image("images/a.jpg", "memory://img-raw", ImageConfig(max_bytes=100))
+    assert info.value.reason is Reason.IMAGE_TOO_LARGE
+    assert info.value.detail.endswith("bytes exceeds the limit of 100")
+
+
+def test_load_over_http():
+    data = _jpeg()
+    with LocalServer() as server:
+        url = server.route("/a.jpg", Reply(body=data))
+        assert load_image(url, "unused").sha256 == hashlib.sha256(data).hexdigest()
+        gone = server.route("/gone.jpg", Reply(404))
+        with pytest.raises(ImageRejected) as info:
+            load_image(gone, "unused")
+    assert info.value.reason is Reason.DOWNLOAD_FAILED
+    assert info.value.detail == f"{gone}: HTTP 404 Not Found"

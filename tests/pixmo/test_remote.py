@@ -17,7 +17,9 @@ from pipelines.cli import main
 from pixmo.atomic import atomic_open
 from pixmo.dataset.tables import read_dataset_json, read_manifest, read_rejects
 from pixmo.dataset.verify import verify
-from pixmo.remote import Folder, file_sha256, is_remote
+from pixmo.fetch import FetchConfig, FetchError
+from pixmo.remote import Folder, file_sha256, is_remote, open_url, read_url
+from tests.http_server import LocalServer, Reply
 from tests.pixmo.build.test_resume import kill, make_points_raw, start_held_build
 
 
@@ -91,6 +93,28 @@ def test_folder_operations(url, tmp_path):
     assert folder.glob("shards/*") == []
     with pytest.raises(FileNotFoundError):
         folder.read_bytes("shards/a.tar")
+
+
+def test_open_url_and_read_url_take_paths_file_and_fsspec_urls(tmp_path):
+    (tmp_path / "a.bin").write_bytes(b"local bytes")
+    memory = f"memory://open-{uuid.uuid4().hex}/a.bin"
+    fsspec.filesystem("memory").pipe_file(fsspec.core.url_to_fs(memory)[1], b"memory bytes")
+    for url, data in [(tmp_path / "a.bin", b"local bytes"),
+                      (f"file://{tmp_path}/a.bin", b"local bytes"), (memory, b"memory bytes")]:
+        with open_url(url) as fh:
+            assert fh.read(5) == data[:5]
+        assert read_url(url) == data
+    with pytest.raises(FileNotFoundError):
+        read_url(tmp_path / "missing.bin")
+
+
+def test_read_url_fetches_http_with_the_downloaders_limits():
+    with LocalServer() as server:
+        url = server.route("/a.bin", Reply(body=b"x" * 100))
+        assert read_url(url) == b"x" * 100
+        with pytest.raises(FetchError, match="body of 100 bytes exceeds max_bytes 10"):
+            read_url(url, FetchConfig(max_bytes=10))
+        assert server.hits["/a.bin"] == 2  # the oversized body was refused, not retried
 
 
 def _copy_to(local: Path, url: str) -> None:
