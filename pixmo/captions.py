@@ -62,9 +62,10 @@ class CaptionLLMConfig:
     """The OpenAI-compatible chat endpoint that rewrites transcripts into captions
     (not the model that ``molmo`` trains). ``base_url`` ends before
     ``/chat/completions`` (e.g. ``http://127.0.0.1:8000/v1``). ``clean_prompt``
-    must contain ``{transcript}``, ``merge_prompt`` ``{transcripts}``. The limits
-    are ``pixmo.fetch``'s: ``timeout_s`` per attempt, ``retries`` after the first
-    with backoff from ``backoff_s`` doubling each time."""
+    must contain ``{transcript}``, ``merge_prompt`` ``{transcripts}``. Requests
+    have ``pixmo.fetch``'s limits: ``timeout_s`` per attempt, ``retries`` after the
+    first, waiting ``backoff_s`` doubled each time up to ``FetchConfig.backoff_cap_s``
+    (or the server's Retry-After, up to ``FetchConfig.retry_after_cap_s``)."""
 
     base_url: str
     model: str
