@@ -25,11 +25,11 @@ the ledger and the timings reach ``finish`` on any runner.
 
 from __future__ import annotations
 
-import os
-import shutil
+import contextlib
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from functools import partial
 from typing import Any
 
 import apache_beam as beam
@@ -37,9 +37,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms.window import GlobalWindows
 
 from pipelines.beam import pool, progress, shuffle
-from pipelines.beam.pool import StagePool
-from pixmo.build import stages as build
-from pixmo.dataset.samples import ShardCutter
+from pixmo import build
+from pixmo.dataset.cutting import ShardCutter
 from pixmo.errors import PixmoError
 from pixmo.rejects import Reject
 
@@ -95,7 +94,7 @@ class _Read(_Stage):
 
 
 class _Pooled(_Stage):
-    """A stage whose work runs in batches on a ``StagePool`` of local
+    """A stage whose work runs through ``pool.Batches``: on the build's worker
     processes, or inline, one element at a time, when ``processes`` is 1."""
 
     batch_size = 1
@@ -103,43 +102,33 @@ class _Pooled(_Stage):
     def __init__(self, processes: int) -> None:
         self.processes = processes
 
-    def setup(self) -> None:
-        self.pool = StagePool(self.processes) if self.processes > 1 else None
-
-    def teardown(self) -> None:
-        if self.pool is not None:
-            self.pool.close()
-
     def start_bundle(self) -> None:
         super().start_bundle()
-        self.batch: list[Any] = []
+        self.batches = pool.Batches(self.work(), self.processes, self.batch_size)
 
-    def work(self, batch: list[Any]) -> tuple[Any, ...]:
-        """The function and arguments that process one batch."""
+    def teardown(self) -> None:
+        if hasattr(self, "batches"):
+            self.batches.close()
+
+    def work(self) -> Callable[[list[Any]], list[Any]]:
+        """The picklable function of a batch of prepared elements."""
+        raise NotImplementedError
+
+    def prepare(self, element: Any) -> Any:
+        """One element as ``work`` takes it."""
         raise NotImplementedError
 
     def emit(self, result: Any) -> Iterator[Any]:
-        """Outputs of one batch's result."""
+        """Outputs of one element's result."""
         raise NotImplementedError
 
     def process(self, element: Any) -> Iterator[Any]:
-        self.batch.append(element)
-        if self.pool is None:
-            fn, *args = self.work(self.batch)
-            self.batch = []
-            yield from self.emit(fn(*args))
-        elif len(self.batch) >= self.batch_size:
-            batch, self.batch = self.batch, []
-            for result in self.pool.submit(*self.work(batch)):
-                yield from self.emit(result)
+        for result in self.batches.add(self.prepare(element)):
+            yield from self.emit(result)
 
     def finish_bundle(self) -> Iterator[Any]:
-        if self.pool is not None:
-            if self.batch:
-                yield from _windowed(out for result in self.pool.submit(*self.work(self.batch))
-                                     for out in self.emit(result))
-            yield from _windowed(out for result in self.pool.drain()
-                                 for out in self.emit(result))
+        yield from _windowed(out for result in self.batches.flush()
+                             for out in self.emit(result))
         yield from super().finish_bundle()
 
 
@@ -155,21 +144,23 @@ class _Image(_Pooled):
         self.cfg, self.out_dir = cfg, out_dir
 
     def setup(self) -> None:
-        super().setup()
-        self.annotator = build.Annotator(self.cfg) if self.pool is None else None
+        self.annotator = build.Annotator(self.cfg) if self.processes == 1 else None
 
-    def work(self, batch: list[Any]) -> tuple[Any, ...]:
-        groups = [(ref, list(records)) for ref, records in batch]
-        return pool.image_batch, groups, self.cfg, self.out_dir, self.annotator
+    def work(self) -> Callable[[list[Any]], list[pool.ImageResult]]:
+        return partial(pool.image_batch, cfg=self.cfg, out_dir=self.out_dir,
+                       annotator=self.annotator)
 
-    def emit(self, result: list[pool.ImageResult]) -> Iterator[Any]:
-        for out in result:
-            self.timed("image", out.image_seconds)
-            if out.part is not None:
-                self.timed("annotate", out.annotate_seconds, out.annotated)
-                yield out.sha256, out.part
-            for reject in out.rejects:
-                yield _book(REJECT, reject)
+    def prepare(self, element: tuple[str, Iterable[build.Packed]]) -> Any:
+        ref, records = element
+        return ref, list(records)
+
+    def emit(self, result: pool.ImageResult) -> Iterator[Any]:
+        self.timed("image", result.image_seconds)
+        if result.part is not None:
+            self.timed("annotate", result.annotate_seconds, result.annotated)
+            yield result.sha256, result.part
+        for reject in result.rejects:
+            yield _book(REJECT, reject)
 
 
 class _Join(_Stage):
@@ -218,10 +209,12 @@ class _Write(_Pooled):
         super().__init__(processes)
         self.cfg, self.out_dir, self.previous = cfg, out_dir, previous
 
-    def work(self, batch: list[Any]) -> tuple[Any, ...]:
-        ((index, samples),) = batch
-        return (pool.write_shard, index, list(samples), self.out_dir, self.cfg,
-                self.previous.committed.get(index))
+    def work(self) -> Callable[[list[Any]], list[tuple[Any, float]]]:
+        return partial(pool.write_shards, out_dir=self.out_dir, cfg=self.cfg)
+
+    def prepare(self, element: tuple[int, Iterable[build.Packed]]) -> Any:
+        index, samples = element
+        return index, list(samples), self.previous.committed.get(index)
 
     def emit(self, result: tuple[Any, float]) -> Iterator[Any]:
         written, seconds = result
@@ -308,35 +301,27 @@ def run(cfg: build.BuildConfig, out_dir: str, beam_args: Sequence[str] = (),
     ``workers`` processes load images and write shards. On the local runner
     the groupings spill to a temporary folder in ``shuffle_dir`` (default: the
     system's temporary folder), removed when the build ends."""
-    args = _runner_args(beam_args)
-    if workers > 1:
-        if not runs_in_process(beam_args):
-            raise PixmoError("--workers is for the local in-memory runner; a cluster or "
-                             "multi-processing runner already runs a Beam worker per core",
-                             field="workers")
-        pool.start_server()
-    files = build.input_files(cfg.raw_dir)
-    previous = build.prepare_output(out_dir, mode)
-    spills = shuffle.make_folder(shuffle_dir) if runs_locally(beam_args) else None
-    try:
-        p = beam.Pipeline(options=PipelineOptions(args))
+    if workers > 1 and not runs_in_process(beam_args):
+        raise PixmoError("--workers is for the local in-memory runner; a cluster or "
+                         "multi-processing runner already runs a Beam worker per core",
+                         field="workers")
+    with contextlib.ExitStack() as stack:
+        if workers > 1:
+            stack.enter_context(pool.shared_workers())
+        files = build.input_files(cfg.raw_dir)
+        previous = build.prepare_output(out_dir, mode)
+        spills = (stack.enter_context(shuffle.SpillFolder(shuffle_dir))
+                  if runs_locally(beam_args) else None)
+        p = beam.Pipeline(options=PipelineOptions(_runner_args(beam_args)))
         _graph(p, cfg, out_dir, files, previous, workers, spills)
         p.run().wait_until_finish()
-    finally:
-        pool.shutdown()
-        if spills is not None:
-            shutil.rmtree(spills, ignore_errors=True)
 
 
 def _graph(p: beam.Pipeline, cfg: build.BuildConfig, out_dir: str, files: list[str],
-           previous: build.Previous, workers: int, spills: str | None) -> None:
-    def folder(name: str) -> str:
-        path = os.path.join(spills, name)
-        os.makedirs(path)
-        return path
-
+           previous: build.Previous, workers: int, spills: shuffle.SpillFolder | None
+           ) -> None:
     def group(name: str) -> beam.PTransform:
-        return beam.GroupByKey() if spills is None else shuffle.GroupOnDisk(folder(name))
+        return beam.GroupByKey() if spills is None else spills.group(name)
 
     read = (p | "Files" >> beam.Create(files)
             | "Read" >> beam.ParDo(_Read(cfg.raw_dir)).with_outputs(BOOKS, main="records"))
@@ -358,7 +343,7 @@ def _graph(p: beam.Pipeline, cfg: build.BuildConfig, out_dir: str, files: list[s
                   | "GroupByShard" >> beam.GroupByKey())
     else:
         shards = (joined.samples
-                  | "Spill" >> beam.ParDo(shuffle.Spill(folder("samples"), shuffle.ordered))
+                  | "Spill" >> beam.ParDo(spills.spill_in_order("samples"))
                   | "AllSpills" >> beam.CombineGlobally(beam.combiners.ToListCombineFn())
                   .without_defaults()
                   | "Cut" >> beam.ParDo(_Cut(cfg, previous.start_index)))

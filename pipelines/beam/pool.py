@@ -3,16 +3,19 @@
 Beam's local runner runs a stage on one core, and its multi-processing mode
 ships every element over gRPC to SDK workers that each import Beam (seconds
 of start-up per worker, measured in BENCHMARKS.md). Instead a DoFn can hand
-batches of its work to ``StagePool``: worker processes forked from a clean
-server that has imported ``pixmo.build.stages`` and nothing of Beam, results back
-in submission order. With one process the same functions run inline.
+its elements to ``Batches``, which runs them in batches on worker processes
+forked from a clean server that has imported ``pixmo.build.stages`` and
+nothing of Beam, results back in submission order. The workers live for one
+``shared_workers`` block, shared by every pooled stage of the build. With one
+process the same functions run inline.
 
-The functions here are what a pool worker runs: plain stages from
+The batch functions here are what a pool worker runs: plain stages from
 ``pixmo.build.stages`` plus the seconds each took, measured where the work happens.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import time
 from collections import deque
@@ -22,7 +25,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from pixmo.build import stages as build
+from pixmo import build
 from pixmo.dataset.format import ShardStats
 from pixmo.rejects import Reject
 
@@ -69,64 +72,95 @@ def image_batch(groups: Sequence[tuple[str, Iterable[build.Packed]]], cfg: build
     return out
 
 
-def write_shard(index: int, samples: Iterable[build.Packed], out_dir: str,
-                cfg: build.BuildConfig, old: ShardStats | None) -> tuple[ShardStats, float]:
-    """``build.write_or_keep`` on packed samples, and the seconds it took."""
-    start = time.perf_counter()
-    written = build.write_or_keep(index, map(build.PlannedSample.unpack, samples), out_dir,
-                                  cfg, old)
-    return written, time.perf_counter() - start
+def write_shards(shards: Sequence[tuple[int, Iterable[build.Packed], ShardStats | None]],
+                 out_dir: str, cfg: build.BuildConfig) -> list[tuple[ShardStats, float]]:
+    """``build.write_or_keep`` on each (index, packed samples, committed stats or None),
+    and the seconds each took."""
+    out = []
+    for index, samples, old in shards:
+        start = time.perf_counter()
+        written = build.write_or_keep(index, map(build.PlannedSample.unpack, samples),
+                                      out_dir, cfg, old)
+        out.append((written, time.perf_counter() - start))
+    return out
+
+
+_executors: dict[int, ProcessPoolExecutor] | None = None  # inside ``shared_workers`` only
 
 
 def _context() -> multiprocessing.context.BaseContext:
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["pixmo.build.stages", "pipelines.beam.pool"])
+    context.set_forkserver_preload(["pixmo.build", "pipelines.beam.pool"])
     return context
 
 
-def start_server() -> None:
-    """Start the fork server now, so its imports overlap the caller's set-up."""
+@contextlib.contextmanager
+def shared_workers() -> Iterator[None]:
+    """The block in which ``Batches`` run on worker processes: one set of workers per
+    process count, shared by every pooled stage, so two stages hold ``processes``
+    workers, not twice that; all end with the block. The fork server starts now,
+    so its imports overlap the caller's set-up."""
+    global _executors
+    if _executors is not None:
+        raise RuntimeError("the build's worker processes are already shared")
     _context()
     from multiprocessing import forkserver
 
     forkserver.ensure_running()
+    _executors = {}
+    try:
+        yield
+    finally:
+        executors, _executors = _executors, None
+        for executor in executors.values():
+            executor.shutdown(cancel_futures=True)
 
 
-_executors: dict[int, ProcessPoolExecutor] = {}
+def _executor(processes: int) -> ProcessPoolExecutor:
+    if _executors is None:
+        raise RuntimeError("Batches on worker processes run inside shared_workers()")
+    if processes not in _executors:
+        _executors[processes] = ProcessPoolExecutor(processes, mp_context=_context())
+    return _executors[processes]
 
 
-class StagePool:
-    """Runs ``fn(batch)`` on ``processes`` worker processes, at most two
-    batches per process in flight, and gives results back in order. The
-    stages of a build share one set of workers (``shutdown`` ends them), so
-    two pooled stages start and hold ``processes`` workers, not twice that."""
+class Batches:
+    """Runs ``fn`` (a picklable function from a list of elements to a list of results)
+    on the elements ``add``-ed, and gives back their results in order: inline, one
+    element at a time, when ``processes`` is 1; otherwise ``batch_size`` elements a
+    batch on the ``shared_workers``, at most two batches per process in flight."""
 
-    def __init__(self, processes: int) -> None:
-        self.processes = processes
-        if processes not in _executors:
-            _executors[processes] = ProcessPoolExecutor(processes, mp_context=_context())
-        self._executor = _executors[processes]
-        self._pending: deque[Future[Any]] = deque()
+    def __init__(self, fn: Callable[[list[Any]], list[Any]], processes: int,
+                 batch_size: int = 1) -> None:
+        self.fn, self.processes, self.batch_size = fn, processes, batch_size
+        self._executor = _executor(processes) if processes > 1 else None
+        self._batch: list[Any] = []
+        self._pending: deque[Future[list[Any]]] = deque()
 
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Iterator[Any]:
-        """Queue one batch; yields the results of earlier batches that are ready."""
-        self._pending.append(self._executor.submit(fn, *args))
+    def add(self, element: Any) -> Iterator[Any]:
+        """Take one element; yields the results that are ready."""
+        self._batch.append(element)
+        if self._executor is None:
+            batch, self._batch = self._batch, []
+            yield from self.fn(batch)
+        elif len(self._batch) >= self.batch_size:
+            yield from self._submit(self._executor)
+
+    def _submit(self, executor: ProcessPoolExecutor) -> Iterator[Any]:
+        batch, self._batch = self._batch, []
+        self._pending.append(executor.submit(self.fn, batch))
         while self._pending and (self._pending[0].done()
                                  or len(self._pending) > 2 * self.processes):
-            yield self._pending.popleft().result()
+            yield from self._pending.popleft().result()
 
-    def drain(self) -> Iterator[Any]:
+    def flush(self) -> Iterator[Any]:
         """Every result still outstanding, in order."""
+        if self._batch and self._executor is not None:
+            yield from self._submit(self._executor)
         while self._pending:
-            yield self._pending.popleft().result()
+            yield from self._pending.popleft().result()
 
     def close(self) -> None:
-        """Drop this stage's batches that have not started."""
+        """Drop the batches that have not started."""
         while self._pending:
             self._pending.popleft().cancel()
-
-
-def shutdown() -> None:
-    """End the worker processes the build's stages shared."""
-    while _executors:
-        _executors.popitem()[1].shutdown(cancel_futures=True)

@@ -11,9 +11,9 @@ and their workers share no disk.
 
 Files are named per bundle and appear under their final name when the bundle
 finishes, so a bundle that fails and is retried leaves no half-written file
-behind a name Beam passes on. The folder belongs to one build; the engine
-removes it when the build ends, and the next build removes the folders of
-builds that were killed.
+behind a name Beam passes on. The folder (``SpillFolder``) belongs to one
+build and is removed when the build ends; the next build removes the folders
+of builds that were killed.
 """
 
 from __future__ import annotations
@@ -37,15 +37,39 @@ _LENGTH = struct.Struct("<I")
 _coder = FastPrimitivesCoder()
 
 
-def make_folder(parent: str | None = None) -> str:
-    """A new spill folder in ``parent`` (default: the system's temporary
-    folder), after removing those left there by builds that were killed."""
-    parent = parent if parent is not None else tempfile.gettempdir()
-    for name in os.listdir(parent):
-        pid = name.removeprefix(PREFIX).split("-", 1)[0]
-        if name.startswith(PREFIX) and pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
-    return tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=parent)
+class SpillFolder:
+    """One build's private folder for its groupings, made in ``parent`` (default: the
+    system's temporary folder) when the block starts and removed when it ends; entering
+    it first removes the folders left in ``parent`` by builds that were killed."""
+
+    def __init__(self, parent: str | None = None) -> None:
+        self.parent = parent if parent is not None else tempfile.gettempdir()
+        self.path = ""
+
+    def __enter__(self) -> SpillFolder:
+        for name in os.listdir(self.parent):
+            pid = name.removeprefix(PREFIX).split("-", 1)[0]
+            if name.startswith(PREFIX) and pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(os.path.join(self.parent, name), ignore_errors=True)
+        self.path = tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=self.parent)
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def _new(self, name: str) -> str:
+        path = os.path.join(self.path, name)
+        os.makedirs(path)
+        return path
+
+    def group(self, name: str) -> GroupOnDisk:
+        """A ``GroupOnDisk`` through a new subfolder ``name``."""
+        return GroupOnDisk(self._new(name))
+
+    def spill_in_order(self, name: str) -> Spill:
+        """A ``Spill`` into a new subfolder ``name`` whose files ``in_order`` reads back
+        in key order."""
+        return Spill(self._new(name), ordered)
 
 
 def _alive(pid: int) -> bool:

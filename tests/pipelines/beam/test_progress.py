@@ -12,7 +12,7 @@ import pytest
 from pipelines.beam import progress
 from pipelines.beam.progress import Progress
 from pipelines.cli import main
-from tests.pipelines.test_build import make_raw
+from tests.pipelines.conftest import make_raw
 
 STAGES = (("read", "records"), ("write", "shards"))
 WAIT_S = 60.0  # a generous bound on waits for the display thread; it fails the test, never paces it
@@ -71,7 +71,12 @@ def test_build_reports_every_stage_while_it_runs(tmp_path, capsys, monkeypatch):
     raw = make_raw(tmp_path / "raw")
     calls: list[tuple[str, int, int]] = []  # stage, count before, count after
     periodic = threading.Event()
-    real_advance, real_line = progress.advance, Progress.line
+    real_advance, real_line, real_enter = progress.advance, Progress.line, Progress.__enter__
+    shown: list[Progress] = []  # the display the command line shows
+
+    def enter(self) -> Progress:
+        shown.append(self)
+        return real_enter(self)
 
     def line(self, counts, seconds, final=False) -> str:
         if not final:
@@ -79,14 +84,15 @@ def test_build_reports_every_stage_while_it_runs(tmp_path, capsys, monkeypatch):
         return real_line(self, counts, seconds, final)
 
     def advance(stage: str, n: int = 1) -> None:
-        active = progress._active
-        assert active is not None, f"{stage} counted while no display was showing"
+        assert shown, f"{stage} counted before a display was showing"
+        active = shown[0]
         assert periodic.wait(WAIT_S), "no periodic progress line while the build ran"
         before = active.counts[stage].done
         real_advance(stage, n)
         calls.append((stage, before, active.counts[stage].done))
 
     monkeypatch.setattr(Progress, "line", line)
+    monkeypatch.setattr(Progress, "__enter__", enter)
     monkeypatch.setattr(progress, "advance", advance)
     assert main(["build", "--raw", str(raw), "--out", str(tmp_path / "out"),
                  "--no-transcribe", "--progress-interval", "0.05"]) == 0
@@ -102,20 +108,3 @@ def test_build_reports_every_stage_while_it_runs(tmp_path, capsys, monkeypatch):
     assert lines[-1].endswith("read 17 records | image 6 images | annotate 11 records | "
                               "join 2 samples | write 1/1 shards")
     assert any(line.startswith("progress ") for line in lines)
-
-
-@pytest.mark.parametrize(("beam_args", "shown"), [
-    ([], True),
-    (["--direct_running_mode=in_memory"], True),
-    (["--direct_running_mode=multi_processing", "--direct_num_workers=2"], False),
-    (["--runner", "DataflowRunner", "--project", "p"], False),
-])
-def test_progress_only_where_the_dofns_run_in_this_process(beam_args, shown):
-    from pipelines.beam.graph import run, runs_in_process
-    from pixmo.build.stages import BuildConfig
-    from pixmo.errors import PixmoError
-
-    assert runs_in_process(beam_args) is shown
-    if not shown:  # and a stage pool only there
-        with pytest.raises(PixmoError, match="--workers is for the local in-memory runner"):
-            run(BuildConfig(raw_dir="unused"), "unused", beam_args, workers=2)

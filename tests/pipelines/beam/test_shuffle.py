@@ -69,7 +69,7 @@ def test_beam_build_removes_its_spills(tmp_path, monkeypatch):
     all gone when it ends."""
     from benchmarks.build import make_raw
     from pipelines.beam import graph as beam
-    from pixmo.build.stages import BuildConfig
+    from pixmo.build import BuildConfig
     from pixmo.dataset.tables import read_dataset_json
     from pixmo.dataset.writer import ShardConfig
 
@@ -89,12 +89,21 @@ def test_beam_build_removes_its_spills(tmp_path, monkeypatch):
 
 
 def test_spill_folders_of_killed_builds_are_removed(tmp_path):
+    """Entering a ``SpillFolder`` removes the folders of builds whose process is gone,
+    and only those; leaving it removes its own."""
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     (tmp_path / f"{shuffle.PREFIX}{dead.pid}-abc/by-ref").mkdir(parents=True)
     (tmp_path / f"{shuffle.PREFIX}{os.getppid()}-def").mkdir()  # a live build's
     (tmp_path / "pixmo-shuffle-notes").mkdir()  # not one of ours
-    made = shuffle.make_folder(str(tmp_path))
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [Path(made).name, f"{shuffle.PREFIX}{os.getppid()}-def", "pixmo-shuffle-notes"])
-    assert Path(made).name.startswith(f"{shuffle.PREFIX}{os.getpid()}-")
+    with shuffle.SpillFolder(str(tmp_path)) as spills:
+        made = Path(spills.path)
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+            [made.name, f"{shuffle.PREFIX}{os.getppid()}-def", "pixmo-shuffle-notes"])
+        assert made.name.startswith(f"{shuffle.PREFIX}{os.getpid()}-")
+        grouping = spills.group("by-ref")
+        writer = spills.spill_in_order("samples")
+        assert (grouping.directory, writer.directory) == (str(made / "by-ref"),
+                                                          str(made / "samples"))
+        assert writer.partition is shuffle.ordered
+    assert not made.exists()
