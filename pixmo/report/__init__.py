@@ -1,1 +1,1 @@
-"""Looking at a dataset: points drawn on images (``pixmo show``), the page of ``pixmo report``."""
+"""Looking at a dataset: points on images (``pixmo show``), the ``pixmo report`` page and charts."""
