@@ -6,11 +6,11 @@ Every user error is one line on stderr and exit status 2, as for ``pixmo``.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
-from pixmo.errors import ArgumentParser, PixmoError
+from pixmo.command_line import command_parser, run_command
+from pixmo.errors import PixmoError
 
 
 def _device(name: str) -> str:
@@ -25,6 +25,11 @@ def _device(name: str) -> str:
         raise argparse.ArgumentTypeError(f"{name!r}, but torch sees "
                                          f"{torch.cuda.device_count()} CUDA device(s)")
     return name
+
+
+def _add_device(p: argparse.ArgumentParser) -> None:
+    """``--device``, as ``predict`` and ``eval`` take it."""
+    p.add_argument("--device", type=_device, default="cpu")
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -83,11 +88,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog="molmo", description="Molmo models: load, convert, run and "
-                            "train.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.set_defaults(options={})
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser, sub = command_parser("molmo", "Molmo models: load, convert, run and train.")
 
     p = sub.add_parser("convert", help="convert a checkpoint between the official Hugging "
                        "Face layout and ours")
@@ -102,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", required=True)
     p.add_argument("--prompt", required=True)
     p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: checkpoint)")
-    p.add_argument("--device", type=_device, default="cpu")
+    _add_device(p)
     p.add_argument("--max-new-tokens", type=int, default=200)
     p.add_argument("--out", default=None, help="PNG with the answer's points drawn")
     p.set_defaults(handler=cmd_predict,
@@ -119,21 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="the training YAML (its eval section names the data)")
     p.add_argument("--checkpoint", default=None, help="model directory (default RUN_DIR/model)")
     p.add_argument("--out", default=None, help="output folder (default RUN_DIR/eval/final)")
-    p.add_argument("--device", type=_device, default="cpu")
+    _add_device(p)
     p.set_defaults(handler=cmd_eval)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return args.handler(args)
-    except (PixmoError, OSError) as exc:
-        error = exc if isinstance(exc, PixmoError) else PixmoError.from_os_error(exc)
-        print(f"molmo {args.command}: {error.named(args.options)}", file=sys.stderr)
-        return 2
+    return run_command("molmo", args, lambda: args.handler(args))
 
 
 if __name__ == "__main__":

@@ -12,15 +12,20 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
 import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pixmo.errors import ArgumentParser, PixmoError
+from pixmo.command_line import command_parser, run_command
+from pixmo.errors import PixmoError
 
-Command = Callable[[argparse.Namespace], int]
+if TYPE_CHECKING:
+    from pixmo.command_line import Subcommands
+    from pixmo.speech.config import SpeechConfig
+
+Command = Callable[..., int]  # (args) or, for a passthrough command, (args, extra flags)
 
 
 def _number(kind: type[int] | type[float], least: float,
@@ -116,28 +121,23 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
-    from pixmo.speech.config import QCConfig, SpeechConfig
     from pixmo.speech.transcribe import transcribe_files
 
-    cfg = SpeechConfig(backend=args.backend, model=args.model, device=args.device,
-                       cpu_threads=args.cpu_threads, qc=QCConfig(min_speech_s=args.min_speech_s))
+    cfg = _speech_config(args, backend=args.backend, model=args.model)
     for row in transcribe_files(args.audio, cfg):
         print(json.dumps(row, ensure_ascii=False), flush=True)
     return 0
 
 
 def cmd_build(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
-    from pixmo.build.stages import BuildConfig, input_files
+    from pixmo.build import BuildConfig, input_files
     from pixmo.dataset.tables import read_dataset_json
     from pixmo.dataset.writer import ShardConfig
     from pixmo.remote import Folder
-    from pixmo.speech.config import QCConfig, SpeechConfig
 
-    speech = SpeechConfig(model=args.whisper_model, device=args.device,
-                          cpu_threads=args.cpu_threads,
-                          qc=QCConfig(min_speech_s=args.min_speech_s))
     cfg = BuildConfig(raw_dir=args.raw, name=args.name or Path(args.out.rstrip("/")).name,
-                      transcribe=not args.no_transcribe, speech=speech,
+                      transcribe=not args.no_transcribe,
+                      speech=_speech_config(args, model=args.whisper_model),
                       shards=ShardConfig(max_samples=args.shard_samples,
                                          max_bytes=args.shard_bytes))
     input_files(cfg.raw_dir)  # a wrong --raw fails here, before an engine starts
@@ -185,7 +185,8 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from pixmo.synth.raw import SynthConfig, synthesize
+    from pixmo.synth.config import SynthConfig
+    from pixmo.synth.raw import synthesize
 
     report = synthesize(args.out, scenes=args.scenes, seed=args.seed,
                         config=SynthConfig(first_index=args.first_index,
@@ -205,13 +206,28 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog="pixmo", description="Build and check PixMo-style multimodal "
-                            "datasets.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.set_defaults(options={})
-    sub = parser.add_subparsers(dest="command", required=True)
+SPEECH_OPTIONS = {"QCConfig.min_speech_s": "--min-speech-s",
+                  "SpeechConfig.cpu_threads": "--cpu-threads"}
 
+
+def _add_speech_options(p: argparse.ArgumentParser, min_speech_help: str) -> None:
+    """The Whisper options ``transcribe`` and ``build`` share (``SPEECH_OPTIONS``)."""
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--cpu-threads", type=int, default=1,
+                   help="threads of one Whisper model on CPU; recorded in each transcript "
+                   "(more cores: more --workers)")
+    p.add_argument("--min-speech-s", type=float, default=60.0, help=min_speech_help)
+
+
+def _speech_config(args: argparse.Namespace, **fields: str | None) -> SpeechConfig:
+    """The ``SpeechConfig`` of ``_add_speech_options``'s flags, and ``fields``."""
+    from pixmo.speech.config import QCConfig, SpeechConfig
+
+    return SpeechConfig(device=args.device, cpu_threads=args.cpu_threads,
+                        qc=QCConfig(min_speech_s=args.min_speech_s), **fields)
+
+
+def _add_dataset_commands(sub: Subcommands) -> None:
     p = sub.add_parser("inspect", help="counts, shard sizes, annotation kinds, one sample")
     p.add_argument("dir", help="dataset directory")
     p.set_defaults(handler=cmd_inspect)
@@ -226,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="PNG file to write")
     p.set_defaults(handler=cmd_show)
 
+
+def _add_import(sub: Subcommands) -> None:
     from pixmo.release.subsets import SUBSETS
 
     p = sub.add_parser("import", help="released PixMo parquet files to shards (images fetched "
@@ -241,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_import, options={"ImportConfig.workers": "--workers",
                                                 "ShardConfig.max_samples": "--shard-samples"})
 
+
+def _add_synth(sub: Subcommands) -> None:
     p = sub.add_parser("synth", help="synthetic raw annotations: scenes, spoken descriptions, "
                        "click logs and deliberately bad records")
     p.add_argument("--out", required=True, help="raw directory to create")
@@ -252,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_synth, options={"scenes": "--scenes", "seed": "--seed",
                                                "SynthConfig.first_index": "--first-index"})
 
+
+def _add_report(sub: Subcommands) -> None:
     p = sub.add_parser("report", help="a self-contained HTML page about a dataset (and a run)")
     p.add_argument("dir", help="dataset directory")
     p.add_argument("--out", required=True, help="HTML file to write")
@@ -259,20 +281,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-data", default=None, help="held-out dataset the eval ran on")
     p.set_defaults(handler=cmd_report)
 
+
+def _add_transcribe(sub: Subcommands) -> None:
     p = sub.add_parser("transcribe", help="transcribe audio files, one JSON line each")
     p.add_argument("audio", nargs="+", help="audio files (wav, flac, ogg/opus, mp3, m4a, webm)")
     p.add_argument("--backend", default="faster-whisper",
                    choices=("faster-whisper", "openai-whisper", "transformers"))
     p.add_argument("--model", default=None, help="model name or path (default: bundled tiny.en)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--cpu-threads", type=int, default=1,
-                   help="threads of one Whisper model on CPU; recorded in each transcript "
-                   "(more cores: more --workers)")
-    p.add_argument("--min-speech-s", type=float, default=60.0,
-                   help="shortest accepted speech (PixMo: 60)")
-    p.set_defaults(handler=cmd_transcribe, options={"QCConfig.min_speech_s": "--min-speech-s",
-                                                    "SpeechConfig.cpu_threads": "--cpu-threads"})
+    _add_speech_options(p, "shortest accepted speech (PixMo: 60)")
+    p.set_defaults(handler=cmd_transcribe, options=SPEECH_OPTIONS)
 
+
+def _add_build(sub: Subcommands) -> None:
     p = sub.add_parser("build", help="raw annotations to shards with Beam or Ray; unknown "
                        "flags go to Beam, e.g. --runner DataflowRunner --project P")
     p.add_argument("--raw", required=True,
@@ -297,39 +317,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=None, help="dataset name (default: the out dir's name)")
     p.add_argument("--no-transcribe", action="store_true", help="skip caption sessions' audio")
     p.add_argument("--whisper-model", default=None, help="Whisper model name or path")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--cpu-threads", type=int, default=1,
-                   help="threads of one Whisper model on CPU; recorded in each transcript "
-                   "(more cores: more --workers)")
-    p.add_argument("--min-speech-s", type=float, default=60.0,
-                   help="shortest accepted speech per session (PixMo: 60)")
+    _add_speech_options(p, "shortest accepted speech per session (PixMo: 60)")
     p.add_argument("--shard-samples", type=int, default=1000)
     p.add_argument("--shard-bytes", type=int, default=1 << 30)
     p.set_defaults(handler=cmd_build, passthrough=True,
-                   options={"QCConfig.min_speech_s": "--min-speech-s",
-                            "SpeechConfig.cpu_threads": "--cpu-threads",
-                            "ShardConfig.max_samples": "--shard-samples",
+                   options={**SPEECH_OPTIONS, "ShardConfig.max_samples": "--shard-samples",
                             "ShardConfig.max_bytes": "--shard-bytes"})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser, sub = command_parser("pixmo", "Build and check PixMo-style multimodal datasets.")
+    for add in (_add_dataset_commands, _add_import, _add_synth, _add_report, _add_transcribe,
+                _add_build):
+        add(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; its config fields are named by the ``options`` that fill them."""
+    """Run one command; its config fields are named by the ``options`` that fill them.
+    Engines and Whisper log every bundle and clip at INFO: quiet unless ``-v``."""
     args, extra = build_parser().parse_known_args(argv)
-    if extra and not getattr(args, "passthrough", False):
+    passthrough = getattr(args, "passthrough", False)
+    if extra and not passthrough:
         build_parser().error(f"unrecognized arguments: {' '.join(extra)}")
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
-    if not args.verbose:  # engines and Whisper log every bundle and clip at INFO
-        for noisy in ("apache_beam", "faster_whisper", "ray"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
     handler: Command = args.handler
-    try:
-        return handler(args, extra) if getattr(args, "passthrough", False) else handler(args)
-    except (PixmoError, OSError) as exc:
-        error = exc if isinstance(exc, PixmoError) else PixmoError.from_os_error(exc)
-        print(f"pixmo {args.command}: {error.named(args.options)}", file=sys.stderr)
-        return 2
+    return run_command("pixmo", args,
+                       lambda: handler(args, extra) if passthrough else handler(args),
+                       quiet=("apache_beam", "faster_whisper", "ray"))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The project's user-error types, and the parser that reports bad command lines the same way.
+"""The project's user-error types: what went wrong, and where (file, record, field).
 
 A user error names where the problem is (file, record, field) so a CLI can
 print it as one line and exit with status 2; a library caller can still catch
@@ -8,9 +8,7 @@ the user gave that could not be read or written.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Mapping
-from typing import NoReturn
 
 
 class PixmoError(ValueError):
@@ -80,10 +78,3 @@ class ConfigError(PixmoError):
             return self.located(field=names[self.field])
         return self
 
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose usage errors read like every other user error: one line on stderr
-    (``pixmo build: argument --engine: invalid choice: 'x' ...``), exit status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: {message}\n")
