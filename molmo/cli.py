@@ -1,6 +1,7 @@
 """The ``molmo`` command line: thin wrappers over the library in ``molmo/``.
 
-Every user error is one line on stderr and exit status 2, as for ``pixmo``.
+Every user error is one line on stderr and exit status 2, as for ``pixmo``
+(``pixmo.command_line``).
 """
 
 from __future__ import annotations

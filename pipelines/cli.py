@@ -4,7 +4,7 @@ Each command parses its flags, calls one library function and renders the
 result. Every user error is one line on stderr and exit status 2: a bad flag
 (argparse), a bad value (a config's ``ConfigError``, named by the option that
 gave it), bad input (``PixmoError``) or a path that cannot be read or written
-(``OSError``).
+(``OSError``); ``pixmo.command_line`` does that for both command lines.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ line for every command, each one line with exit status 2, in-process and from th
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ from PIL import Image
 
 from molmo.cli import _device, build_parser, main
 from tests.one_line import assert_error_in_process, assert_error_in_shell, make_paths, row_id
-from tests.paths import OFFICIAL_TINY
+from tests.paths import OFFICIAL_TINY, REPO
 
 CHECKPOINT = OFFICIAL_TINY  # no tokenizer: fails late
 TRAIN = {"run_dir": "r", "model": {"preset": "tiny", "tokenizer": "tok"},
@@ -100,3 +102,11 @@ def test_print_config_prints_every_default(paths, capsys):
     assert main(["train", paths["config"], "--print-config"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["run_dir"] == "r" and printed["data"]["batch_size"] >= 1
+
+
+def test_python_dash_m_molmo_is_the_same_command_line(paths):
+    """``python -m molmo`` (what ``torchrun -m molmo`` starts) runs ``molmo.cli.main``."""
+    done = subprocess.run([sys.executable, "-m", "molmo", "eval", paths["config"], "--device",
+                           "tpu9"], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 2
+    assert done.stderr == "molmo eval: argument --device: not a torch device: 'tpu9'\n"

@@ -21,7 +21,8 @@ from pixmo.errors import PixmoError
 from pixmo.points.annotations import orient_point
 from pixmo.schema import check
 from pixmo.speech.config import QCConfig, SpeechConfig
-from pixmo.synth.raw import SynthConfig, stored_point, synthesize
+from pixmo.synth.config import SynthConfig
+from pixmo.synth.raw import synthesize
 from pixmo.synth.scenes import COLOURS, SceneConfig
 
 SEED = 11
@@ -140,13 +141,6 @@ def test_clicks_land_on_true_objects_after_exif(raw, truth):
     assert checked > 20
 
 
-@pytest.mark.parametrize("orientation", [3, 6, 8])
-def test_stored_point_inverts_orient_point(orientation):
-    for x, y in [(10.0, 20.0), (75.0, 5.0), (50.0, 50.0)]:
-        assert orient_point(*stored_point(x, y, orientation), orientation) == \
-            pytest.approx((x, y))
-
-
 def test_build_rejects_exactly_the_bad_records(built, raw, truth):
     assert verify(built) == []
     rejects = {(r["source"], r["record"]): r["reason"]
@@ -203,13 +197,9 @@ def test_refuses_bad_arguments(raw, tmp_path):
         synthesize(tmp_path / "none", scenes=0, seed=1)
     with pytest.raises(PixmoError, match="already holds synthetic data"):
         synthesize(raw, scenes=1, seed=1)
-    with pytest.raises(ValueError, match="SynthConfig.png_share"):
-        SynthConfig(png_share=2.0)
 
 
 def test_speech_share_leaves_images_undescribed(tmp_path):
-    from pixmo.synth.raw import SynthConfig, synthesize
-
     report = synthesize(tmp_path / "raw", scenes=3, seed=4,
                         config=SynthConfig(speech_share=0.0, bad_records=False))
     assert report.images == 3 and report.caption_sessions == 0 and report.audio_seconds == 0
