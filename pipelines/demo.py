@@ -31,7 +31,8 @@ from pipelines.cli import main as pixmo_main
 from pixmo.dataset.reader import iter_samples
 from pixmo.points.prompts import point_prompt
 from pixmo.points.text import points_to_text
-from pixmo.synth.raw import SynthConfig, synthesize
+from pixmo.synth.config import SynthConfig
+from pixmo.synth.raw import synthesize
 from pixmo.synth.scenes import SceneConfig
 
 TOKENIZER_VOCAB = 512  # the demo preset's vocabulary; image tokens follow at 512..516

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from pixmo.config import between, check_fields
 from pixmo.errors import ConfigError
 
 SHAPES = ("circle", "square", "triangle", "star", "diamond", "hexagon")
@@ -70,12 +71,10 @@ class SceneConfig:
             if not chosen or set(chosen) - set(known):
                 raise ConfigError(f"must be a non-empty subset of {tuple(known)}, got {chosen}",
                                   field=f"SceneConfig.{name}")
-        if not 0 < self.count_radius < 0.5:
+        if not 0 < self.count_radius < 0.5:  # open at both ends: no rule says that
             raise ConfigError(f"must be in (0, 0.5), got {self.count_radius}",
                               field="SceneConfig.count_radius")
-        if not 0 <= self.counting_share <= 1:
-            raise ConfigError(f"must be in [0, 1], got {self.counting_share}",
-                              field="SceneConfig.counting_share")
+        check_fields(self, counting_share=between(0, 1))
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,10 @@ def test_config_is_checked():
         SceneConfig(backgrounds=("checkerboard",))
     with pytest.raises(ValueError, match="max_count"):
         SceneConfig(max_count=50)
+    with pytest.raises(ValueError, match=r"counting_share must be in \[0, 1\], got 1.5"):
+        SceneConfig(counting_share=1.5)
+    with pytest.raises(ValueError, match=r"SceneConfig.count_radius must be in \(0, 0.5\)"):
+        SceneConfig(count_radius=0.5)
 
 
 def test_scene_config_restricts_colours_shapes_backgrounds_and_count_size():
