@@ -90,7 +90,7 @@ ENGINES = {
 
 
 def engine(name: str, raw: str, out: str) -> None:
-    from pixmo.build.stages import BuildConfig
+    from pixmo.build import BuildConfig
     from pixmo.dataset.writer import ShardConfig
 
     cfg = BuildConfig(raw_dir=raw, transcribe=False, shards=ShardConfig(max_samples=1000))

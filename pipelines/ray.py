@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import ray
 
-from pixmo.build import stages as build
+from pixmo import build
 from pixmo.images import LoadedImage
 from pixmo.rejects import Reject
 

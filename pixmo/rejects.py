@@ -1,6 +1,9 @@
-"""Rejects are values: every input record that does not reach the output
-ends as a ``Reject`` with a reason from a closed set, so the ledger can prove
-that records read = records accepted + records rejected.
+"""Rejects and the ledger: every input record that does not reach the output
+ends as a ``Reject`` with a reason from a closed set, and ``ledger`` proves, per
+input file, that records read = records accepted + records rejected.
+
+A build and an import book their rejects the same way: ``reject_rows`` (the rows
+of ``rejects.parquet``, in input order), ``by_reason`` and ``ledger``.
 
 The reason codes here and the ``reason`` enum of ``schemas/reject.json`` are
 kept equal by a test.
@@ -8,8 +11,13 @@ kept equal by a test.
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from enum import Enum
+from typing import Any
+
+from pixmo.errors import PixmoError
 
 
 class Reason(str, Enum):
@@ -60,3 +68,30 @@ class Reject:
         row = asdict(self)
         row["reason"] = self.reason.value
         return row
+
+
+def reject_rows(rejects: Iterable[Reject]) -> list[dict[str, str]]:
+    """Rows of ``rejects.parquet`` in input order (file, then record number), whatever
+    order the engine or the downloads produced them in."""
+    return [r.to_row() for r in sorted(rejects, key=lambda r: (
+        r.source, int(r.record) if r.record.isdigit() else 0, r.record, r.stage))]
+
+
+def by_reason(rows: Iterable[Mapping[str, str]]) -> dict[str, int]:
+    """Reject rows counted by reason, in reason order (dataset.json's ``rejects_by_reason``)."""
+    return dict(sorted(Counter(row["reason"] for row in rows).items()))
+
+
+def ledger(read: Mapping[str, int], accepted: Mapping[str, int],
+           rejects: Iterable[Reject]) -> list[dict[str, Any]]:
+    """Per input file, in name order: records read, accepted (named by a sample) and
+    rejected. Raises ``PixmoError`` naming the file whose books do not balance."""
+    rejected = Counter(r.source for r in rejects)
+    books = [{"file": f, "read": read[f], "accepted": accepted.get(f, 0),
+              "rejected": rejected[f]} for f in sorted(read)]
+    for entry in books:
+        if entry["read"] != entry["accepted"] + entry["rejected"]:
+            raise PixmoError(f"ledger does not balance: read {entry['read']}, accepted "
+                             f"{entry['accepted']}, rejected {entry['rejected']}",
+                             file=entry["file"])
+    return books

@@ -1,9 +1,12 @@
-"""Joining everything known about one image into one sample.
+"""Joining everything known about one image into one sample: the one builder and key scheme.
 
 Records from different files name images by path or URL; the join key is the
 image's content hash, so two names for the same bytes become one sample and
 the key is the same whichever engine, machine or input order built it.
-Lists are sorted so the sample JSON is too.
+Lists are sorted so the sample JSON is too, except ``qa``: a conversation's turns
+keep their order, so its caller gives them in a fixed one (an import: row order;
+a build writes none). A build and a PixMo import both
+make their samples with ``build_sample``.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ def build_sample(parts: ImageAnnotations) -> ShardSample:
         "transcripts": _sorted(parts.transcripts, "session_id", "annotator", "text"),
         "captions": _sorted(parts.captions, "method", "text"),
         "points": _sorted(parts.points, "label", "collection_method"),
-        "qa": _sorted(parts.qa, "question", "answer"),
+        "qa": list(parts.qa),  # as given: a conversation's turns stay in order
         "sources": [{"file": f, "record": r} for f, r in sources],
     }
     if parts.failures:  # absent when there are none, so complete samples keep their bytes
@@ -68,31 +71,3 @@ def merge_images(images: Sequence[LoadedImage]) -> LoadedImage:
     if len({i.sha256 for i in images}) != 1:
         raise ValueError("merge_images needs images with one content hash")
     return min(images, key=lambda i: i.source)
-
-
-@dataclass
-class ShardCutter:
-    """Cuts a stream of samples, in sorted key order, into shards: before a
-    sample that would pass ``max_samples`` or ``max_bytes``, with shards
-    numbered from ``start``. Engines that cannot sort everything in memory
-    feed it in key order and hold one shard at a time."""
-
-    max_samples: int
-    max_bytes: int | None = None
-    start: int = 0
-    index: int = field(init=False)  # the shard being filled
-    _count: int = field(default=0, init=False, repr=False)
-    _size: int = field(default=0, init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self.index = self.start
-
-    def shard_of(self, size: int) -> int:
-        """Shard index of the next sample, which takes ``size`` bytes in the tar."""
-        if self._count and (self._count >= self.max_samples or (
-                self.max_bytes is not None and self._size + size > self.max_bytes)):
-            self.index, self._count, self._size = self.index + 1, 0, 0
-        self._count += 1
-        self._size += size
-        return self.index
-

@@ -24,6 +24,7 @@ from typing import Any, BinaryIO
 
 from pixmo.atomic import atomic_write_bytes, partial_path
 from pixmo.config import at_least, check_fields
+from pixmo.dataset.cutting import BLOCK, ShardCutter, tar_bytes
 from pixmo.dataset.format import (
     ANNOTATION_KINDS,
     SHARDS_DIR,
@@ -38,8 +39,6 @@ from pixmo.errors import ConfigError
 from pixmo.schema import validate
 
 log = logging.getLogger(__name__)
-
-_BLOCK = 512
 
 
 class _HashingFile(io.RawIOBase):
@@ -105,11 +104,6 @@ class TarShard:
         self.rows: list[dict[str, Any]] = []
         self.counts = dict.fromkeys(ANNOTATION_KINDS, 0)
 
-    @property
-    def size(self) -> int:
-        """Bytes of the archive so far (the end blocks not yet included)."""
-        return self._tar.offset
-
     def add(self, sample: ShardSample) -> None:
         _add_members(self._tar, sample)
         self.rows.append(manifest_row(sample, self.name))
@@ -147,7 +141,7 @@ class TarShard:
 
 def estimated_size(sample: ShardSample) -> int:
     """Tar bytes a sample adds: a header and padded data per member."""
-    return sum(_BLOCK + -(-len(data) // _BLOCK) * _BLOCK for _, data in sample.members())
+    return tar_bytes(len(data) for _, data in sample.members())
 
 
 @dataclass(frozen=True)
@@ -160,7 +154,7 @@ class ShardConfig:
     validate_samples: bool = True  # check each sample JSON against the ``sample`` schema
 
     def __post_init__(self) -> None:
-        check_fields(self, max_samples=at_least(1), max_bytes=at_least(_BLOCK * 4))
+        check_fields(self, max_samples=at_least(1), max_bytes=at_least(BLOCK * 4))
         if not re.fullmatch(r"[A-Za-z0-9_-]+", self.prefix):
             raise ConfigError(f"must match [A-Za-z0-9_-]+, got {self.prefix!r}",
                               field="ShardConfig.prefix")
@@ -184,7 +178,7 @@ class ShardWriter:
                  start_index: int = 0) -> None:
         self.config = config or ShardConfig()
         self.shards_dir = Path(out_dir) / SHARDS_DIR
-        self.next_index = start_index
+        self._cutter = ShardCutter(self.config.max_samples, self.config.max_bytes, start_index)
         self.written = WrittenShards()
         self._current: TarShard | None = None
 
@@ -192,15 +186,11 @@ class ShardWriter:
         validate_key(sample.key)
         if self.config.validate_samples:
             validate("sample", sample.json, record_id=sample.key)
-        current = self._current
-        if current is not None and current.rows and (
-            len(current.rows) >= self.config.max_samples
-            or current.size + estimated_size(sample) > self.config.max_bytes
-        ):
+        index = self._cutter.shard_of(estimated_size(sample))
+        if self._current is not None and self._current.index != index:
             self._commit()
         if self._current is None:
-            self._current = TarShard(self.shards_dir, self.next_index, self.config.prefix)
-            self.next_index += 1
+            self._current = TarShard(self.shards_dir, index, self.config.prefix)
         self._current.add(sample)
 
     def _commit(self) -> None:

@@ -5,12 +5,14 @@ distinct image URL once with bounded requests (``pixmo.fetch``), checks the
 bytes (``pixmo.images``), applies the subset's sha256 policy and writes one
 sample per image content hash holding every row that named it, as the official
 loader groups rows by image. Every input row ends in a sample's ``sources`` or
-in ``rejects.parquet`` with a reason.
+in ``rejects.parquet`` with a reason. Samples are made as a build makes them
+(``pixmo.dataset.samples.build_sample``: same key scheme, same sorted JSON),
+and the ledger and rejects are booked as a build books them (``pixmo.rejects``).
 
 Unlike the official downloader, failures are never cached: the bytes of images
 that became samples are kept on disk by URL hash, so a rerun does not fetch them
 again, and every other URL is listed with its reason in
-``download_failures.jsonl`` and tried again on the next run.
+``download_failures.jsonl`` and tried again on the next run (``pixmo.release.cache``).
 
 Rows (without image bytes) and sample descriptions stay in memory for the whole
 import, so that samples are written in key order whatever order downloads
@@ -20,7 +22,6 @@ finish in; image bytes are read back from the cache one sample at a time.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from collections import Counter
@@ -29,23 +30,25 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from pixmo.atomic import PARTIAL_SUFFIX, atomic_write_bytes
+from pixmo.atomic import PARTIAL_SUFFIX
+from pixmo.config import at_least, check_fields, one_of
 from pixmo.dataset.format import DATASET_JSON, SHARDS_DIR, ShardSample
+from pixmo.dataset.samples import ImageAnnotations, build_sample, sample_key
 from pixmo.dataset.writer import ShardConfig, write_dataset
-from pixmo.errors import ConfigError, PixmoError
+from pixmo.errors import PixmoError
 from pixmo.fetch import FetchConfig, FetchError, fetch_many
 from pixmo.images import ImageConfig, ImageRejected, LoadedImage, decode_image
-from pixmo.rejects import Reason, Reject
+from pixmo.rejects import Reason, Reject, by_reason, ledger, reject_rows
+from pixmo.release.cache import ImageCache, read_failures, write_failures
+from pixmo.release.report import ImportReport
 from pixmo.release.subsets import Annotations, Row, Sha256Policy, Subset, get_subset, read_rows
 from pixmo.remote import file_sha256
 
 log = logging.getLogger(__name__)
 
-FAILURES = "download_failures.jsonl"
 CACHE = "image_cache"
 DOWNLOAD_STAGE = "import_download"
 IMAGE_STAGE = "import_image"
-KEY_HEX_CHARS = 20
 
 
 @dataclass(frozen=True)
@@ -60,95 +63,8 @@ class ImportConfig:
     sha256_policy: str | None = None  # strict, flag or none; None: the subset's own policy
 
     def __post_init__(self) -> None:
-        if self.workers < 1:
-            raise ConfigError(f"must be >= 1, got {self.workers}", field="ImportConfig.workers")
-        allowed = [p.value for p in Sha256Policy]
-        if self.sha256_policy is not None and self.sha256_policy not in allowed:
-            raise ConfigError(f"must be one of {allowed} or None, got {self.sha256_policy!r}",
-                              field="ImportConfig.sha256_policy")
-
-
-def _fraction(part: int, whole: int) -> float:
-    return part / whole if whole else 0.0
-
-
-def _ratio(part: int, whole: int) -> str:
-    """``part/whole (p%)``, as the import summary states a yield."""
-    return f"{part}/{whole} ({100 * _fraction(part, whole):.1f}%)"
-
-
-@dataclass
-class ImportReport:
-    """The yield of one import: what was read, fetched, kept and lost, and why."""
-
-    subset: str
-    out_dir: str
-    rows_read: int = 0
-    rows_in_samples: int = 0
-    rows_rejected: int = 0
-    images: int = 0  # distinct URLs (or embedded images)
-    images_ok: int = 0  # images that became (part of) a sample
-    images_downloaded: int = 0  # fetched over the network in this run
-    images_cached: int = 0  # taken from the cache instead
-    images_unused: int = 0  # readable, but every row naming them was rejected
-    images_failed: dict[str, int] = field(default_factory=dict)  # by reject reason
-    rows_rejected_by_reason: dict[str, int] = field(default_factory=dict)
-    sha256_flagged: int = 0  # samples kept with a hash mismatch (policy flag)
-    retried: int = 0  # URLs that failed in the previous run and were tried again
-    recovered: int = 0  # of those, how many are now samples
-    samples: int = 0
-
-    def yields(self) -> dict[str, float]:
-        """The ``yield`` of dataset.json: rows kept in samples / rows read, and distinct
-        images (URLs, or images embedded in the parquet) kept in samples / distinct images
-        named by readable rows."""
-        return {"rows": _fraction(self.rows_in_samples, self.rows_read),
-                "images": _fraction(self.images_ok, self.images)}
-
-    def lines(self) -> list[str]:
-        """A human summary for the CLI."""
-        out = [
-            f"{self.subset}: rows kept {_ratio(self.rows_in_samples, self.rows_read)}, "
-            f"{self.rows_rejected} rejected",
-            f"images kept {_ratio(self.images_ok, self.images)}: "
-            f"{self.images_downloaded} downloaded, {self.images_cached} from cache, "
-            f"{self.images_unused} unused",
-            f"samples written: {self.samples} to {self.out_dir}",
-        ]
-        out += [f"images failed, {reason}: {n}" for reason, n in sorted(self.images_failed.items())]
-        out += [f"rows rejected, {reason}: {n}"
-                for reason, n in sorted(self.rows_rejected_by_reason.items())]
-        if self.retried:
-            out.append(f"retried {self.retried} URLs that failed before, {self.recovered} now ok")
-        if self.sha256_flagged:
-            out.append(f"{self.sha256_flagged} samples kept with a flagged sha256 mismatch")
-        return out
-
-
-class ImageCache:
-    """Image bytes on disk, named by the sha256 of a URL (or of ``sha256:<hex>`` for
-    embedded images); written atomically, so a killed run leaves no half file."""
-
-    def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = Path(root)
-
-    def path(self, name: str) -> Path:
-        digest = hashlib.sha256(name.encode()).hexdigest()
-        return self.root / digest[:2] / digest
-
-    def get(self, name: str) -> bytes | None:
-        try:
-            return self.path(name).read_bytes()
-        except FileNotFoundError:
-            return None
-
-    def put(self, name: str, data: bytes) -> None:
-        path = self.path(name)
-        if not path.exists():
-            atomic_write_bytes(path, data)
-
-    def drop(self, name: str) -> None:
-        self.path(name).unlink(missing_ok=True)
+        check_fields(self, workers=at_least(1),
+                     sha256_policy=one_of([p.value for p in Sha256Policy]))
 
 
 def _cache_name(subset: Subset, image: str) -> str:
@@ -167,23 +83,17 @@ class _Sample:
     def first_row(self) -> Row:
         return min(self.entries, key=lambda e: e[0])[1]
 
-    def to_json(self, key: str, source: str) -> dict[str, Any]:
-        entries = sorted(self.entries, key=lambda e: e[0])
-        image = self.image.sample_json()
-        image["source"] = source
-        if self.flagged:
-            image["sha256_flagged"] = True
-        return {
-            "schema_version": 1,
-            "key": key,
-            "image": image,
-            "transcripts": [t for _, _, a in entries for t in a.transcripts],
-            "captions": [c for _, _, a in entries for c in a.captions],
-            "points": [p for _, _, a in entries for p in a.points],
-            "qa": [q for _, _, a in entries for q in a.qa],
-            "sources": [{"file": row.source, "record": row.record} for _, row, _ in entries],
-        }
-
+    def to_sample(self, data: bytes, source: str) -> ShardSample:
+        """The sample a build would make of these annotations: ``build_sample``."""
+        entries = sorted(self.entries, key=lambda e: e[0])  # ties in its sort keep row order
+        image = replace(self.image, data=data, source=source, sha256_flagged=self.flagged)
+        return build_sample(ImageAnnotations(
+            image=image,
+            transcripts=[t for _, _, a in entries for t in a.transcripts],
+            captions=[c for _, _, a in entries for c in a.captions],
+            points=[p for _, _, a in entries for p in a.points],
+            qa=[q for _, _, a in entries for q in a.qa],
+            sources=[(row.source, row.record) for _, row, _ in entries]))
 
 
 class _Importer:
@@ -199,7 +109,7 @@ class _Importer:
         self.report = ImportReport(subset.name, os.fspath(out))
         self.rejects: list[Reject] = []
         self.by_image: dict[str, list[tuple[tuple[int, int], Row]]] = {}
-        self.read_per_file: Counter[str] = Counter()
+        self.read_per_file: Counter[str] = Counter(dict.fromkeys(files, 0))
         self.samples: dict[str, _Sample] = {}
         self.failures: list[dict[str, Any]] = []
         self.failed_before: set[str] = set()
@@ -301,26 +211,15 @@ class _Importer:
                 self.report.images_downloaded += 1
                 self.settle(url, result, fresh=True)
 
-    def keyed(self) -> list[tuple[str, _Sample]]:
-        """Samples by key (the first hex digits of the image sha256), in key order."""
-        out: dict[str, tuple[str, _Sample]] = {}
-        for sha256, sample in self.samples.items():
-            key = sha256[:KEY_HEX_CHARS]
-            if key in out:
-                raise PixmoError(f"images {out[key][0]} and {sha256} share the key {key}; "
-                                 f"raise KEY_HEX_CHARS", field="key")
-            out[key] = (sha256, sample)
-        return [(key, sample) for key, (_, sample) in sorted(out.items())]
-
-    def shard_samples(self, keyed: list[tuple[str, _Sample]]) -> Iterator[ShardSample]:
+    def shard_samples(self, samples: list[_Sample]) -> Iterator[ShardSample]:
         """Samples with their bytes read back from the cache one at a time."""
-        for key, sample in keyed:
+        for sample in samples:
             data = self.cache.get(sample.cache_name)
             if data is None or hashlib.sha256(data).hexdigest() != sample.image.sha256:
                 raise PixmoError("cached image bytes vanished or changed during the import",
-                                 file=os.fspath(self.cache.path(sample.cache_name)), record=key)
-            yield ShardSample(key, sample.to_json(key, self.image_source(sample.first_row())),
-                              {sample.image.extension: data})
+                                 file=os.fspath(self.cache.path(sample.cache_name)),
+                                 record=sample_key(sample.image.sha256))
+            yield sample.to_sample(data, self.image_source(sample.first_row()))
 
     def image_source(self, row: Row) -> str:
         """Where the bytes came from: the URL, or file and image_id for embedded images
@@ -329,55 +228,33 @@ class _Importer:
             return f"{os.path.basename(row.source)}#{row.data.get('image_id')}"
         return row.image
 
-    def ledger(self) -> list[dict[str, Any]]:
-        rejected = Counter(r.source for r in self.rejects)
-        out = []
-        for path in self.files:
-            read = self.read_per_file[path]
-            out.append({"file": path, "sha256": file_sha256(path), "read": read,
-                        "accepted": read - rejected[path], "rejected": rejected[path]})
-        return out
+    def ledger(self, samples: list[_Sample]) -> list[dict[str, Any]]:
+        """The build's ledger of these samples and rejects, with each file's sha256."""
+        accepted = Counter(row.source for s in samples for _, row, _ in s.entries)
+        return [{**entry, "sha256": file_sha256(entry["file"])}
+                for entry in ledger(self.read_per_file, accepted, self.rejects)]
 
     def write(self) -> None:
         _remove_previous_dataset(self.out)
-        keyed = self.keyed()
-        file_index = {path: i for i, path in enumerate(self.files)}
-        # downloads finish in any order; the output does not depend on it
-        self.rejects.sort(key=lambda r: (file_index[r.source], int(r.record)))
-        by_reason = Counter(r.reason.value for r in self.rejects)
+        samples = [self.samples[sha256] for sha256 in sorted(self.samples)]  # in key order
+        rows = reject_rows(self.rejects)  # downloads finish in any order; the output does not
         build_config = {"subset": self.subset.name, "sha256_policy": self.policy.value,
                         "parquet": self.files, "fetch": asdict(self.config.fetch),
                         "image": {"max_pixels": self.config.image.max_pixels,
                                   "max_bytes": self.config.image.max_bytes}}
         report = self.report
-        report.samples = len(keyed)
-        report.sha256_flagged = sum(s.flagged for _, s in keyed)
-        report.rows_rejected = len(self.rejects)
-        report.rows_in_samples = sum(len(s.entries) for _, s in keyed)
-        report.rows_rejected_by_reason = dict(sorted(by_reason.items()))
+        report.samples = len(samples)
+        report.sha256_flagged = sum(s.flagged for s in samples)
+        report.rows_rejected = len(rows)
+        report.rows_in_samples = sum(len(s.entries) for s in samples)
+        report.rows_rejected_by_reason = by_reason(rows)
         report.images_failed = dict(sorted(report.images_failed.items()))
-        write_dataset(self.out, self.shard_samples(keyed), name=self.subset.name,
-                      config=self.config.shards, rejects=[r.to_row() for r in self.rejects],
-                      engine="import", build_config=build_config, ledger=self.ledger(),
+        write_dataset(self.out, self.shard_samples(samples), name=self.subset.name,
+                      config=self.config.shards, rejects=rows, engine="import",
+                      build_config=build_config, ledger=self.ledger(samples),
                       rejects_by_reason=report.rows_rejected_by_reason,
                       **{"yield": report.yields()})
-        lines = b"".join(json.dumps(f, sort_keys=True).encode() + b"\n"
-                         for f in sorted(self.failures, key=lambda f: f["url"]))
-        atomic_write_bytes(self.out / FAILURES, lines)
-
-
-def read_failures(out_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The URLs the last import into ``out_dir`` could not use, with their reasons."""
-    path = Path(out_dir) / FAILURES
-    if not path.is_file():
-        return []
-    out = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise PixmoError(f"not JSON: {exc.msg}", file=os.fspath(path), record=number) from exc
-    return out
+        write_failures(self.out, self.failures)
 
 
 def _remove_previous_dataset(out: Path) -> None:

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from pipelines.cli import main
-from pixmo.build.stages import BuildConfig
+from pixmo.build import BuildConfig
 from pixmo.captions import CaptionConfig, CaptionLLMConfig
 from pixmo.dataset.reader import iter_samples
 from pixmo.dataset.tables import read_dataset_json, read_rejects

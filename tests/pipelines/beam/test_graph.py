@@ -10,8 +10,8 @@ from collections import Counter
 import pytest
 
 from pipelines.beam import graph, shuffle
+from pixmo import build
 from pixmo.build import BuildConfig
-from pixmo.build import stages as build
 from pixmo.dataset.reader import iter_samples
 from pixmo.dataset.tables import read_dataset_json, read_rejects
 from pixmo.dataset.verify import verify

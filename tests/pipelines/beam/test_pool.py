@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from pipelines.beam import pool
+from pixmo import build
 from pixmo.build import BuildConfig
-from pixmo.build import stages as build
 from pixmo.rejects import Reject
 from tests.pipelines.conftest import make_raw
 

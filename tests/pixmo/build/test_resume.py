@@ -18,8 +18,6 @@ from pixmo.dataset.tables import read_dataset_json, read_rejects
 from pixmo.dataset.verify import verify
 from tests.paths import REPO
 
-REPO = REPO
-
 
 def make_points_raw(root: Path, n: int, first: int = 0) -> Path:
     (root / "images").mkdir(parents=True, exist_ok=True)
@@ -93,7 +91,7 @@ def test_kill_during_shard_writing_then_resume(tmp_path):
     spill.mkdir()
     # held once a shard is committed and the next one has its first sample
     proc = start_held_build(tmp_path, """
-        from pixmo.dataset.verify import shards
+        from pixmo.dataset import writer as shards
         commit, add = shards.TarShard.commit, shards.TarShard.add
         committed = []
 

@@ -4,9 +4,7 @@ import io
 
 from PIL import Image
 
-from pixmo.build.stages import ShardPlan
 from pixmo.dataset.samples import ImageAnnotations, build_sample, merge_images
-from pixmo.dataset.writer import ShardConfig
 from pixmo.images import decode_image
 from pixmo.schema import check
 
@@ -38,23 +36,3 @@ def test_one_sample_per_content_hash_in_any_order():
                                      {"file": "points.jsonl", "record": "10"}]
     assert first.files == {"png": data}
     assert check("sample", first.json) is None
-
-
-def assign_shards(sizes: dict[str, int], max_samples: int, max_bytes: int | None = None,
-                  start: int = 0) -> dict[str, int]:
-    """Shard of every key under the plan engines hand their workers."""
-    cfg = ShardConfig(max_samples=max_samples, **({} if max_bytes is None else
-                                                  {"max_bytes": max_bytes}))
-    plan = ShardPlan.assign(sizes.items(), cfg, start)
-    return {key: plan.shard_of(key) for key in sizes}
-
-
-def test_shard_assignment_depends_only_on_the_samples():
-    sizes = {f"k{i:03d}": 1000 for i in range(25)}
-    forward = assign_shards(sizes, 10)
-    assert forward == assign_shards(dict(reversed(sizes.items())), 10)
-    assert sorted(set(forward.values())) == [0, 1, 2]
-    assert [k for k, s in forward.items() if s == 2] == sorted(sizes)[20:]
-    by_bytes = assign_shards(sizes, 10, max_bytes=3500)
-    assert [list(by_bytes.values()).count(i) for i in range(9)] == [3] * 8 + [1]
-    assert min(assign_shards(sizes, 10, start=7).values()) == 7

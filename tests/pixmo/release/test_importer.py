@@ -10,13 +10,19 @@ import shutil
 
 import pytest
 
+from pixmo.build import BuildConfig
+from pixmo.build.stages import join_image
+from pixmo.dataset.format import json_bytes
 from pixmo.dataset.reader import iter_samples
+from pixmo.dataset.samples import ImageAnnotations, build_sample, sample_key
 from pixmo.dataset.tables import read_dataset_json, read_rejects
 from pixmo.dataset.verify import verify
 from pixmo.dataset.writer import ShardConfig
 from pixmo.errors import PixmoError
 from pixmo.fetch import FetchConfig
-from pixmo.release.importer import FAILURES, ImportConfig, import_release, read_failures
+from pixmo.images import decode_image
+from pixmo.release.cache import FAILURES, read_failures
+from pixmo.release.importer import ImportConfig, import_release
 from tests.http_server import LocalServer, Reply
 from tests.pixmo.release.test_subsets import image_bytes, sha, write_parquet
 
@@ -100,7 +106,7 @@ def test_points_import_with_misbehaving_hosts_then_a_rerun(tmp_path, server):
     assert_ledger_closes(out, 9, parquet)
 
     samples = {s.key: s.json for s in iter_samples(out)}
-    red_sample = samples[sha(red)[:20]]
+    red_sample = samples[sample_key(sha(red))]
     assert red_sample["image"] == {"sha256": sha(red), "width": 64, "height": 48,
                                    "format": "jpeg", "bytes": len(red), "source": ok}
     assert red_sample["points"] == [
@@ -110,7 +116,7 @@ def test_points_import_with_misbehaving_hosts_then_a_rerun(tmp_path, server):
          "collection_method": "pointing", "annotators": []}]
     assert red_sample["sources"] == [{"file": parquet, "record": "1"},
                                      {"file": parquet, "record": "8"}]
-    green_sample = samples[sha(green)[:20]]
+    green_sample = samples[sample_key(sha(green))]
     assert green_sample["points"][0]["points"] == []
     assert green_sample["points"][0]["collection_method"] == "counting"
     assert all("." not in key for key in samples)
@@ -211,13 +217,13 @@ def test_count_pixels_become_percent_of_the_displayed_image_and_stale_hashes_are
     assert report.samples == 2 and report.sha256_flagged == 1
     assert report.rows_rejected_by_reason == {"out_of_bounds": 1}
     samples = {s.key: s.json for s in iter_samples(out)}
-    first = samples[sha(plain)[:20]]
+    first = samples[sample_key(sha(plain))]
     assert first["points"][0]["points"] == [[25.0, 25.0], [75.0, 75.0]]
     assert first["points"][0]["collection_method"] == "counting"
     assert first["points"][1] == {"label": "plum", "points": [], "count": 3,
                                   "collection_method": "counting", "annotators": []}
     assert "sha256_flagged" not in first["image"]
-    second = samples[sha(rotated)[:20]]
+    second = samples[sample_key(sha(rotated))]
     assert second["image"]["sha256_flagged"] is True
     assert second["image"]["exif_orientation"] == 6
     assert (second["image"]["width"], second["image"]["height"]) == (20, 40)
@@ -253,12 +259,13 @@ def test_cap_rows_group_by_image_and_have_no_hash_check(tmp_path, server):
     assert report.samples == 2
     assert report.rows_rejected_by_reason == {"invalid_record": 1}
     samples = {s.key: s for s in iter_samples(out)}
-    blue = samples[sha(first)[:20]]
+    blue = samples[sample_key(sha(first))]
     assert blue.json["captions"] == [
         {"text": "A blue square.", "method": "released"},
         {"text": "Another caption of the blue square.", "method": "released"}]
     assert blue.json["image"]["format"] == "png" and blue.files["png"] == first
-    assert [t["text"] for t in blue.json["transcripts"]] == ["uh a blue", "square"]
+    # sorted as a build sorts them (``build_sample``)
+    assert [t["text"] for t in blue.json["transcripts"]] == ["square", "uh a blue"]
     assert all(t["backend"] == "released" for t in blue.json["transcripts"])
     assert_ledger_closes(out, 4, parquet)
 
@@ -306,7 +313,7 @@ def test_docs_images_come_from_the_parquet_without_network(tmp_path):
     assert report.samples == 2 and report.images_ok == 2
     assert report.rows_rejected_by_reason == {"image_unreadable": 1, "invalid_record": 1}
     samples = {s.key: s.json for s in iter_samples(out)}
-    merged = samples[sha(chart)[:20]]
+    merged = samples[sample_key(sha(chart))]
     assert merged["image"]["source"] == "docs.parquet#chart-1"
     assert [q["question"] for q in merged["qa"]] == ["What is the maximum?", "Title?", "Title?"]
     assert {q["source"] for q in merged["qa"]} == {"pixmo-docs"}
@@ -465,3 +472,32 @@ def test_cli_import_prints_the_yield_report(tmp_path, capsys):
     assert read_dataset_json(tmp_path / "out" / "dataset.json")["yield"] == {"rows": 0.5,
                                                                              "images": 1.0}
     assert main(["validate", str(tmp_path / "out")]) == 0
+
+
+def test_an_import_makes_its_samples_as_a_build_does(tmp_path, server):
+    """One key scheme and one builder: the same bytes get the build's key, and the
+    imported sample is ``build_sample`` of the same annotations, byte for byte."""
+    data = image_bytes((5, 6, 7))
+    url = server.route("/same.jpg", Reply(body=data))
+    point_sets = [{"label": "zebra", "points": [[10.0, 20.0]], "count": 1,
+                   "collection_method": "pointing", "annotators": []},
+                  {"label": "apple", "points": [], "count": 0,
+                   "collection_method": "counting", "annotators": []}]
+    rows = [{"image_url": url, "image_sha256": sha(data), "label": p["label"],
+             "points": [{"x": x, "y": y} for x, y in p["points"]], "count": p["count"],
+             "collection_method": p["collection_method"]} for p in point_sets]
+    parquet = write_parquet(tmp_path / "points.parquet", "pixmo-points", rows)
+    import_release("pixmo-points", [parquet], tmp_path / "out", config=CONFIG)
+    (imported,) = iter_samples(tmp_path / "out")
+
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "same.jpg").write_bytes(data)
+    built = join_image([decode_image(data, "same.jpg")], [], BuildConfig(str(tmp_path / "raw")))
+    assert imported.key == built.key == sample_key(sha(data)) and len(imported.key) == 24
+
+    expected = build_sample(ImageAnnotations(
+        decode_image(data, url), points=point_sets,
+        sources=[(parquet, "2"), (parquet, "1")]))
+    assert json_bytes(imported.json) == json_bytes(expected.json)
+    assert [p["label"] for p in imported.json["points"]] == ["apple", "zebra"]
+    assert imported.files == expected.files == {"jpg": data}

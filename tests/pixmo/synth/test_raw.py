@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from pixmo.build.stages import BuildConfig
+from pixmo.build import BuildConfig
 from pixmo.dataset.reader import iter_samples
 from pixmo.dataset.tables import read_dataset_json, read_rejects
 from pixmo.dataset.verify import verify

@@ -1,0 +1,223 @@
+"""The build's output folder: what it holds when a build starts, shards written or kept,
+and the tables and dataset.json that finish it.
+
+Commit order in the output: each shard's tar, then its marker; manifest and
+rejects; ``dataset.json`` last, so a folder with a dataset.json is finished.
+``prepare_output`` decides, by mode, what an earlier run left that a build may
+keep; ``write_or_keep`` writes one shard (or proves a committed one current);
+``finish`` writes the tables and checks the ledger.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from operator import attrgetter, itemgetter
+from pathlib import Path
+from typing import Any
+
+from pixmo import remote
+from pixmo.atomic import PARTIAL_SUFFIX
+from pixmo.build.config import BuildConfig
+from pixmo.build.images import STAGING, attached
+from pixmo.build.parts import PlannedSample
+from pixmo.dataset.format import (
+    DATASET_JSON,
+    MANIFEST,
+    REJECTS,
+    SHARDS_DIR,
+    ShardSample,
+    ShardStats,
+    json_bytes,
+)
+from pixmo.dataset.reader import committed_shards
+from pixmo.dataset.tables import (
+    describe,
+    manifest_row,
+    read_dataset_json,
+    read_manifest,
+    read_rejects,
+    write_tables,
+)
+from pixmo.dataset.writer import tar_digest, write_shard
+from pixmo.errors import PixmoError
+from pixmo.rejects import Reason, Reject, by_reason, ledger, reject_rows
+
+log = logging.getLogger(__name__)
+
+MODES = ("resume", "overwrite", "extend")
+
+
+@dataclass
+class Previous:
+    """What an output directory already holds when a build starts."""
+
+    # committed shards this build may keep (if current) or must remove
+    committed: dict[int, ShardStats] = field(default_factory=dict)
+    # extend mode: the finished dataset being added to, which stays as it is
+    base: dict[int, ShardStats] = field(default_factory=dict)
+    keys: frozenset[str] = frozenset()
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    rejects: list[dict[str, str]] = field(default_factory=list)
+    ledger: list[dict[str, Any]] = field(default_factory=list)
+    failures: dict[str, int] = field(default_factory=dict)  # by reason, in its samples
+
+    @property
+    def start_index(self) -> int:
+        """Where new shards are numbered from: after the dataset being extended."""
+        return max(self.base) + 1 if self.base else 0
+
+
+def prepare_output(out_dir: str | os.PathLike[str], mode: str) -> Previous:
+    """Make ``out_dir`` (a path or URL) ready for a build.
+
+    ``overwrite`` removes an earlier build. ``resume`` (the default) keeps
+    committed shards, which are reused where the new assignment gives them
+    the same samples, and removes what an interrupted run left half-done.
+    ``extend`` keeps a finished dataset and adds new images as new shards;
+    what an interrupted extend committed beyond the shards, manifest rows
+    and rejects its dataset.json accounts for is treated as in ``resume``.
+    Except in ``extend``, dataset.json goes first: until the build has
+    finished again the folder is not a finished dataset.
+    """
+    if mode not in MODES:
+        raise PixmoError(f"mode must be one of {', '.join(MODES)}, got {mode!r}",
+                         field="mode")
+    out = remote.Folder(os.fspath(out_dir))
+    if mode != "extend":
+        out.remove(DATASET_JSON)
+    if mode == "overwrite":
+        for name in [*out.glob(f"{SHARDS_DIR}/*"), MANIFEST, REJECTS]:
+            out.remove(name)  # markers (.json) sort before their tars
+        out.remove_tree(STAGING)
+    out.makedirs(SHARDS_DIR)
+    for leftover in out.glob(f"{SHARDS_DIR}/*{PARTIAL_SUFFIX}"):  # killed writers
+        out.remove(leftover)
+    committed = {s.index: s for s in committed_shards(out_dir)}
+    marked = {f"{SHARDS_DIR}/{s.shard}" for s in committed.values()}
+    for tar in out.glob(f"{SHARDS_DIR}/*.tar"):
+        if tar not in marked:
+            out.remove(tar)  # renamed but never marked: not trusted
+    if mode != "extend":
+        return Previous(committed=committed)
+    if not out.is_file(DATASET_JSON):
+        raise PixmoError("extend needs a finished dataset (no dataset.json)",
+                         file=os.fspath(out_dir))
+    with out.local_copy(DATASET_JSON) as path:
+        description = read_dataset_json(path)
+    names = {s["shard"] for s in description["shards"]}
+    with out.local_copy(MANIFEST) as path:
+        rows = [r for r in read_manifest(path) if r["shard"] in names]
+    with out.local_copy(REJECTS) as path:  # a later build's rejects follow the dataset's own
+        rejects = read_rejects(path)[:description["counts"].get("rejects")]
+    return Previous(committed={i: s for i, s in committed.items() if s.shard not in names},
+                    base={i: s for i, s in committed.items() if s.shard in names},
+                    keys=frozenset(r["key"] for r in rows), rows=rows, rejects=rejects,
+                    ledger=description.get("ledger", []),
+                    failures=description.get("failures_by_reason", {}))
+
+
+def exclude_known(sample: ShardSample, previous: Previous) -> ShardSample | list[Reject]:
+    """In extend mode an image already in the dataset cannot change: its new
+    records are rejected, never silently dropped."""
+    if sample.key not in previous.keys:
+        return sample
+    return [Reject("join", Reason.ALREADY_IN_DATASET,
+                   f"image {sample.json['image']['source']} is sample {sample.key} of an "
+                   "earlier build", s["file"], s["record"]) for s in sample.json["sources"]]
+
+
+def write_or_keep(index: int, samples: Iterable[PlannedSample], out_dir: str | os.PathLike[str],
+                  cfg: BuildConfig, old: ShardStats | None) -> ShardStats:
+    """Write shard ``index``, unless ``old``, the committed shard of that index
+    (``Previous.committed``), holds exactly these samples: committed shards are
+    never rewritten. "Exactly" is proven by hash: the tar these samples would
+    make, the marker and the file in the output folder must all agree. A shard
+    that is rewritten is unmarked first, so no reader pairs its old marker with
+    new bytes. The shard's manifest rows go to the staging folder, where
+    ``finish`` reads them one shard at a time: the engine's driver never holds
+    a row per sample."""
+    samples = sorted(samples, key=lambda s: s.key)
+    out = remote.Folder(os.fspath(out_dir))
+    stats = _keep(old, samples, cfg, out) if old is not None else None
+    if stats is not None:
+        rows = [manifest_row(ShardSample(s.key, json.loads(s.json)), stats.shard)
+                for s in samples]
+    elif not out.remote:
+        stats, rows = write_shard(out.local, index, attached(samples, cfg, out),
+                                  cfg.shards.prefix)
+    else:
+        with tempfile.TemporaryDirectory(prefix="pixmo-shard-") as tmp:
+            stats, rows = write_shard(tmp, index, attached(samples, cfg, out),
+                                      cfg.shards.prefix)
+            shard = Path(tmp, SHARDS_DIR, stats.shard)
+            out.put(shard, f"{SHARDS_DIR}/{stats.shard}")
+            out.put(shard.with_suffix(".json"),
+                    f"{SHARDS_DIR}/{shard.with_suffix('.json').name}")
+    out.write_bytes(_rows_name(stats.index), json_bytes(rows))
+    return stats
+
+
+def _keep(old: ShardStats, samples: list[PlannedSample], cfg: BuildConfig,
+          out: remote.Folder) -> ShardStats | None:
+    """``old`` if it holds exactly ``samples``; otherwise unmark it and None."""
+    tar = f"{SHARDS_DIR}/{old.shard}"
+    if (tar_digest(attached(samples, cfg, out)) == (old.sha256, old.bytes)
+            and out.sha256(tar) == old.sha256):
+        log.info("keeping committed %s", old.shard)
+        return old
+    out.remove(tar.removesuffix(".tar") + ".json")
+    return None
+
+
+def _rows_name(index: int) -> str:
+    return f"{STAGING}/rows/{index:06d}.json"
+
+
+def _manifest_rows(out: remote.Folder, stats: Sequence[ShardStats], previous: Previous
+                   ) -> Iterator[dict[str, Any]]:
+    """Manifest rows in shard and key order, one shard's rows in memory at a time:
+    the dataset being extended keeps its own rows, new shards' rows come from
+    the staging folder."""
+    base: dict[str, list[dict[str, Any]]] = {}
+    for row in previous.rows:
+        base.setdefault(row["shard"], []).append(row)
+    for shard in sorted(stats, key=attrgetter("shard")):
+        rows = (base.get(shard.shard, []) if shard.index in previous.base
+                else json.loads(out.read_bytes(_rows_name(shard.index))))
+        yield from sorted(rows, key=itemgetter("key"))
+
+
+def finish(out_dir: str | os.PathLike[str], cfg: BuildConfig, engine: str,
+           written: Sequence[ShardStats], rejects: Sequence[Reject], read: Counter[str],
+           accepted: Counter[str], failures: Counter[str], previous: Previous,
+           stage_seconds: dict[str, float] | None = None) -> dict[str, Any]:
+    """Write manifest, rejects and dataset.json (last); check the ledger identity.
+    ``failures`` counts, by reason, what this run's samples record in their
+    ``failures``: their records are accepted, so they are counted apart."""
+    out = remote.Folder(os.fspath(out_dir))
+    books = ledger(read, accepted, rejects)
+    stats = sorted([*previous.base.values(), *written], key=attrgetter("index"))
+    for stale in set(previous.committed) - {s.index for s in stats}:
+        # an earlier run's shard beyond this run's assignment: unmark, then remove
+        tar = f"{SHARDS_DIR}/{previous.committed[stale].shard}"
+        out.remove(tar.removesuffix(".tar") + ".json")
+        out.remove(tar)
+    rows = [*previous.rejects, *reject_rows(rejects)]
+    description = describe(cfg.name, stats, engine=engine, build_config=cfg.to_json(),
+                           ledger=[*previous.ledger, *books],
+                           rejects_by_reason=by_reason(rows))
+    description["counts"]["rejects"] = len(rows)
+    failed = Counter(previous.failures) + failures
+    description["counts"]["failures"] = sum(failed.values())
+    description["failures_by_reason"] = dict(sorted(failed.items()))
+    if stage_seconds is not None:
+        description["stage_seconds"] = {k: round(v, 3) for k, v in sorted(stage_seconds.items())}
+    write_tables(out_dir, _manifest_rows(out, stats, previous), rows, description)
+    out.remove_tree(STAGING)
+    return description

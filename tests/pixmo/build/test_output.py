@@ -1,0 +1,93 @@
+"""The build's output folder: prepared by mode, shards written or kept, finished with
+tables and a ledger that must balance."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from pixmo.build.config import BuildConfig
+from pixmo.build.images import resolve_image
+from pixmo.build.output import finish, prepare_output, write_or_keep
+from pixmo.build.parts import PlannedSample
+from pixmo.build.stages import Annotator, check_record, join_sample, plan, read_raw
+from pixmo.dataset.reader import committed_shards, iter_samples
+from pixmo.dataset.tables import read_dataset_json, read_manifest, read_rejects
+from pixmo.errors import PixmoError
+from pixmo.rejects import Reject
+from tests.pixmo.build.test_stages import dot, make_raw
+
+
+def planned_samples(tmp_path, out) -> tuple[BuildConfig, list[PlannedSample], list[Reject]]:
+    """Both images of ``make_raw`` as planned samples, and the one reject (record 3)."""
+    raw = make_raw(tmp_path / "raw", [dot("images/a.png"), dot("images/b.png"),
+                                      dot("images/a.png", 500.0)])
+    cfg = BuildConfig(str(raw), transcribe=False)
+    records = [check_record(r) for r in read_raw(str(raw), "points.jsonl")]
+    samples, rejects = [], []
+    for ref in ("images/a.png", "images/b.png"):
+        named = [k for k in records if k.image == ref]
+        image, _ = resolve_image(ref, named, cfg, out)
+        part, more = Annotator(cfg).part(image, named)
+        rejects += more
+        samples.append(plan(join_sample([part.image], part.annotations, cfg,
+                                        prepare_output(out, "resume"))))
+    return cfg, sorted(samples, key=lambda s: s.key), rejects
+
+
+def test_a_shard_is_written_once_and_kept_while_it_holds_the_same_samples(tmp_path):
+    out = tmp_path / "out"
+    cfg, samples, _ = planned_samples(tmp_path, out)
+    first = write_or_keep(0, samples, out, cfg, None)
+    assert first.samples == 2 and first.first_key == samples[0].key
+    tar = out / "shards" / first.shard
+    inode = tar.stat().st_ino
+    assert write_or_keep(0, samples[::-1], out, cfg, first) == first
+    assert tar.stat().st_ino == inode  # kept, not rewritten
+    other = write_or_keep(0, samples[:1], out, cfg, first)
+    assert other.samples == 1 and other.sha256 != first.sha256
+
+
+def test_prepare_output_keeps_committed_shards_and_drops_what_is_not_marked(tmp_path):
+    out = tmp_path / "out"
+    cfg, samples, _ = planned_samples(tmp_path, out)
+    stats = write_or_keep(0, samples, out, cfg, None)
+    (out / "shards" / "pixmo-000001.tar").write_bytes(b"renamed, never marked")
+    (out / "shards" / "pixmo-000002.tar.partial").write_bytes(b"killed writer")
+    previous = prepare_output(out, "resume")
+    assert previous.committed == {0: stats} and previous.start_index == 0
+    assert sorted(p.name for p in (out / "shards").iterdir()) == [
+        "pixmo-000000.json", "pixmo-000000.tar"]
+    assert prepare_output(out, "overwrite").committed == {}
+    assert list((out / "shards").iterdir()) == []
+    with pytest.raises(PixmoError, match="mode must be one of resume, overwrite, extend"):
+        prepare_output(out, "append")
+    with pytest.raises(PixmoError, match="extend needs a finished dataset"):
+        prepare_output(out, "extend")
+
+
+def test_finish_writes_the_tables_and_checks_the_ledger(tmp_path):
+    out = tmp_path / "out"
+    cfg, samples, rejects = planned_samples(tmp_path, out)
+    previous = prepare_output(out, "resume")
+    written = [write_or_keep(0, samples, out, cfg, None)]
+    read, accepted = Counter({"points.jsonl": 3}), Counter({"points.jsonl": 2})
+    with pytest.raises(PixmoError, match="ledger does not balance"):
+        finish(out, cfg, "local", written, [], read, accepted, Counter(), previous)
+    assert not (out / "dataset.json").exists()
+    description = finish(out, cfg, "local", written, rejects, read, accepted,
+                         Counter({"caption_failed": 1}), previous)
+    assert description == read_dataset_json(out / "dataset.json")
+    assert description["ledger"] == [{"file": "points.jsonl", "read": 3, "accepted": 2,
+                                      "rejected": 1}]
+    assert description["counts"]["rejects"] == 1 and description["counts"]["failures"] == 1
+    assert description["rejects_by_reason"] == {"out_of_bounds": 1}
+    assert [r["key"] for r in read_manifest(out / "manifest.parquet")] == [s.key for s in samples]
+    assert [r["record"] for r in read_rejects(out / "rejects.parquet")] == ["3"]
+    assert [s.key for s in iter_samples(out)] == [s.key for s in samples]
+    assert not (out / ".staging").exists()
+
+    extended = prepare_output(out, "extend")
+    assert extended.keys == {s.key for s in samples} and extended.start_index == 1
+    assert extended.base == {0: committed_shards(out)[0]}
