@@ -142,7 +142,8 @@ def launch_rate(spec: dict) -> dict:
     pause (a deep prefetch, so it never waits), or with no loader at all (``workers`` 0)."""
     if not spec["workers"]:
         return {"launches": _launches(spec["seconds"])}
-    from molmo.data.loader import DataConfig, DatasetConfig, MolmoLoader
+    from molmo.data.config import DataConfig, DatasetConfig
+    from molmo.data.loader import MolmoLoader
     from molmo.preprocess.tokenizer import MolmoTokenizer
 
     cfg = DataConfig(datasets=(DatasetConfig("bench", spec["data"]),), batch_size=spec["batch"],
@@ -173,7 +174,8 @@ def run_one(spec: dict) -> dict:
         n = sum(1 for _ in dataset)
         steady_at, steady_n, cpu_end = start, 0, _cpu_seconds()
     else:
-        from molmo.data.loader import DataConfig, DatasetConfig, MolmoLoader
+        from molmo.data.config import DataConfig, DatasetConfig
+        from molmo.data.loader import MolmoLoader
         from molmo.preprocess.batching import normalize_images
         from molmo.preprocess.tokenizer import MolmoTokenizer
 

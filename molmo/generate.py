@@ -14,9 +14,11 @@ import numpy as np
 import torch
 
 from molmo.model.molmo import Molmo
-from pixmo.errors import ConfigError, PixmoError
+from pixmo.config import Rule, at_least, check_fields
+from pixmo.errors import PixmoError
 
 PAD_ID = -1
+TOP_P = Rule(lambda p: 0 < p <= 1, "in (0, 1]")  # a probability mass: 0 keeps nothing
 
 
 @dataclass
@@ -31,17 +33,8 @@ class GenerationConfig:
     return_logits: bool = False
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ConfigError(f"must be >= 1, got {self.max_new_tokens}",
-                              field="GenerationConfig.max_new_tokens")
-        if not self.temperature >= 0:
-            raise ConfigError(f"must be >= 0, got {self.temperature}",
-                              field="GenerationConfig.temperature")
-        if self.top_k < 0:
-            raise ConfigError(f"must be >= 0, got {self.top_k}", field="GenerationConfig.top_k")
-        if not 0 < self.top_p <= 1:
-            raise ConfigError(f"must be in (0, 1], got {self.top_p}",
-                              field="GenerationConfig.top_p")
+        check_fields(self, max_new_tokens=at_least(1), temperature=at_least(0),
+                     top_k=at_least(0), top_p=TOP_P)
         self.stop_token_ids = tuple(self.stop_token_ids)
         self.stop_strings = tuple(self.stop_strings)
 

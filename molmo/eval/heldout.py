@@ -1,6 +1,8 @@
-"""Held-out evaluation: pointing and counting by greedy generation, caption loss by teacher
-forcing. Runs inside training (every rank the same work, so a sharded model stays in step;
-rank 0 writes) and as ``molmo eval`` on an exported model.
+"""Held-out evaluation of a Molmo: pointing, counting and caption loss on held-out shards.
+
+Pointing and counting are scored by greedy generation, captions by teacher forcing. Runs inside
+training (every rank the same work, so a sharded model stays in step; rank 0 writes) and as
+``molmo eval`` on an exported model.
 
 Every point set of a held-out sample becomes one point-then-count question (the prompts of
 ``pixmo/points/prompts.py``, drawn with a seeded RNG so every evaluation asks the same). The
@@ -43,11 +45,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PointQuestion:
+    """One held-out point set asked as "point to the {label}"; the truth scores the answer."""
+
     key: str
     label: str
     prompt: str
-    image: Any
-    true_points: list[tuple[float, float]]
+    image: Any  # PIL image, loaded once for all the point sets of its sample
+    true_points: list[tuple[float, float]]  # (x, y) in percent of width and height
     true_count: int
 
 

@@ -1,4 +1,4 @@
-"""Model configuration: one dataclass per component, named presets, official config.json I/O.
+"""Model configuration: one dataclass per component (vision, connector, LLM) and named presets.
 
 Every architectural difference between the released Molmo models is a field here (``qkv_bias``,
 ``qk_norm``, ``norm_after``, ``moe_experts``...); nothing in the model code looks at a model name.
@@ -7,33 +7,28 @@ Every architectural difference between the released Molmo models is a field here
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from pixmo.errors import PixmoError
+from pixmo.config import above, at_least, check_fields, from_mapping
+from pixmo.errors import ConfigError, PixmoError
 
 #: Vocabulary rows the official code appends as ``wte.new_embedding`` (hard-coded there).
 OFFICIAL_ADDITIONAL_VOCAB = 128
 
 
-def _positive(obj: object, *names: str) -> None:
-    for name in names:
-        value = getattr(obj, name)
-        if not isinstance(value, int) or value <= 0:
-            raise PixmoError(f"must be a positive integer, got {value!r}", field=name)
+POSITIVE = above(0)
 
 
 @dataclass
 class VisionConfig:
     """CLIP ViT layout (pre-LN, CLS token, learned positions, quick_gelu MLP)."""
 
-    width: int = 1024
+    width: int = 1024  # = heads x head_dim
     heads: int = 16
     head_dim: int = 64
-    layers: int = 23
+    layers: int = 23  # CLIP ViT-L/14-336 has 24; the official Molmo ViT keeps 23
     mlp_hidden: int = 4096
     patch_size: int = 14
     image_size: int = 336
@@ -41,21 +36,21 @@ class VisionConfig:
     feature_layers: tuple[int, ...] = (-2, -9)
 
     def __post_init__(self) -> None:
-        _positive(self, "width", "heads", "head_dim", "layers", "mlp_hidden", "patch_size",
-                  "image_size")
+        check_fields(self, width=POSITIVE, heads=POSITIVE, head_dim=POSITIVE, layers=POSITIVE,
+                     mlp_hidden=POSITIVE, patch_size=POSITIVE, image_size=POSITIVE)
         self.feature_layers = tuple(self.feature_layers)
         if self.heads * self.head_dim != self.width:
-            raise PixmoError(f"heads*head_dim = {self.heads * self.head_dim} must equal width "
-                             f"{self.width}", field="head_dim")
+            raise ConfigError(f"x heads must equal width {self.width}, got {self.head_dim} x "
+                              f"{self.heads}", field="VisionConfig.head_dim")
         if self.image_size % self.patch_size:
-            raise PixmoError(f"image_size {self.image_size} is not a multiple of patch_size "
-                             f"{self.patch_size}", field="image_size")
+            raise ConfigError(f"must be a multiple of patch_size {self.patch_size}, got "
+                              f"{self.image_size}", field="VisionConfig.image_size")
         if not self.feature_layers:
-            raise PixmoError("needs at least one layer", field="feature_layers")
+            raise ConfigError("needs at least one layer", field="VisionConfig.feature_layers")
         for layer in self.feature_layers:
             if not -self.layers <= layer < self.layers:
-                raise PixmoError(f"layer {layer} outside a {self.layers}-layer ViT",
-                                 field="feature_layers")
+                raise ConfigError(f"has layer {layer}, outside a {self.layers}-layer ViT",
+                                  field="VisionConfig.feature_layers")
 
     @property
     def grid(self) -> int:
@@ -77,14 +72,15 @@ class VisionConfig:
 class ConnectorConfig:
     """2x2 attention pooling (mean query) followed by a SwiGLU projector into the LLM width."""
 
-    pool_size: int = 2
-    pool_heads: int = 16
+    pool_size: int = 2  # pooled tokens cover pool_size x pool_size patches
+    pool_heads: int = 16  # the official format ties pool_heads and pool_head_dim to the ViT's
     pool_head_dim: int = 64
-    projector_hidden: int = 18944
+    projector_hidden: int = 18944  # ... and projector_hidden to the LLM's mlp_hidden
     pad_embed: bool = True  # official "pad_and_partial_pad"
 
     def __post_init__(self) -> None:
-        _positive(self, "pool_size", "pool_heads", "pool_head_dim", "projector_hidden")
+        check_fields(self, pool_size=POSITIVE, pool_heads=POSITIVE, pool_head_dim=POSITIVE,
+                     projector_hidden=POSITIVE)
 
     @property
     def pool_dim(self) -> int:
@@ -114,23 +110,22 @@ class LLMConfig:
     dense_attention_mask: bool = False  # official-style float mask everywhere (benchmark baseline)
 
     def __post_init__(self) -> None:
-        _positive(self, "d_model", "layers", "heads", "kv_heads", "mlp_hidden", "vocab_size",
-                  "embedding_size", "max_seq_len")
+        check_fields(self, d_model=POSITIVE, layers=POSITIVE, heads=POSITIVE, kv_heads=POSITIVE,
+                     mlp_hidden=POSITIVE, vocab_size=POSITIVE, embedding_size=POSITIVE,
+                     max_seq_len=POSITIVE, additional_vocab_size=at_least(0),
+                     moe_experts=at_least(0))
         if self.d_model % self.heads:
-            raise PixmoError(f"d_model {self.d_model} not divisible by heads {self.heads}",
-                             field="heads")
+            raise ConfigError(f"must divide d_model {self.d_model}, got {self.heads}",
+                              field="LLMConfig.heads")
         if self.heads % self.kv_heads:
-            raise PixmoError(f"heads {self.heads} not divisible by kv_heads {self.kv_heads}",
-                             field="kv_heads")
+            raise ConfigError(f"must divide heads {self.heads}, got {self.kv_heads}",
+                              field="LLMConfig.kv_heads")
         if self.head_dim % 2:
-            raise PixmoError(f"head_dim {self.head_dim} must be even for RoPE", field="heads")
-        if self.additional_vocab_size < 0:
-            raise PixmoError("must be >= 0", field="additional_vocab_size")
-        if self.moe_experts < 0:
-            raise PixmoError("must be >= 0", field="moe_experts")
+            raise ConfigError(f"must leave an even head_dim for RoPE, got head_dim "
+                              f"{self.head_dim}", field="LLMConfig.heads")
         if self.moe_experts and not 0 < self.moe_top_k <= self.moe_experts:
-            raise PixmoError(f"moe_top_k {self.moe_top_k} must be in 1..moe_experts "
-                             f"({self.moe_experts})", field="moe_top_k")
+            raise ConfigError(f"must be in 1..moe_experts ({self.moe_experts}), got "
+                              f"{self.moe_top_k}", field="LLMConfig.moe_top_k")
 
     @property
     def head_dim(self) -> int:
@@ -145,28 +140,23 @@ class MolmoConfig:
 
     def __post_init__(self) -> None:
         if self.vision.grid % self.connector.pool_size:
-            raise PixmoError(f"ViT grid {self.vision.grid} not divisible by pool_size "
-                             f"{self.connector.pool_size}", field="connector.pool_size")
+            raise ConfigError(f"must divide the ViT grid {self.vision.grid}, got "
+                              f"{self.connector.pool_size}", field="ConnectorConfig.pool_size")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str | None = None) -> MolmoConfig:
-        """Build from ``to_dict`` output; unknown keys are an error, not silently ignored."""
-        parts = {"vision": VisionConfig, "connector": ConnectorConfig, "llm": LLMConfig}
-        unknown = set(data) - set(parts)
-        if unknown:
-            raise PixmoError(f"unknown keys {sorted(unknown)}", file=source)
-        kwargs = {}
-        for name, klass in parts.items():
-            sub = dict(data.get(name, {}))
-            names = {f.name for f in dataclasses.fields(klass)}
-            bad = set(sub) - names
-            if bad:
-                raise PixmoError(f"unknown keys {sorted(bad)}", file=source, field=name)
-            kwargs[name] = klass(**sub)
-        return cls(**kwargs)
+    def from_dict(cls, data: dict[str, Any], source: str | None = None,
+                  where: str = "model") -> MolmoConfig:
+        """Build from ``to_dict`` output, typed and checked like any config mapping: unknown
+        keys are an error, not silently ignored. ``source`` is the file, ``where`` the key."""
+        try:
+            return from_mapping(cls, data, where)
+        except PixmoError as exc:
+            if source is None:
+                raise
+            raise exc.located(file=source) from exc
 
 
 def _tiny() -> MolmoConfig:
@@ -232,161 +222,3 @@ def preset(name: str) -> MolmoConfig:
     if name not in PRESETS:
         raise PixmoError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}", field="preset")
     return PRESETS[name]()
-
-
-# ---- official (Hugging Face hub) config.json ------------------------------------------------
-
-_CLIP_L = VisionConfig()
-
-
-def _vision_from_official(vb: dict[str, Any], vit_layers: Any, source: str) -> VisionConfig:
-    size = vb.get("image_default_input_size", [_CLIP_L.image_size, _CLIP_L.image_size])
-    if vb.get("image_mlp_activations", "quick_gelu") != "quick_gelu":
-        raise PixmoError(f"unsupported activation {vb['image_mlp_activations']!r}", file=source,
-                         field="image_mlp_activations")
-    if vb.get("image_num_key_value_heads", vb.get("image_num_heads")) != vb.get("image_num_heads"):
-        raise PixmoError("ViT grouped-query attention is not supported", file=source,
-                         field="image_num_key_value_heads")
-    return VisionConfig(
-        width=vb.get("image_emb_dim", _CLIP_L.width),
-        heads=vb.get("image_num_heads", _CLIP_L.heads),
-        head_dim=vb.get("image_head_dim", _CLIP_L.head_dim),
-        layers=vb.get("image_num_layers", _CLIP_L.layers),
-        mlp_hidden=vb.get("image_mlp_dim", _CLIP_L.mlp_hidden),
-        patch_size=vb.get("image_patch_size", _CLIP_L.patch_size),
-        image_size=int(size[0]),
-        norm_eps=vb.get("image_norm_eps", _CLIP_L.norm_eps),
-        feature_layers=tuple(vit_layers or _CLIP_L.feature_layers),
-    )
-
-
-def from_official_config(path: str | Path) -> MolmoConfig:
-    """Read a hub ``config.json`` (HF-style keys for 7B-D/7B-O/72B, native keys for MolmoE).
-
-    The official 7B code hard-codes the CLIP-L ViT; a ``vision_backbone.json`` next to the config
-    (or a ``vision_backbone`` block inside it, as in MolmoE) overrides those sizes.
-    """
-    path = Path(path)
-    src = str(path)
-    cfg = json.loads(path.read_text())
-    vb_file = path.with_name("vision_backbone.json")
-    vb: dict[str, Any] = cfg.get("vision_backbone") or {}
-    if vb_file.exists():
-        vb = json.loads(vb_file.read_text()).get("vision_backbone", {})
-    vision = _vision_from_official(vb, cfg.get("vit_layers"), src)
-
-    if cfg.get("layer_norm_type", "rms") != "rms":
-        raise PixmoError("only RMSNorm is supported", file=src, field="layer_norm_type")
-    if cfg.get("clip_qkv") is not None:
-        raise PixmoError("clip_qkv is not supported", file=src, field="clip_qkv")
-    if cfg.get("weight_tying") or cfg.get("tie_word_embeddings"):
-        raise PixmoError("tied embeddings are not supported", file=src, field="weight_tying")
-
-    try:
-        if "d_model" in cfg:  # native OLMo-style keys (MolmoE)
-            hidden = cfg.get("mlp_hidden_size") or cfg["mlp_ratio"] * cfg["d_model"]
-            moe = cfg.get("block_type") == "moe"
-            llm = LLMConfig(
-                d_model=cfg["d_model"], layers=cfg["n_layers"], heads=cfg["n_heads"],
-                kv_heads=cfg.get("n_kv_heads") or cfg["n_heads"], mlp_hidden=hidden // 2,
-                vocab_size=cfg["vocab_size"], embedding_size=cfg["embedding_size"],
-                additional_vocab_size=cfg.get("additional_vocab_size",
-                                              OFFICIAL_ADDITIONAL_VOCAB),
-                rope_theta=cfg["rope_theta"], norm_eps=cfg["layer_norm_eps"],
-                qkv_bias=bool(cfg.get("qkv_bias") or cfg.get("include_bias")),
-                qk_norm=bool(cfg.get("attention_layer_norm", False)),
-                norm_after=bool(cfg.get("norm_after", False)),
-                moe_experts=cfg["moe_num_experts"] if moe else 0,
-                moe_top_k=cfg["moe_top_k"] if moe else 0,
-                max_seq_len=cfg.get("max_position_embeddings")
-                or cfg.get("max_sequence_length", 4096),
-            )
-        else:  # HF-style keys (7B-D, 7B-O, 72B)
-            llm = LLMConfig(
-                d_model=cfg["hidden_size"], layers=cfg["num_hidden_layers"],
-                heads=cfg["num_attention_heads"],
-                kv_heads=cfg.get("num_key_value_heads") or cfg["num_attention_heads"],
-                mlp_hidden=cfg["intermediate_size"] // 2, vocab_size=cfg["vocab_size"],
-                embedding_size=cfg.get("embedding_size") or cfg["vocab_size"],
-                additional_vocab_size=cfg.get("additional_vocab_size",
-                                              OFFICIAL_ADDITIONAL_VOCAB),
-                rope_theta=cfg["rope_theta"], norm_eps=cfg["layer_norm_eps"],
-                qkv_bias=bool(cfg.get("qkv_bias", False)),
-                qk_norm=bool(cfg.get("attention_layer_norm", False)),
-                norm_after=bool(cfg.get("norm_after", False)),
-                max_seq_len=cfg.get("max_position_embeddings", 4096),
-            )
-    except KeyError as err:
-        raise PixmoError("missing key", file=src, field=str(err.args[0])) from None
-    for key, supported in (("image_pooling_2d", "attention-meanq"), ("image_projector", "mlp")):
-        if cfg.get(key, supported) != supported:
-            raise PixmoError(f"only {supported!r} is supported", file=src, field=key)
-    padding = cfg.get("image_padding_embed", "pad_and_partial_pad")
-    if padding not in ("pad_and_partial_pad", None):
-        raise PixmoError(f"unsupported value {padding!r}", file=src, field="image_padding_embed")
-    connector = ConnectorConfig(pool_heads=vision.heads, pool_head_dim=vision.head_dim,
-                                projector_hidden=llm.mlp_hidden, pad_embed=padding is not None)
-    return MolmoConfig(vision=vision, connector=connector, llm=llm)
-
-
-def to_official_config(cfg: MolmoConfig) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """Hub ``config.json`` contents, plus ``vision_backbone.json`` contents when the ViT is not
-    the CLIP-L that the official code hard-codes (None otherwise)."""
-    llm, vision = cfg.llm, cfg.vision
-    # The official configs derive these from the LLM and ViT sizes; other values cannot be stored.
-    derived = {"projector_hidden": llm.mlp_hidden, "pool_heads": vision.heads,
-               "pool_head_dim": vision.head_dim, "pool_size": 2}
-    for name, value in derived.items():
-        if getattr(cfg.connector, name) != value:
-            raise PixmoError(f"the official format requires {value}, got "
-                             f"{getattr(cfg.connector, name)}", field=f"connector.{name}")
-    if llm.moe_experts:
-        out: dict[str, Any] = {
-            "architectures": ["OLMoForCausalLM"], "model_type": "molmo",
-            "d_model": llm.d_model, "n_heads": llm.heads,
-            "n_kv_heads": None if llm.kv_heads == llm.heads else llm.kv_heads,
-            "n_layers": llm.layers, "mlp_ratio": 1, "mlp_hidden_size": 2 * llm.mlp_hidden,
-            "block_type": "moe", "moe_num_experts": llm.moe_experts, "moe_top_k": llm.moe_top_k,
-            "vocab_size": llm.vocab_size, "embedding_size": llm.embedding_size,
-            "additional_vocab_size": llm.additional_vocab_size, "rope_theta": llm.rope_theta,
-            "layer_norm_eps": llm.norm_eps, "layer_norm_type": "rms",
-            "attention_layer_norm": llm.qk_norm, "norm_after": llm.norm_after,
-            "include_bias": False, "qkv_bias": llm.qkv_bias, "weight_tying": False,
-            "max_position_embeddings": llm.max_seq_len, "vit_layers": list(vision.feature_layers),
-        }
-    else:
-        out = {
-            "architectures": ["MolmoForCausalLM"], "model_type": "molmo",
-            "auto_map": {"AutoConfig": "config_molmo.MolmoConfig",
-                         "AutoModelForCausalLM": "modeling_molmo.MolmoForCausalLM"},
-            "hidden_size": llm.d_model, "num_hidden_layers": llm.layers,
-            "num_attention_heads": llm.heads, "num_key_value_heads": llm.kv_heads,
-            "intermediate_size": 2 * llm.mlp_hidden, "vocab_size": llm.vocab_size,
-            "embedding_size": llm.embedding_size, "max_position_embeddings": llm.max_seq_len,
-            "rope_theta": llm.rope_theta, "layer_norm_eps": llm.norm_eps,
-            "layer_norm_type": "rms", "qkv_bias": llm.qkv_bias, "clip_qkv": None,
-            "attention_layer_norm": llm.qk_norm, "norm_after": llm.norm_after,
-            "weight_tying": False, "tie_word_embeddings": False, "use_position_ids": True,
-            "torch_dtype": "float32",
-        }
-        if llm.additional_vocab_size != OFFICIAL_ADDITIONAL_VOCAB:
-            out["additional_vocab_size"] = llm.additional_vocab_size
-    vb = {
-        "image_emb_dim": vision.width, "image_num_heads": vision.heads,
-        "image_num_key_value_heads": vision.heads, "image_head_dim": vision.head_dim,
-        "image_num_layers": vision.layers, "image_mlp_dim": vision.mlp_hidden,
-        "image_patch_size": vision.patch_size,
-        "image_default_input_size": [vision.image_size, vision.image_size],
-        "image_norm_eps": vision.norm_eps, "image_mlp_activations": "quick_gelu",
-        "image_num_pos": vision.grid**2 + 1,
-    }
-    if not cfg.connector.pad_embed:
-        out["image_padding_embed"] = None
-    if llm.moe_experts:
-        out["vision_backbone"] = vb
-        return out, None
-    clip_l = dataclasses.replace(_CLIP_L, feature_layers=vision.feature_layers)
-    if vision == clip_l and vision.feature_layers == _CLIP_L.feature_layers:
-        return out, None
-    out["vit_layers"] = list(vision.feature_layers)
-    return out, {"vision_backbone": vb}

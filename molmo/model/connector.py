@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from molmo.model.config import ConnectorConfig, VisionConfig
+from molmo.model.llm import SwiGLU
 
 
 class AttentionPool(nn.Module):
@@ -34,19 +35,6 @@ class AttentionPool(nn.Module):
         return self.wo(y.transpose(1, 2).reshape(n, -1))  # [windows, pool_dim]
 
 
-class Projector(nn.Module):
-    """SwiGLU without biases: down(silu(gate x) * up x)."""
-
-    def __init__(self, in_dim: int, hidden: int, out_dim: int) -> None:
-        super().__init__()
-        self.gate = nn.Linear(in_dim, hidden, bias=False)
-        self.up = nn.Linear(in_dim, hidden, bias=False)
-        self.down = nn.Linear(hidden, out_dim, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(F.silu(self.gate(x)) * self.up(x))
-
-
 class Connector(nn.Module):
     def __init__(self, vision: VisionConfig, cfg: ConnectorConfig, d_model: int) -> None:
         super().__init__()
@@ -56,7 +44,7 @@ class Connector(nn.Module):
         self.pad_embed = (nn.Parameter(torch.empty(2, vision.feature_dim)) if cfg.pad_embed
                           else None)
         self.pool = AttentionPool(vision.feature_dim, cfg)
-        self.projector = Projector(cfg.pool_dim, cfg.projector_hidden, d_model)
+        self.projector = SwiGLU(cfg.pool_dim, cfg.projector_hidden, d_model)
 
     def forward(self, features: torch.Tensor, image_masks: torch.Tensor | None) -> torch.Tensor:
         b, t, p, c = features.shape  # [B, crops, 576, feature_dim]

@@ -1,5 +1,7 @@
-"""The language decoder: one block type for Qwen2 (pre-norm, qkv bias), OLMo-1024 (post-norm,
-QK-norm) and OLMoE (a mixture-of-experts MLP swapped in for the dense one).
+"""The language decoder: one block type for Qwen2, OLMo-1024 and OLMoE, KV cache included.
+
+Qwen2 is pre-norm with qkv bias, OLMo-1024 post-norm with QK-norm, and OLMoE (a mixture-of-experts
+MLP swapped in for the dense one).
 
 Attention goes through ``F.scaled_dot_product_attention`` with ``is_causal=True`` whenever the mask
 is plain causal (no padding, or right padding only); a boolean mask is built only for left
@@ -112,12 +114,15 @@ class DenseMLP(nn.Module):
         return self.down(F.silu(gate) * up)
 
 
-class Expert(nn.Module):
-    def __init__(self, d_model: int, hidden: int) -> None:
+class SwiGLU(nn.Module):
+    """SwiGLU without biases, separate gate and up: down(silu(gate x) * up x). One MoE expert,
+    and the connector's projector into the LLM width."""
+
+    def __init__(self, in_dim: int, hidden: int, out_dim: int) -> None:
         super().__init__()
-        self.gate = nn.Linear(d_model, hidden, bias=False)
-        self.up = nn.Linear(d_model, hidden, bias=False)
-        self.down = nn.Linear(hidden, d_model, bias=False)
+        self.gate = nn.Linear(in_dim, hidden, bias=False)
+        self.up = nn.Linear(in_dim, hidden, bias=False)
+        self.down = nn.Linear(hidden, out_dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down(F.silu(self.gate(x)) * self.up(x))
@@ -134,7 +139,7 @@ class MoEMLP(nn.Module):
         super().__init__()
         self.top_k = cfg.moe_top_k
         self.router = nn.Linear(cfg.d_model, cfg.moe_experts, bias=False)
-        self.experts = nn.ModuleList(Expert(cfg.d_model, cfg.mlp_hidden)
+        self.experts = nn.ModuleList(SwiGLU(cfg.d_model, cfg.mlp_hidden, cfg.d_model)
                                      for _ in range(cfg.moe_experts))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,7 @@
-"""Checkpoint I/O: the official hub layout and our own, strict name maps, lazy loading.
+"""Model weights on disk for sharing and inference: official hub layout and ours, no resume state.
+
+``from_pretrained``, ``save_pretrained`` and ``convert``: strict name maps, lazy loading. Training
+resumes from ``molmo/train/checkpoint.py`` instead, which adds optimizer, loader and RNG state.
 
 Official layout: ``config.json`` (+ optional ``vision_backbone.json``) and safetensors with
 ``model.``-prefixed names, one file or shards listed in ``model.safetensors.index.json``.
@@ -24,8 +27,9 @@ from typing import Literal
 
 import torch
 
-from molmo.model.config import MolmoConfig, from_official_config, to_official_config
+from molmo.model.config import MolmoConfig
 from molmo.model.molmo import Molmo
+from molmo.model.official import from_official_config, to_official_config
 from pixmo.atomic import atomic_directory
 from pixmo.errors import PixmoError
 

@@ -1,6 +1,8 @@
-"""Training checkpoints: model and optimizer through ``torch.distributed.checkpoint`` (each rank
-writes its own shards, in parallel), plus per-rank JSON for the loader position and RNG states,
-and the step and resolved config.
+"""Resume state of a training run (``run_dir/checkpoints/step_N``), not a model to share.
+
+Model and optimizer go through ``torch.distributed.checkpoint`` (each rank writes its own shards, in
+parallel), plus per-rank JSON for the loader position and RNG states, and the step and resolved
+config.
 
 A checkpoint is written under a temporary name and renamed into place by rank 0 after every rank
 has finished, so a directory ``step_NNNNNNNN`` is always complete; ``meta.json`` inside it is the

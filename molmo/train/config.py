@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from molmo.data.loader import DataConfig
+from molmo.data.config import DataConfig
 from molmo.model.config import MolmoConfig, preset
 from molmo.preprocess.config import PreprocessConfig
-from pixmo.config import from_mapping, to_plain
+from pixmo.config import above, at_least, between, check_fields, from_mapping, one_of, to_plain
 from pixmo.errors import ConfigError, PixmoError
 
 STRATEGIES = ("ddp", "fsdp")
@@ -56,7 +56,7 @@ class ModelSection:
                 raise PixmoError(f"unknown model part {part!r} (expected a mapping for one of "
                                  f"{sorted(base)})", field="model.overrides")
             base[part].update(values)
-        return MolmoConfig.from_dict(base, source="model.overrides")
+        return MolmoConfig.from_dict(base, where="model.overrides")
 
 
 @dataclass(frozen=True)
@@ -69,10 +69,7 @@ class GroupConfig:
     frozen: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("lr", "warmup_steps", "max_grad_norm"):
-            if not getattr(self, name) >= 0:
-                raise ConfigError(f"must be >= 0, got {getattr(self, name)}",
-                                  field=f"GroupConfig.{name}")
+        check_fields(self, lr=at_least(0), warmup_steps=at_least(0), max_grad_norm=at_least(0))
 
 
 @dataclass(frozen=True)
@@ -91,15 +88,8 @@ class OptimConfig:
     z_loss: float = 1e-4
 
     def __post_init__(self) -> None:
-        if not 0 <= self.final_lr_fraction <= 1:
-            raise ConfigError(f"must be in [0, 1], got {self.final_lr_fraction}",
-                              field="OptimConfig.final_lr_fraction")
-        for name in ("z_loss", "weight_decay"):
-            if not getattr(self, name) >= 0:
-                raise ConfigError(f"must be >= 0, got {getattr(self, name)}",
-                                  field=f"OptimConfig.{name}")
-        if not self.eps > 0:
-            raise ConfigError(f"must be > 0, got {self.eps}", field="OptimConfig.eps")
+        check_fields(self, final_lr_fraction=between(0, 1), z_loss=at_least(0),
+                     weight_decay=at_least(0), eps=above(0))
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"must be two numbers in [0, 1), got {self.betas}",
                               field="OptimConfig.betas")
@@ -119,11 +109,8 @@ class ParallelConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        for name, allowed in (("strategy", STRATEGIES), ("precision", PRECISIONS),
-                              ("device", DEVICES)):
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"must be one of {allowed}, got {getattr(self, name)!r}",
-                                  field=f"ParallelConfig.{name}")
+        check_fields(self, strategy=one_of(STRATEGIES), precision=one_of(PRECISIONS),
+                     device=one_of(DEVICES))
 
 
 @dataclass(frozen=True)
@@ -138,11 +125,7 @@ class CheckpointConfig:
     export: bool = True
 
     def __post_init__(self) -> None:
-        if self.interval < 0:
-            raise ConfigError(f"must be >= 0, got {self.interval}",
-                              field="CheckpointConfig.interval")
-        if self.keep < 1:
-            raise ConfigError(f"must be >= 1, got {self.keep}", field="CheckpointConfig.keep")
+        check_fields(self, interval=at_least(0), keep=at_least(1))
 
 
 @dataclass(frozen=True)
@@ -155,9 +138,7 @@ class MetricsConfig:
     peak_tflops: float | None = None
 
     def __post_init__(self) -> None:
-        if self.log_interval < 1:
-            raise ConfigError(f"must be >= 1, got {self.log_interval}",
-                              field="MetricsConfig.log_interval")
+        check_fields(self, log_interval=at_least(1))
 
 
 @dataclass(frozen=True)
@@ -178,12 +159,8 @@ class EvalConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.interval < 0:
-            raise ConfigError(f"must be >= 0, got {self.interval}", field="EvalConfig.interval")
-        for name in ("max_examples", "batch_size", "max_new_tokens"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"must be >= 1, got {getattr(self, name)}",
-                                  field=f"EvalConfig.{name}")
+        check_fields(self, interval=at_least(0), max_examples=at_least(1),
+                     batch_size=at_least(1), max_new_tokens=at_least(1))
 
 
 @dataclass(frozen=True)
@@ -206,10 +183,7 @@ class TrainConfig:
     seed: int = 6198
 
     def __post_init__(self) -> None:
-        for name in ("steps", "global_batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"must be >= 1, got {getattr(self, name)}",
-                                  field=f"TrainConfig.{name}")
+        check_fields(self, steps=at_least(1), global_batch_size=at_least(1))
 
     def accumulation(self, world_size: int) -> int:
         """Micro-batches per rank and step."""

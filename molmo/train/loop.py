@@ -28,7 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from molmo.data.loader import BatchInfo, MolmoLoader
+from molmo.data.loader import MolmoLoader
+from molmo.data.slots import BatchInfo
 from molmo.model.molmo import Molmo, token_loss
 from molmo.model.weights import from_pretrained, save_pretrained
 from molmo.preprocess.batching import normalize_images

@@ -1,5 +1,7 @@
-"""Training metrics: loss aggregation across micro-batches and ranks, throughput, an MFU
-estimate, and the writers (JSONL file, TensorBoard, console progress bar). Only rank 0 writes.
+"""Training metrics: losses over the global batch, throughput, MFU, and where they are written.
+
+Loss aggregation across micro-batches and ranks, throughput, an MFU estimate, and the writers (JSONL
+file, TensorBoard, console progress bar). Only rank 0 writes.
 
 Losses are weighted token means over the GLOBAL batch: every rank adds its sums, one all-reduce
 per step combines them, and the divisor is the global loss weight (``loss_masks``), exactly the

@@ -1,4 +1,6 @@
-"""Parameter groups (connector, ViT, LLM), AdamW, per-group learning rates and per-group
+"""The optimizer: connector, ViT and LLM parameter groups under AdamW, clipped per group.
+
+Parameter groups (connector, ViT, LLM), AdamW, per-group learning rates and per-group
 gradient clipping, as the official multimodal recipe does (reference ``molmo.md`` 7.1).
 
 Each group's gradient norm is computed and clipped on its own, so a noisy connector early in

@@ -1,5 +1,7 @@
-"""Learning rate as a pure function of the step: linear warmup from 0, then cosine decay to a
-fraction of the peak at the last step (the official ``CosWithWarmup``, ``alpha_f`` = 0.1).
+"""The learning-rate schedule: warmup then cosine, a pure function of the step.
+
+Linear warmup from 0, then cosine decay to a fraction of the peak at the last step (the official
+``CosWithWarmup``, ``alpha_f`` = 0.1).
 
 Being a function of the step alone, the schedule needs no state of its own to resume.
 """

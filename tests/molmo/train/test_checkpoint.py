@@ -9,7 +9,8 @@ import random
 import numpy as np
 import torch
 
-from molmo.data.loader import DatasetConfig, MolmoLoader
+from molmo.data.config import DatasetConfig
+from molmo.data.loader import MolmoLoader
 from molmo.model.config import preset
 from molmo.model.molmo import Molmo
 from molmo.train.checkpoint import Checkpointer, rng_state, set_rng_state
