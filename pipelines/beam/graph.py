@@ -106,9 +106,10 @@ class _Pooled(_Stage):
         super().start_bundle()
         self.batches = pool.Batches(self.work(), self.processes, self.batch_size)
 
-    def teardown(self) -> None:
-        if hasattr(self, "batches"):
-            self.batches.close()
+    def teardown(self) -> None:  # a failed bundle: drop its batches not yet started
+        batches = getattr(self, "batches", None)
+        if batches is not None:
+            batches.close()
 
     def work(self) -> Callable[[list[Any]], list[Any]]:
         """The picklable function of a batch of prepared elements."""
