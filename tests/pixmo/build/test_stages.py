@@ -12,7 +12,7 @@ from PIL import Image
 from pixmo.build.config import BuildConfig
 from pixmo.build.images import resolve_image
 from pixmo.build.output import Previous
-from pixmo.build.parts import Keyed
+from pixmo.build.parts import ImagePart, Keyed
 from pixmo.build.stages import (
     Annotator,
     check_record,
@@ -53,6 +53,16 @@ def dot(image: str, x: float = 25.0, annotator: str = "a1") -> dict:
 def keyed_records(raw: Path, name: str = "points.jsonl") -> list[Keyed | Reject]:
     return [item if isinstance(item, Reject) else check_record(item)
             for item in read_raw(str(raw), name)]
+
+
+def annotated(tmp_path: Path, points: list[dict]) -> tuple[BuildConfig, ImagePart]:
+    """The part of images/a.png: the image resolved once, every record naming it annotated."""
+    raw = make_raw(tmp_path / "raw", points)
+    cfg = BuildConfig(str(raw), transcribe=False)
+    records = keyed_records(raw)
+    image, _ = resolve_image("images/a.png", records, cfg, tmp_path / "out")
+    part, _ = Annotator(cfg).part(image, records)
+    return cfg, part
 
 
 def test_input_files_are_the_raw_files_that_exist(tmp_path):
@@ -103,24 +113,16 @@ def test_a_caption_session_is_rejected_when_transcription_is_off(tmp_path):
 
 
 def test_extend_mode_rejects_records_of_an_image_the_dataset_holds(tmp_path):
-    raw = make_raw(tmp_path / "raw", [dot("images/a.png")])
-    cfg = BuildConfig(str(raw), transcribe=False)
-    records = keyed_records(raw)
-    image, _ = resolve_image("images/a.png", records, cfg, tmp_path / "out")
-    part, _ = Annotator(cfg).part(image, records)
-    previous = Previous(keys=frozenset({image.sha256[:24]}))
+    cfg, part = annotated(tmp_path, [dot("images/a.png")])
+    previous = Previous(keys=frozenset({part.image.sha256[:24]}))
     (reject,) = join_sample([part.image], part.annotations, cfg, previous)
     assert reject.reason is Reason.ALREADY_IN_DATASET and reject.record == "1"
 
 
 def test_plan_encodes_the_json_once_and_counts_the_tar_bytes(tmp_path):
-    raw = make_raw(tmp_path / "raw", [dot("images/a.png")])
-    cfg = BuildConfig(str(raw), transcribe=False)
-    records = keyed_records(raw)
-    image, _ = resolve_image("images/a.png", records, cfg, tmp_path / "out")
-    part, _ = Annotator(cfg).part(image, records)
+    cfg, part = annotated(tmp_path, [dot("images/a.png")])
     sample = join_sample([part.image], part.annotations, cfg, Previous())
     planned = plan(sample)
     assert planned.json == json_bytes(sample.json) and planned.extension == "png"
-    data = (raw / "images/a.png").read_bytes()
+    data = (tmp_path / "raw/images/a.png").read_bytes()
     assert planned.size == tar_bytes([len(planned.json), len(data)])
