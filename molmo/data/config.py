@@ -94,6 +94,11 @@ class DataConfig:
             raise ConfigError("'finite' reads every sample of every dataset once; dataset rates "
                               "need mode 'resampled'", field="DataConfig.mode")
 
+    @property
+    def slots_per_rank(self) -> int:
+        """Slots each rank reads: one per worker, or one in the main process without workers."""
+        return max(self.num_workers, 1)
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DataConfig:
         """From the ``data:`` section of a training YAML; unknown keys are refused."""

@@ -86,7 +86,7 @@ class MolmoLoader:
 
     @property
     def slots_per_rank(self) -> int:
-        return max(self.config.num_workers, 1)
+        return self.config.slots_per_rank
 
     @property
     def slot_length(self) -> int:

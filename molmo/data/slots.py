@@ -62,12 +62,8 @@ class SlotContext:
     slot_length: int  # finite mode: positions per slot, a multiple of batch_size
 
     @property
-    def slots_per_rank(self) -> int:
-        return max(self.config.num_workers, 1)
-
-    @property
     def slots(self) -> int:
-        return self.world_size * self.slots_per_rank
+        return self.world_size * self.config.slots_per_rank
 
     @property
     def samples(self) -> int:
@@ -224,13 +220,14 @@ class SlotDataset(IterableDataset):
 
     def worker(self, w: int) -> Iterator[tuple[dict[str, Any], BatchInfo]]:
         ctx = self.ctx
-        local = (w + self.rotation) % ctx.slots_per_rank
-        slot = Slot(ctx, ctx.rank * ctx.slots_per_rank + local, self.states[local])
+        per_rank = ctx.config.slots_per_rank
+        local = (w + self.rotation) % per_rank
+        slot = Slot(ctx, ctx.rank * per_rank + local, self.states[local])
         yield from slot.batches()
 
 
 def thread_worker(dataset: SlotDataset, pin_memory: bool,
-                   w: int) -> Iterator[tuple[dict[str, Any], BatchInfo]]:
+                  w: int) -> Iterator[tuple[dict[str, Any], BatchInfo]]:
     """Worker thread ``w``'s batches, pinned in the worker (the DataLoader pins in a thread of
     the main process)."""
     for batch, info in dataset.worker(w):

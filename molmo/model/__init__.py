@@ -1,1 +1,5 @@
-"""The Molmo model: config, vision encoder, connector, decoder LLMs and checkpoint weights."""
+"""The Molmo model: config, vision encoder, connector, decoder LLMs, weights on disk.
+
+``config`` (dataclasses and presets), ``official`` (hub config.json), ``vision``, ``connector``,
+``llm``, ``molmo`` (the whole model) and ``weights`` (official and our weight files).
+"""

@@ -1,1 +1,5 @@
-"""Model inputs: tokenizer, chat format, multi-crop images, token layout (``MolmoProcessor``)."""
+"""Model inputs: tokenizer, chat format, multi-crop images, token layout (``MolmoProcessor``).
+
+``config`` (``PreprocessConfig``), ``tokenizer``, ``chat``, ``crops`` (image math),
+``processor`` (one example's arrays) and ``batching`` (``collate``, ``normalize_images``).
+"""

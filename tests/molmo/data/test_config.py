@@ -63,3 +63,9 @@ def test_datasets_are_named_once_with_valid_rates():
     with pytest.raises(ValueError, match=r"^data.datasets\[1\].rate must be >= 0, got -2$"):
         DataConfig.from_dict({"datasets": [{"name": "a", "source": "a"},
                                            {"name": "b", "source": "b", "rate": -2}]})
+
+
+def test_one_slot_per_worker_or_one_without_workers():
+    one = (DatasetConfig("a", "a"),)
+    assert DataConfig(datasets=one, num_workers=3).slots_per_rank == 3
+    assert DataConfig(datasets=one, num_workers=0).slots_per_rank == 1
