@@ -23,6 +23,8 @@ TOP_P = Rule(lambda p: 0 < p <= 1, "in (0, 1]")  # a probability mass: 0 keeps n
 
 @dataclass
 class GenerationConfig:
+    """Greedy (temperature 0) or sampled with top-k / top-p, until a stop or the token limit."""
+
     max_new_tokens: int = 64
     temperature: float = 0.0  # 0 = greedy
     top_k: int = 0  # 0 = no top-k filter
@@ -41,6 +43,8 @@ class GenerationConfig:
 
 @dataclass
 class GenerationOutput:
+    """What each prompt generated and why it ended."""
+
     tokens: list[list[int]]  # new tokens per example, stop token excluded
     finish_reasons: list[str]  # "stop_token" | "stop_string" | "length"
     step_logits: torch.Tensor | None = field(default=None, repr=False)  # [B, steps, vocab]
