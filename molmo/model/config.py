@@ -16,9 +16,7 @@ from pixmo.errors import ConfigError, PixmoError
 
 #: Vocabulary rows the official code appends as ``wte.new_embedding`` (hard-coded there).
 OFFICIAL_ADDITIONAL_VOCAB = 128
-
-
-POSITIVE = above(0)
+POSITIVE = above(0)  # every size of a layer
 
 
 @dataclass
