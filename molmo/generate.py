@@ -14,11 +14,10 @@ import numpy as np
 import torch
 
 from molmo.model.molmo import Molmo
-from pixmo.config import Rule, at_least, check_fields
+from pixmo.config import at_least, between, check_fields
 from pixmo.errors import PixmoError
 
 PAD_ID = -1
-TOP_P = Rule(lambda p: 0 < p <= 1, "in (0, 1]")  # a probability mass: 0 keeps nothing
 
 
 @dataclass
@@ -36,7 +35,7 @@ class GenerationConfig:
 
     def __post_init__(self) -> None:
         check_fields(self, max_new_tokens=at_least(1), temperature=at_least(0),
-                     top_k=at_least(0), top_p=TOP_P)
+                     top_k=at_least(0), top_p=between(0, 1, open_low=True))  # 0 keeps nothing
         self.stop_token_ids = tuple(self.stop_token_ids)
         self.stop_strings = tuple(self.stop_strings)
 

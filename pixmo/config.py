@@ -9,7 +9,8 @@ hashable. A value a config refuses is reported under its path in the mapping
 back gives plain dicts and lists.
 
 A config checks its own values in ``__post_init__`` with ``check_fields`` and the rules
-``at_least``, ``above``, ``at_most``, ``between`` and ``one_of``: one line per field, one
+``at_least``, ``above``, ``at_most``, ``between``, ``finite``, ``one_of`` and
+``subset_of``: one line per field, one
 wording of every range error, ``Class.field`` in each.
 """
 
@@ -158,13 +159,30 @@ def at_most(high: float) -> Rule:
     return Rule(lambda v: _number(v) and v <= high, f"<= {high}")
 
 
-def between(low: float, high: float) -> Rule:
-    """The closed interval [low, high]."""
-    return Rule(lambda v: _number(v) and low <= v <= high, f"in [{low}, {high}]")
+def between(low: float, high: float, *, open_low: bool = False,
+            open_high: bool = False) -> Rule:
+    """The interval from ``low`` to ``high``, closed unless an end is said to be open."""
+    def test(v: Any) -> bool:
+        return (_number(v) and (v > low if open_low else v >= low)
+                and (v < high if open_high else v <= high))
+    return Rule(test, f"in {'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}")
+
+
+def finite(rule: Rule) -> Rule:
+    """``rule``, refusing infinity too: a wait, a deadline or a distance of ``inf`` is a
+    mistake, not a setting."""
+    return Rule(lambda v: bool(rule.test(v)) and math.isfinite(v),
+                f"a finite number {rule.wording}")
 
 
 def one_of(allowed: Collection[Any]) -> Rule:
     return Rule(lambda v: v in allowed, f"one of {tuple(allowed)}")
+
+
+def subset_of(allowed: Collection[Any]) -> Rule:
+    """A non-empty collection drawn from ``allowed`` (a config that chooses some of them)."""
+    return Rule(lambda v: len(v) > 0 and set(v) <= set(allowed),
+                f"a non-empty subset of {tuple(allowed)}")
 
 
 def check_fields(config: Any, **rules: Rule) -> None:

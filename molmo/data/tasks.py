@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 
 from molmo.preprocess.chat import ChatConfig, Conversation, choose_style_tag, length_hint_prompt
-from pixmo.config import between, check_fields, one_of
+from pixmo.config import between, check_fields, one_of, subset_of
 from pixmo.dataset.format import IMAGE_EXTENSIONS, ShardSample
-from pixmo.errors import ConfigError, PixmoError
+from pixmo.errors import PixmoError
 from pixmo.points.prompts import point_example
 from pixmo.schema import validate
 
@@ -88,11 +88,8 @@ class TaskConfig:
     shuffle_conversations: bool = True
 
     def __post_init__(self) -> None:
-        unknown = [t for t in self.tasks if t not in TASKS]
-        if unknown or not self.tasks:
-            raise ConfigError(f"must be a non-empty subset of {TASKS}, got {self.tasks}",
-                              field="TaskConfig.tasks")
-        check_fields(self, caption_prompt=one_of(PROMPT_KINDS), point_count_prob=between(0, 1))
+        check_fields(self, tasks=subset_of(TASKS), caption_prompt=one_of(PROMPT_KINDS),
+                     point_count_prob=between(0, 1))
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from pixmo.config import at_least, check_fields, one_of
+from pixmo.config import at_least, check_fields, finite, one_of
 from pixmo.points.metrics import match_points
 from pixmo.points.text import Point
 from pixmo.raw import RawRecord, read_records
@@ -58,8 +58,8 @@ class PointsConfig:
     coords_before_exif: bool = True
 
     def __post_init__(self) -> None:
-        check_fields(self, max_points=at_least(1), clamp_tolerance=at_least(0),
-                     duplicate_radius=at_least(0), merge_threshold=at_least(0))
+        check_fields(self, max_points=at_least(1), clamp_tolerance=finite(at_least(0)),
+                     duplicate_radius=finite(at_least(0)), merge_threshold=finite(at_least(0)))
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from pixmo.config import between, check_fields
+from pixmo.config import between, check_fields, subset_of
 from pixmo.errors import ConfigError
 
 SHAPES = ("circle", "square", "triangle", "star", "diamond", "hexagon")
@@ -65,16 +65,9 @@ class SceneConfig:
         if not 1 <= self.min_count <= self.max_count <= len(NUMBERS) - 1:
             raise ConfigError(f"needs 1 <= min_count <= max_count <= {len(NUMBERS) - 1}, got "
                               f"{self.min_count}, {self.max_count}", field="SceneConfig")
-        for name, known in (("colours", COLOURS), ("shapes", SHAPES),
-                            ("backgrounds", BACKGROUNDS)):
-            chosen = getattr(self, name)
-            if not chosen or set(chosen) - set(known):
-                raise ConfigError(f"must be a non-empty subset of {tuple(known)}, got {chosen}",
-                                  field=f"SceneConfig.{name}")
-        if not 0 < self.count_radius < 0.5:  # open at both ends: no rule says that
-            raise ConfigError(f"must be in (0, 0.5), got {self.count_radius}",
-                              field="SceneConfig.count_radius")
-        check_fields(self, counting_share=between(0, 1))
+        check_fields(self, colours=subset_of(COLOURS), shapes=subset_of(SHAPES),
+                     backgrounds=subset_of(BACKGROUNDS), counting_share=between(0, 1),
+                     count_radius=between(0, 0.5, open_low=True, open_high=True))
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,10 @@ from pixmo.config import (
     at_most,
     between,
     check_fields,
+    finite,
     from_mapping,
     one_of,
+    subset_of,
     to_plain,
 )
 from pixmo.errors import ConfigError, PixmoError
@@ -95,11 +97,15 @@ class Ranges:
     b: float | None = 1
     c: float | None = 0
     d: float | None = 0.5
+    e: float | None = 0.5
+    f: float | None = 0
     mode: str | None = "x"
+    kinds: tuple[str, ...] | None = ("x",)
 
 
 RULES = {"a": at_least(0), "b": above(0), "c": at_most(1), "d": between(0, 1),
-         "mode": one_of(("x", "y"))}
+         "e": between(0, 1, open_low=True), "f": finite(at_least(0)),
+         "mode": one_of(("x", "y")), "kinds": subset_of(("x", "y"))}
 
 
 @pytest.mark.parametrize(("name", "good", "bad", "says"), [
@@ -107,6 +113,9 @@ RULES = {"a": at_least(0), "b": above(0), "c": at_most(1), "d": between(0, 1),
     ("b", [1e-9, 2], [0, -1], "must be > 0"),
     ("c", [1, -3], [1.5], "must be <= 1"),
     ("d", [0, 1, 0.25], [-0.1, 1.1], "must be in [0, 1]"),
+    ("e", [1, 1e-9], [0, 1.5], "must be in (0, 1]"),
+    ("f", [0, 1e300], [math.inf, -1], "must be a finite number >= 0"),
+    ("kinds", [("x",), ("y", "x")], [(), ("x", "z")], "must be a non-empty subset of ('x', 'y')"),
     ("mode", ["x", "y"], ["z", ""], "must be one of ('x', 'y')"),
 ])
 def test_rules(name, good, bad, says):
@@ -119,7 +128,7 @@ def test_rules(name, good, bad, says):
         assert raised.value.field == f"Ranges.{name}"
 
 
-@pytest.mark.parametrize("name", ["a", "b", "c", "d"])
+@pytest.mark.parametrize("name", ["a", "b", "c", "d", "e", "f"])
 def test_nan_fails_every_numeric_rule(name):
     with pytest.raises(ConfigError, match=f"^Ranges.{name} must be .*, got nan$"):
         check_fields(Ranges(**{name: math.nan}), **RULES)

@@ -199,8 +199,10 @@ def test_too_many_points_after_duplicates():
 def test_config_and_image_info_check_their_fields():
     with pytest.raises(ValueError, match="max_points must be >= 1"):
         PointsConfig(max_points=0)
-    with pytest.raises(ValueError, match="merge_threshold must be >= 0, got nan"):
-        PointsConfig(merge_threshold=float("nan"))
+    for bad in ("nan", "inf"):
+        with pytest.raises(ValueError, match=f"merge_threshold must be a finite number >= 0, "
+                                             f"got {bad}"):
+            PointsConfig(merge_threshold=float(bad))
     with pytest.raises(ValueError, match=r"ImageInfo.orientation must be one of \(1, .*8\), got 9"):
         ImageInfo(10, 10, 9)
     with pytest.raises(ValueError, match="ImageInfo.width must be >= 1, got 0"):
