@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from pixmo.atomic import atomic_write_bytes
-from pixmo.config import above, at_least, at_most, check_fields, one_of
+from pixmo.config import above, at_least, between, check_fields, finite, one_of
 from pixmo.errors import ConfigError, PixmoError
-from pixmo.fetch import FetchConfig, FetchError, fetch_bytes, finite
+from pixmo.fetch import FetchConfig, FetchError, fetch_bytes
 from pixmo.rejects import Reason
 from pixmo.remote import is_http
 
@@ -109,8 +109,8 @@ class CaptionConfig:
     duplicate_overlap: float = 0.75
 
     def __post_init__(self) -> None:
-        check_fields(self, method=one_of(METHODS), duplicate_overlap=above(0))
-        check_fields(self, duplicate_overlap=at_most(1))
+        check_fields(self, method=one_of(METHODS),
+                     duplicate_overlap=between(0, 1, open_low=True))
         if self.method == "llm" and self.llm is None:
             raise ConfigError("is required when method is 'llm'", field="CaptionConfig.llm")
 

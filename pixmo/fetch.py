@@ -21,7 +21,6 @@ import email.utils
 import functools
 import http.client
 import logging
-import math
 import socket
 import ssl
 import threading
@@ -32,7 +31,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from urllib.parse import quote, urljoin, urlsplit
 
-from pixmo.config import Rule, above, at_least, check_fields
+from pixmo.config import above, at_least, check_fields, finite
 from pixmo.errors import ConfigError, PixmoError
 
 log = logging.getLogger(__name__)
@@ -43,12 +42,6 @@ _RETRY_STATUS = frozenset({408, 429})  # and every 5xx
 # control characters) is percent-encoded, so no URL can inject a header line
 _PATH_SAFE = "!#$%&'()*+,/:;=?@[]~"
 _CHUNK = 1 << 16
-
-
-def finite(rule: Rule) -> Rule:
-    """``rule``, refusing infinity too: a wait or a deadline of ``inf`` never ends."""
-    return Rule(lambda v: bool(rule.test(v)) and math.isfinite(v),
-                f"a finite number {rule.wording}")
 
 
 @dataclass(frozen=True)

@@ -306,9 +306,10 @@ def test_llm_config_errors():
     (lambda: CaptionLLMConfig(base_url="http://h/v1", model="m", max_response_bytes=0),
      "CaptionLLMConfig.max_response_bytes must be >= 1, got 0"),
     (lambda: CaptionConfig(method="gpt"), r"CaptionConfig.method must be one of \('cleanup'"),
-    (lambda: CaptionConfig(duplicate_overlap=0), "CaptionConfig.duplicate_overlap must be > 0"),
+    (lambda: CaptionConfig(duplicate_overlap=0),
+     r"CaptionConfig.duplicate_overlap must be in \(0, 1\], got 0"),
     (lambda: CaptionConfig(duplicate_overlap=1.5),
-     "CaptionConfig.duplicate_overlap must be <= 1, got 1.5"),
+     r"CaptionConfig.duplicate_overlap must be in \(0, 1\], got 1.5"),
 ])
 def test_config_ranges_name_the_field(make, message):
     with pytest.raises(ValueError, match=message):
