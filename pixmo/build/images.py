@@ -30,20 +30,7 @@ STAGING = ".staging"  # downloaded image bytes, by sha256, until the shards are 
 def read_image(ref: str, cfg: BuildConfig) -> bytes:
     """The bytes a record's ``image`` names: an http(s) URL, or a path inside
     the raw folder, which may itself be remote. Raises ``ImageRejected``."""
-    raw = remote.Folder(cfg.raw_dir)
-    if not raw.remote or "://" in ref:
-        return read_image_bytes(ref, raw.local, cfg.image)
-    name = remote.inside(ref)
-    if name is None:
-        raise ImageRejected(Reason.IMAGE_NOT_FOUND, f"{ref!r} points outside {cfg.raw_dir}")
-    try:
-        size = raw.size(name)
-        if size > cfg.image.max_bytes:
-            raise ImageRejected(Reason.IMAGE_TOO_LARGE,
-                                f"{size} bytes exceeds the limit of {cfg.image.max_bytes}")
-        return raw.read_bytes(name)
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
-        raise ImageRejected(Reason.IMAGE_NOT_FOUND, f"no file {ref}") from exc
+    return read_image_bytes(ref, cfg.raw_dir, cfg.image)
 
 
 def resolve_image(ref: str, records: Sequence[Keyed], cfg: BuildConfig,

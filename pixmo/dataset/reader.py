@@ -14,19 +14,10 @@ import re
 import tarfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import BinaryIO
 
 from pixmo.dataset.format import SHARDS_DIR, ShardSample, ShardStats
 from pixmo.errors import PixmoError
-from pixmo.remote import is_remote
-
-
-def _open(url: str) -> BinaryIO:
-    if is_remote(url):
-        import fsspec
-
-        return fsspec.open(url, "rb").open()
-    return open(url.removeprefix("file://"), "rb")  # noqa: SIM115 - caller closes
+from pixmo.remote import is_remote, open_url
 
 
 def committed_shards(dataset_dir: str | os.PathLike[str]) -> list[ShardStats]:
@@ -114,7 +105,7 @@ def iter_members(url: str) -> Iterator[tuple[str, dict[str, bytes]]]:
     key: str | None = None
     members: dict[str, bytes] = {}
     seen: set[str] = set()
-    with _open(url) as fh:
+    with open_url(url) as fh:
         try:
             with tarfile.open(fileobj=fh, mode="r|") as tar:
                 for info in tar:
