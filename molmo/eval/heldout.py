@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import random
 from collections import Counter
 from dataclasses import dataclass
@@ -39,8 +38,6 @@ from pixmo.errors import PixmoError
 from pixmo.points.metrics import count_accuracy, mean_pointing, parse_count, pointing_score
 from pixmo.points.prompts import point_prompt
 from pixmo.points.text import parse_points
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -170,7 +167,6 @@ def evaluate(model: Molmo, tokenizer: MolmoTokenizer, preprocess: PreprocessConf
         out_dir.mkdir(parents=True, exist_ok=True)
         _write(out_dir / "eval.json", json.dumps(results, indent=2) + "\n")
         _write(out_dir / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in records))
-        log.info("eval: %s", {k: v for k, v in results.items() if isinstance(v, float)})
     return results
 
 

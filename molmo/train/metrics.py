@@ -172,6 +172,7 @@ class MetricsWriter:
 
     def write_eval(self, step: int, results: dict[str, Any]) -> None:
         scalars = {f"eval/{k}": v for k, v in results.items() if isinstance(v, (int, float))}
+        log.info("eval at step %d: %s", step, scalars)
         self._file.write(json.dumps({"step": step, **scalars}) + "\n")
         self._file.flush()
         if self._tb is not None:

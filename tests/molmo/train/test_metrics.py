@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
@@ -48,7 +49,8 @@ def test_peak_flops():
     assert peak_flops(MetricsConfig(peak_tflops=989), torch.device("cpu")) == 989e12
 
 
-def test_writer_keeps_one_run_on_resume(tmp_path):
+def test_writer_keeps_one_run_on_resume(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="molmo.train.metrics")
     cfg = MetricsConfig(tensorboard=True, progress_bar=False)
     writer = MetricsWriter(tmp_path, cfg, 10, None)
     for step in (1, 2, 3, 4):
@@ -60,6 +62,7 @@ def test_writer_keeps_one_run_on_resume(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 2]
     assert rows[-1] == {"step": 2, "eval/pointing_f1": 0.5}
+    assert "eval at step 2: {'eval/pointing_f1': 0.5}" in caplog.text  # on the console too
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     fresh = MetricsWriter(tmp_path, cfg, 10, None)  # a new run starts an empty file
     fresh.close()
