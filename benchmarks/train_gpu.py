@@ -31,6 +31,7 @@ import yaml
 
 from molmo.preprocess.tokenizer import MolmoTokenizer, train_bpe_tokenizer
 from pixmo.dataset.format import ShardSample
+from pixmo.dataset.samples import sample_key
 from pixmo.dataset.writer import ShardConfig, write_dataset
 
 
@@ -46,8 +47,8 @@ def _sample(i: int, words: list[str], rng: np.random.Generator) -> ShardSample:
     digest = hashlib.sha256(data).hexdigest()
     caption = " ".join(rng.choice(words, size=180)) + "."
     points = [[float(x), float(y)] for x, y in rng.uniform(5, 95, (3, 2)).round(1)]
-    return ShardSample(key=digest[:20], files={"png": data}, json={
-        "schema_version": 1, "key": digest[:20],
+    return ShardSample(key=sample_key(digest), files={"png": data}, json={
+        "schema_version": 1, "key": sample_key(digest),
         "image": {"sha256": digest, "width": 640, "height": 480, "format": "png",
                   "source": f"images/{i:05d}.png"},
         "transcripts": [], "qa": [],

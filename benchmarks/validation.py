@@ -19,6 +19,7 @@ import jsonschema
 from PIL import Image
 
 from pixmo.dataset.format import ShardSample
+from pixmo.dataset.samples import sample_key
 from pixmo.dataset.writer import ShardConfig, write_dataset
 from pixmo.schema import check, load_schema
 
@@ -34,7 +35,7 @@ def sample(i: int) -> ShardSample:
                   "model": "tiny.en", "backend": "faster-whisper", "beam_size": 5,
                   "segments": [{"start": float(k), "end": k + 0.9, "text": "words"}
                                for k in range(12)]}
-    obj = {"schema_version": 1, "key": digest[:20],
+    obj = {"schema_version": 1, "key": sample_key(digest),
            "image": {"sha256": digest, "width": 64, "height": 48, "format": "png",
                      "source": f"images/{i}.png"},
            "transcripts": [transcript] * 3,
@@ -44,7 +45,7 @@ def sample(i: int) -> ShardSample:
                       for k in range(4)],
            "qa": [{"question": "What is it?", "answer": "A thing."}],
            "sources": [{"file": "captions.jsonl", "record": str(i)}]}
-    return ShardSample(digest[:20], obj, {"png": data})
+    return ShardSample(sample_key(digest), obj, {"png": data})
 
 
 def timed(fn) -> float:

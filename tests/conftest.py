@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from pixmo.dataset.format import ShardSample
+from pixmo.dataset.samples import sample_key
 
 
 def make_sample(i: int, size: tuple[int, int] = (32, 24)) -> ShardSample:
@@ -19,7 +20,7 @@ def make_sample(i: int, size: tuple[int, int] = (32, 24)) -> ShardSample:
     image.save(buf, format="PNG")
     data = buf.getvalue()
     digest = hashlib.sha256(data).hexdigest()
-    key = digest[:20]
+    key = sample_key(digest)
     sample = {
         "schema_version": 1,
         "key": key,

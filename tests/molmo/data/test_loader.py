@@ -20,6 +20,7 @@ from molmo.preprocess.batching import normalize_images
 from molmo.preprocess.config import PreprocessConfig
 from molmo.preprocess.tokenizer import train_bpe_tokenizer
 from pixmo.dataset.format import ShardSample
+from pixmo.dataset.samples import sample_key
 from pixmo.dataset.writer import ShardConfig, write_dataset
 from pixmo.errors import PixmoError
 from pixmo.points.prompts import POINT_COUNT_TEMPLATES, POINTING_TEMPLATES
@@ -59,7 +60,7 @@ def noisy_sample(i: int, size: tuple[int, int] = (150, 100)) -> ShardSample:
     Image.fromarray(pixels).save(buf, format="PNG")
     data = buf.getvalue()
     digest = hashlib.sha256(data).hexdigest()
-    obj["key"], obj["image"]["sha256"] = digest[:20], digest
+    obj["key"], obj["image"]["sha256"] = sample_key(digest), digest
     return ShardSample(key=obj["key"], json=obj, files={"png": data})
 
 

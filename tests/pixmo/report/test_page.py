@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from pixmo.dataset.format import ShardSample
+from pixmo.dataset.samples import sample_key
 from pixmo.dataset.writer import ShardConfig, write_dataset
 from pixmo.errors import PixmoError
 from pixmo.report.page import write_report
@@ -37,14 +38,14 @@ def _scene_sample(i: int) -> ShardSample:
               for lab in truth["labels"]]
     points.append({"label": "pink elephant", "points": [], "count": 0,
                    "collection_method": "pointing", "annotators": ["p2"]})
-    sample = {"schema_version": 1, "key": digest[:20],
+    sample = {"schema_version": 1, "key": sample_key(digest),
               "image": {"sha256": digest, "width": scene.width, "height": scene.height,
                         "format": "png", "source": f"images/{i:05d}.png"},
               "transcripts": [], "captions": [{"text": describe(scene, rng),
                                                "method": "cleanup"}],
               "points": points, "qa": [],
               "sources": [{"file": "points.jsonl", "record": str(i + 1)}]}
-    return ShardSample(key=digest[:20], json=sample, files={"png": data})
+    return ShardSample(key=sample_key(digest), json=sample, files={"png": data})
 
 
 REJECTS = [{"stage": "validate_points", "reason": reason, "detail": "test", "source":
