@@ -83,12 +83,12 @@ def by_reason(rows: Iterable[Mapping[str, str]]) -> dict[str, int]:
 
 
 def ledger(read: Mapping[str, int], accepted: Mapping[str, int],
-           rejects: Iterable[Reject]) -> list[dict[str, Any]]:
+           rejected: Mapping[str, int]) -> list[dict[str, Any]]:
     """Per input file, in name order: records read, accepted (named by a sample) and
-    rejected. Raises ``PixmoError`` naming the file whose books do not balance."""
-    rejected = Counter(r.source for r in rejects)
+    rejected, each a count by file. Raises ``PixmoError`` naming the file whose
+    books do not balance."""
     books = [{"file": f, "read": read[f], "accepted": accepted.get(f, 0),
-              "rejected": rejected[f]} for f in sorted(read)]
+              "rejected": rejected.get(f, 0)} for f in sorted(read)]
     for entry in books:
         if entry["read"] != entry["accepted"] + entry["rejected"]:
             raise PixmoError(f"ledger does not balance: read {entry['read']}, accepted "

@@ -10,6 +10,9 @@ keep; ``write_or_keep`` writes one shard (or proves a committed one current);
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import itertools
 import json
 import logging
 import os
@@ -17,6 +20,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import groupby
 from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import Any
@@ -36,14 +40,7 @@ from pixmo.dataset.format import (
     json_bytes,
 )
 from pixmo.dataset.reader import committed_shards
-from pixmo.dataset.tables import (
-    describe,
-    manifest_row,
-    read_dataset_json,
-    read_manifest,
-    read_rejects,
-    write_tables,
-)
+from pixmo.dataset.tables import describe, iter_rows, manifest_row, read_dataset_json, write_tables
 from pixmo.dataset.writer import tar_digest, write_shard
 from pixmo.errors import PixmoError
 from pixmo.rejects import Reason, Reject, by_reason, ledger, reject_rows
@@ -51,6 +48,27 @@ from pixmo.rejects import Reason, Reject, by_reason, ledger, reject_rows
 log = logging.getLogger(__name__)
 
 MODES = ("resume", "overwrite", "extend")
+
+
+@dataclass(frozen=True)
+class BaseKeys:
+    """The keys of the dataset being extended, without holding them: each of its
+    shards' key range (from the marker) and a file of the shard's keys in the
+    staging folder, read when a key falls in that range (the last few read are
+    kept). Its size grows with the shards, not the samples."""
+
+    out_dir: str = ""
+    shards: tuple[tuple[str, str, int, str], ...] = ()  # first key, last key, index, sha256
+
+    def __contains__(self, key: object) -> bool:
+        return any(first <= key <= last and key in _shard_keys(self.out_dir, index, sha256)
+                   for first, last, index, sha256 in self.shards)
+
+
+@functools.lru_cache(maxsize=16)
+def _shard_keys(out_dir: str, index: int, sha256: str) -> frozenset[str]:
+    """One base shard's keys (``sha256``, its tar's, keys the cache to its content)."""
+    return frozenset(remote.Folder(out_dir).read_bytes(_keys_name(index)).decode().split())
 
 
 @dataclass
@@ -61,9 +79,8 @@ class Previous:
     committed: dict[int, ShardStats] = field(default_factory=dict)
     # extend mode: the finished dataset being added to, which stays as it is
     base: dict[int, ShardStats] = field(default_factory=dict)
-    keys: frozenset[str] = frozenset()
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    rejects: list[dict[str, str]] = field(default_factory=list)
+    keys: BaseKeys = BaseKeys()
+    rejects: int | None = None  # rows of rejects.parquet its dataset.json accounts for
     ledger: list[dict[str, Any]] = field(default_factory=list)
     failures: dict[str, int] = field(default_factory=dict)  # by reason, in its samples
 
@@ -111,15 +128,34 @@ def prepare_output(out_dir: str | os.PathLike[str], mode: str) -> Previous:
     with out.local_copy(DATASET_JSON) as path:
         description = read_dataset_json(path)
     names = {s["shard"] for s in description["shards"]}
-    with out.local_copy(MANIFEST) as path:
-        rows = [r for r in read_manifest(path) if r["shard"] in names]
-    with out.local_copy(REJECTS) as path:  # a later build's rejects follow the dataset's own
-        rejects = read_rejects(path)[:description["counts"].get("rejects")]
+    base = {i: s for i, s in committed.items() if s.shard in names}
+    _stage_keys(out, base)
     return Previous(committed={i: s for i, s in committed.items() if s.shard not in names},
-                    base={i: s for i, s in committed.items() if s.shard in names},
-                    keys=frozenset(r["key"] for r in rows), rows=rows, rejects=rejects,
+                    base=base, keys=BaseKeys(os.fspath(out_dir), tuple(
+                        (s.first_key, s.last_key, s.index, s.sha256) for s in base.values()
+                        if s.samples)),
+                    rejects=description["counts"].get("rejects"),
                     ledger=description.get("ledger", []),
                     failures=description.get("failures_by_reason", {}))
+
+
+def _keys_name(index: int) -> str:
+    return f"{STAGING}/keys/{index:06d}.txt"
+
+
+def _stage_keys(out: remote.Folder, base: dict[int, ShardStats]) -> None:
+    """Each base shard's keys to a file of the staging folder, streamed from the
+    manifest's key and shard columns (in shard order: one shard's keys in memory)."""
+    index = {s.shard: i for i, s in base.items()}
+    staged: set[str] = set()
+    with out.local_copy(MANIFEST) as path:
+        for shard, rows in groupby(iter_rows(path, ["key", "shard"]), itemgetter("shard")):
+            if shard in staged:
+                raise PixmoError(f"rows of {shard} are not together", file=MANIFEST)
+            staged.add(shard)
+            if shard in index:
+                out.write_bytes(_keys_name(index[shard]),
+                                "\n".join(r["key"] for r in rows).encode())
 
 
 def exclude_known(sample: ShardSample, previous: Previous) -> ShardSample | list[Reject]:
@@ -179,45 +215,59 @@ def _rows_name(index: int) -> str:
     return f"{STAGING}/rows/{index:06d}.json"
 
 
-def _manifest_rows(out: remote.Folder, stats: Sequence[ShardStats], previous: Previous
-                   ) -> Iterator[dict[str, Any]]:
+def _manifest_rows(out: remote.Folder, stats: Sequence[ShardStats], previous: Previous,
+                   manifest: str | None) -> Iterator[dict[str, Any]]:
     """Manifest rows in shard and key order, one shard's rows in memory at a time:
-    the dataset being extended keeps its own rows, new shards' rows come from
-    the staging folder."""
-    base: dict[str, list[dict[str, Any]]] = {}
-    for row in previous.rows:
-        base.setdefault(row["shard"], []).append(row)
+    the dataset being extended keeps its own rows, streamed from its ``manifest``
+    (in shard order too), new shards' rows come from the staging folder."""
+    base = groupby(iter_rows(manifest) if manifest else iter(()), itemgetter("shard"))
     for shard in sorted(stats, key=attrgetter("shard")):
-        rows = (base.get(shard.shard, []) if shard.index in previous.base
-                else json.loads(out.read_bytes(_rows_name(shard.index))))
+        if shard.index in previous.base:
+            rows = next((list(g) for name, g in base if name == shard.shard),
+                        []) if shard.samples else []
+        else:
+            rows = json.loads(out.read_bytes(_rows_name(shard.index)))
         yield from sorted(rows, key=itemgetter("key"))
 
 
 def finish(out_dir: str | os.PathLike[str], cfg: BuildConfig, engine: str,
-           written: Sequence[ShardStats], rejects: Sequence[Reject], read: Counter[str],
+           written: Sequence[ShardStats], rejects: Iterable[Reject], read: Counter[str],
            accepted: Counter[str], failures: Counter[str], previous: Previous,
            stage_seconds: dict[str, float] | None = None) -> dict[str, Any]:
     """Write manifest, rejects and dataset.json (last); check the ledger identity.
     ``failures`` counts, by reason, what this run's samples record in their
-    ``failures``: their records are accepted, so they are counted apart."""
+    ``failures``: their records are accepted, so they are counted apart. The
+    tables stream to their files; the extended dataset's rows are copied over
+    from its own tables, and only counts are kept."""
     out = remote.Folder(os.fspath(out_dir))
-    books = ledger(read, accepted, rejects)
+    rows = reject_rows(rejects)
+    books = ledger(read, accepted, Counter(r["source"] for r in rows))
     stats = sorted([*previous.base.values(), *written], key=attrgetter("index"))
     for stale in set(previous.committed) - {s.index for s in stats}:
         # an earlier run's shard beyond this run's assignment: unmark, then remove
         tar = f"{SHARDS_DIR}/{previous.committed[stale].shard}"
         out.remove(tar.removesuffix(".tar") + ".json")
         out.remove(tar)
-    rows = [*previous.rejects, *reject_rows(rejects)]
-    description = describe(cfg.name, stats, engine=engine, build_config=cfg.to_json(),
-                           ledger=[*previous.ledger, *books],
-                           rejects_by_reason=by_reason(rows))
-    description["counts"]["rejects"] = len(rows)
-    failed = Counter(previous.failures) + failures
-    description["counts"]["failures"] = sum(failed.values())
-    description["failures_by_reason"] = dict(sorted(failed.items()))
-    if stage_seconds is not None:
-        description["stage_seconds"] = {k: round(v, 3) for k, v in sorted(stage_seconds.items())}
-    write_tables(out_dir, _manifest_rows(out, stats, previous), rows, description)
+    with contextlib.ExitStack() as stack:
+        old_manifest = old_rejects = None
+        if previous.base:  # extend: the dataset's own tables, read as they are replaced
+            old_manifest = stack.enter_context(out.local_copy(MANIFEST))
+            old_rejects = stack.enter_context(out.local_copy(REJECTS))
+        kept = Counter(r["reason"] for r in iter_rows(old_rejects, ["reason"], previous.rejects)
+                       ) if old_rejects else Counter()
+        reasons = kept + Counter(by_reason(rows))
+        description = describe(cfg.name, stats, engine=engine, build_config=cfg.to_json(),
+                               ledger=[*previous.ledger, *books],
+                               rejects_by_reason=dict(sorted(reasons.items())))
+        description["counts"]["rejects"] = sum(reasons.values())
+        failed = Counter(previous.failures) + failures
+        description["counts"]["failures"] = sum(failed.values())
+        description["failures_by_reason"] = dict(sorted(failed.items()))
+        if stage_seconds is not None:
+            description["stage_seconds"] = {k: round(v, 3)
+                                            for k, v in sorted(stage_seconds.items())}
+        old = iter_rows(old_rejects, limit=previous.rejects) if old_rejects else iter(())
+        write_tables(out_dir, _manifest_rows(out, stats, previous, old_manifest),
+                     itertools.chain(old, rows), description)
     out.remove_tree(STAGING)
     return description

@@ -98,9 +98,14 @@ class ShardStats:
     first_key: str | None
     last_key: str | None
     counts: dict[str, int]
+    # what ``pixmo inspect`` counts without opening the tar (absent in older markers):
+    point_methods: dict[str, int] | None = None  # point label sets by collection method
+    failures: dict[str, int] | None = None  # the samples' failures, by reason
 
     def to_json(self) -> dict[str, Any]:
-        return {"format_version": FORMAT_VERSION, **self.__dict__}
+        return {"format_version": FORMAT_VERSION,
+                **{k: v for k, v in self.__dict__.items()
+                   if v is not None or k not in ("point_methods", "failures")}}
 
     @classmethod
     def from_json(cls, obj: dict[str, Any], *, file: str) -> ShardStats:

@@ -7,10 +7,9 @@ committed shards' stats into the ``dataset.json`` body.
 
 from __future__ import annotations
 
-import io
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,8 @@ from pixmo.dataset.format import (
 from pixmo.errors import PixmoError
 from pixmo.remote import Folder
 from pixmo.schema import load_schema, validate
+
+REJECTS_ROW_GROUP = 65536  # rejects.parquet: one row group up to this many rejects
 
 
 def manifest_row(sample: ShardSample, shard: str) -> dict[str, Any]:
@@ -56,28 +57,18 @@ def _manifest_arrow_schema() -> Any:
     )
 
 
-def _write_parquet(table: Any, path: str | os.PathLike[str]) -> None:
-    import pyarrow.parquet as pq
-
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def write_manifest(rows: Iterable[dict[str, Any]], path: str | os.PathLike[str],
-                   row_group: int = 1024) -> None:
-    """Write ``manifest.parquet`` atomically, each row checked against its schema.
-    Rows stream through in groups of ``row_group``, so a manifest of any length
-    is written in bounded memory."""
+def _write_rows(rows: Iterable[dict[str, Any]], path: str | os.PathLike[str], schema: Any,
+                row_schema: str, id_field: str, row_group: int) -> None:
+    """Rows checked against ``row_schema`` and written atomically, ``row_group``
+    at a time: one group's rows in memory, whatever the table's length."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = _manifest_arrow_schema()
     with atomic_open(path) as fh, pq.ParquetWriter(fh, schema) as writer:
         group: list[dict[str, Any]] = []
         groups = 0
         for row in rows:
-            validate("manifest_row", row, file=os.fspath(path), record_id=row.get("key"))
+            validate(row_schema, row, file=os.fspath(path), record_id=row.get(id_field))
             group.append(row)
             if len(group) == row_group:
                 writer.write_table(pa.Table.from_pylist(group, schema=schema))
@@ -86,22 +77,47 @@ def write_manifest(rows: Iterable[dict[str, Any]], path: str | os.PathLike[str],
             writer.write_table(pa.Table.from_pylist(group, schema=schema))
 
 
+def write_manifest(rows: Iterable[dict[str, Any]], path: str | os.PathLike[str],
+                   row_group: int = 1024) -> None:
+    """Write ``manifest.parquet`` atomically, each row checked against its schema,
+    in row groups of ``row_group``: a manifest of any length in bounded memory."""
+    _write_rows(rows, path, _manifest_arrow_schema(), "manifest_row", "key", row_group)
+
+
 def read_manifest(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     import pyarrow.parquet as pq
 
     return pq.read_table(path).to_pylist()
 
 
-def write_rejects(rows: Iterable[dict[str, str]], path: str | os.PathLike[str]) -> None:
-    """Write ``rejects.parquet`` atomically (schema ``reject``)."""
+def iter_rows(path: str | os.PathLike[str], columns: Sequence[str] | None = None,
+              limit: int | None = None, batch: int = 1024) -> Iterator[dict[str, Any]]:
+    """The rows of a table (manifest or rejects) in file order, ``batch`` at a
+    time and only ``columns`` (all when None), the first ``limit`` (all when
+    None): a table of any length is read in bounded memory."""
+    import pyarrow.parquet as pq
+
+    left = limit
+    with pq.ParquetFile(path) as table:
+        for part in table.iter_batches(batch_size=batch, columns=columns):
+            rows = part.to_pylist()
+            if left is not None:
+                rows, left = rows[:left], left - len(rows)
+            yield from rows
+            if left is not None and left <= 0:
+                return
+
+
+def write_rejects(rows: Iterable[dict[str, str]], path: str | os.PathLike[str],
+                  row_group: int = REJECTS_ROW_GROUP) -> None:
+    """Write ``rejects.parquet`` atomically (schema ``reject``), ``row_group``
+    rows in memory at a time; up to ``row_group`` rejects make one row group,
+    the bytes ``pyarrow.parquet.write_table`` would write."""
     import pyarrow as pa
 
-    rows = list(rows)
-    for row in rows:
-        validate("reject", row, file=os.fspath(path), record_id=row.get("record"))
     names = list(load_schema("reject")["properties"])
     schema = pa.schema([pa.field(name, pa.string(), nullable=False) for name in names])
-    _write_parquet(pa.Table.from_pylist(rows, schema=schema), path)
+    _write_rows(rows, path, schema, "reject", "record", row_group)
 
 
 def read_rejects(path: str | os.PathLike[str]) -> list[dict[str, str]]:
@@ -125,7 +141,7 @@ def read_dataset_json(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def write_tables(out_dir: str | os.PathLike[str], manifest: Iterable[dict[str, Any]],
-                 rejects: Sequence[dict[str, str]], description: dict[str, Any]) -> None:
+                 rejects: Iterable[dict[str, str]], description: dict[str, Any]) -> None:
     """Finish a dataset folder (a path or URL) whose shards are committed: the manifest,
     the rejects, then ``dataset.json`` last, so a folder with a dataset.json is whole."""
     out = Folder(os.fspath(out_dir))

@@ -29,7 +29,7 @@ from pixmo.dataset.format import (
     ShardStats,
 )
 from pixmo.dataset.reader import committed_shards, iter_shard
-from pixmo.dataset.tables import read_dataset_json, read_manifest, read_rejects
+from pixmo.dataset.tables import iter_rows, read_dataset_json
 from pixmo.errors import PixmoError
 from pixmo.remote import file_sha256
 from pixmo.schema import check
@@ -67,7 +67,8 @@ def find_sample(dataset_dir: str | os.PathLike[str], key: str) -> ShardSample:
     _require_dataset(root)
     shards = [s.shard for s in committed_shards(root)]
     if (root / MANIFEST).is_file():
-        listed = [row["shard"] for row in read_manifest(root / MANIFEST) if row["key"] == key]
+        listed = [row["shard"] for row in iter_rows(root / MANIFEST, ["key", "shard"])
+                  if row["key"] == key]
         shards = listed or shards
     for shard in shards:
         for sample in iter_shard(os.fspath(root / SHARDS_DIR / shard)):
@@ -77,8 +78,9 @@ def find_sample(dataset_dir: str | os.PathLike[str], key: str) -> ShardSample:
 
 
 def summarize(dataset_dir: str | os.PathLike[str]) -> DatasetSummary:
-    """Counts from the commit markers and rejects, point collection methods and
-    failures from the samples, and the first sample in full."""
+    """Counts from the commit markers and the rejects' reason column, and the
+    first sample in full: the only tar read, and only up to that sample (a shard
+    whose marker predates its point-method and failure counts is read whole)."""
     root = Path(dataset_dir)
     _require_dataset(root)
     stats = committed_shards(root)
@@ -88,20 +90,39 @@ def summarize(dataset_dir: str | os.PathLike[str]) -> DatasetSummary:
     counts = {kind: sum(s.counts[kind] for s in stats) for kind in ANNOTATION_KINDS}
     rejects: Counter[str] = Counter()
     if (root / REJECTS).is_file():
-        rejects.update(row["reason"] for row in read_rejects(root / REJECTS))
+        rejects.update(row["reason"] for row in iter_rows(root / REJECTS, ["reason"]))
     methods: Counter[str] = Counter()
     failures: Counter[str] = Counter()
-    example = None
     for shard in stats:
-        for sample in iter_shard(os.fspath(root / SHARDS_DIR / shard.shard)):
-            if example is None:
-                example = sample.json
-            methods.update(p.get("collection_method", "?") for p in sample.json.get("points", ()))
-            failures.update(f["reason"] for f in sample.json.get("failures", ()))
+        if shard.point_methods is None or shard.failures is None:
+            _count_samples(root / SHARDS_DIR / shard.shard, methods, failures)
+        else:
+            methods.update(shard.point_methods)
+            failures.update(shard.failures)
+    first = next((s for s in stats if s.samples), None)
+    example = None if first is None else _first_sample(root / SHARDS_DIR / first.shard)
     return DatasetSummary(name=name, shards=stats, counts=counts,
                           rejects_by_reason=dict(sorted(rejects.items())),
                           failures_by_reason=dict(sorted(failures.items())),
                           collection_methods=dict(sorted(methods.items())), example=example)
+
+
+def _first_sample(path: Path) -> dict[str, Any] | None:
+    """The JSON of a shard's first sample; the tar is read no further."""
+    samples = iter_shard(os.fspath(path))
+    try:
+        return next(samples).json
+    except StopIteration:
+        return None
+    finally:
+        samples.close()
+
+
+def _count_samples(path: Path, methods: Counter[str], failures: Counter[str]) -> None:
+    """Point label sets by collection method and failures by reason, from the samples."""
+    for sample in iter_shard(os.fspath(path)):
+        methods.update(p.get("collection_method", "?") for p in sample.json.get("points", ()))
+        failures.update(f["reason"] for f in sample.json.get("failures", ()))
 
 
 @dataclass
@@ -167,7 +188,7 @@ def _verify_manifest(root: Path, seen: _Seen, problems: list[str]) -> None:
         problems.append(f"{MANIFEST}: missing")
         return
     listed: set[str] = set()
-    for index, row in enumerate(read_manifest(path)):
+    for index, row in enumerate(iter_rows(path)):
         violation = check("manifest_row", row)
         if violation is not None:
             problems.append(violation.one_line(file=MANIFEST, record=index))

@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import tarfile
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,12 +104,17 @@ class TarShard:
         self._tar = tarfile.open(fileobj=self._hashing, mode="w|", format=tarfile.PAX_FORMAT)
         self.rows: list[dict[str, Any]] = []
         self.counts = dict.fromkeys(ANNOTATION_KINDS, 0)
+        self.point_methods: Counter[str] = Counter()
+        self.failures: Counter[str] = Counter()
 
     def add(self, sample: ShardSample) -> None:
         _add_members(self._tar, sample)
         self.rows.append(manifest_row(sample, self.name))
         for kind in ANNOTATION_KINDS:
             self.counts[kind] += len(sample.json.get(kind, ()))
+        self.point_methods.update(p.get("collection_method", "?")
+                                  for p in sample.json.get("points", ()))
+        self.failures.update(f["reason"] for f in sample.json.get("failures", ()))
 
     def commit(self) -> ShardStats:
         """Finish the tar, rename it into place, then write its stats (the marker)."""
@@ -126,6 +132,8 @@ class TarShard:
             first_key=self.rows[0]["key"] if self.rows else None,
             last_key=self.rows[-1]["key"] if self.rows else None,
             counts=dict(self.counts),
+            point_methods=dict(sorted(self.point_methods.items())),
+            failures=dict(sorted(self.failures.items())),
         )
         atomic_write_bytes(self.final.with_suffix(".json"), json_bytes(stats.to_json()))
         log.debug("committed %s: %d samples, %d bytes", self.name, stats.samples, stats.bytes)

@@ -232,7 +232,8 @@ class _Importer:
         """The build's ledger of these samples and rejects, with each file's sha256."""
         accepted = Counter(row.source for s in samples for _, row, _ in s.entries)
         return [{**entry, "sha256": file_sha256(entry["file"])}
-                for entry in ledger(self.read_per_file, accepted, self.rejects)]
+                for entry in ledger(self.read_per_file, accepted,
+                                     Counter(r.source for r in self.rejects))]
 
     def write(self) -> None:
         _remove_previous_dataset(self.out)

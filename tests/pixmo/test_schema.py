@@ -83,7 +83,8 @@ VALID = {
     "sample": [make_sample(5).json, _sample(),
                {**make_sample(6).json, "transcripts": [
                    {"text": "um a cat", "model": "released", "backend": "released"}]}],
-    "shard_stats": [STATS, {**STATS, "samples": 0, "first_key": None, "last_key": None}],
+    "shard_stats": [STATS, {**STATS, "samples": 0, "first_key": None, "last_key": None},
+                    {**STATS, "point_methods": {"pointing": 1}, "failures": {}}],
     "dataset": [DATASET, {k: DATASET[k] for k in ("format_version", "name", "counts", "shards")}],
     "reject": [REJECT, {**REJECT, "detail": ""}],
     "manifest_row": [MANIFEST],

@@ -89,5 +89,12 @@ def test_finish_writes_the_tables_and_checks_the_ledger(tmp_path):
     assert not (out / ".staging").exists()
 
     extended = prepare_output(out, "extend")
-    assert extended.keys == {s.key for s in samples} and extended.start_index == 1
+    assert all(s.key in extended.keys for s in samples) and extended.start_index == 1
+    between = samples[0].key[:-1] + ("1" if samples[0].key[-1] == "0" else "0")
+    assert samples[0].key < between < samples[1].key or between < samples[0].key
+    assert between not in extended.keys and "f" * 24 not in extended.keys
+    # what workers are sent: the base shards' key ranges, never its keys or rows
+    assert extended.keys.shards == ((samples[0].key, samples[1].key, 0,
+                                     committed_shards(out)[0].sha256),)
+    assert (out / ".staging/keys/000000.txt").read_text().split() == [s.key for s in samples]
     assert extended.base == {0: committed_shards(out)[0]}

@@ -44,6 +44,42 @@ def test_manifest_streams_in_row_groups(tmp_path, samples):
     assert not (tmp_path / "bad.parquet").exists()
 
 
+def _rejects(n: int) -> list[dict[str, str]]:
+    return [{"stage": "read", "reason": "invalid_record", "detail": f"line {i}",
+             "source": "points.jsonl", "record": str(i)} for i in range(n)]
+
+
+def test_rejects_stream_in_row_groups_and_keep_their_bytes(tmp_path):
+    """Up to a row group, the bytes of one ``write_table`` of the whole table
+    (what every earlier build wrote); beyond, one row group per ``row_group``."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = _rejects(25)
+    tables.write_rejects(iter(rows), tmp_path / "r.parquet")
+    whole = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema=pq.read_schema(tmp_path / "r.parquet")),
+                   whole)
+    assert (tmp_path / "r.parquet").read_bytes() == whole.getvalue()
+    tables.write_rejects(iter(rows), tmp_path / "g.parquet", row_group=10)
+    assert pq.ParquetFile(tmp_path / "g.parquet").num_row_groups == 3
+    assert tables.read_rejects(tmp_path / "g.parquet") == rows
+    with pytest.raises(PixmoError, match="reason"):
+        tables.write_rejects([{**rows[0], "reason": "no_such_reason"}], tmp_path / "bad.parquet")
+    assert not (tmp_path / "bad.parquet").exists()
+
+
+@pytest.mark.parametrize(("columns", "limit", "batch"), [
+    (None, None, 1024), (["reason"], None, 4), (["record"], 7, 4), (None, 0, 4), (None, 99, 4)])
+def test_iter_rows_reads_columns_and_a_prefix_in_batches(tmp_path, columns, limit, batch):
+    rows = _rejects(25)
+    tables.write_rejects(rows, tmp_path / "r.parquet", row_group=10)
+    got = list(tables.iter_rows(tmp_path / "r.parquet", columns, limit, batch))
+    assert got == [{k: r[k] for k in columns or r} for r in rows][:limit]
+
+
 def _stats(index: int, samples: int, captions: int) -> ShardStats:
     return ShardStats(shard=f"pixmo-{index:06d}.tar", index=index, samples=samples,
                       bytes=10240 * (index + 1), sha256=f"{index:064x}", first_key="a",

@@ -3,7 +3,9 @@ each kind of damage validate must catch."""
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -126,6 +128,44 @@ def test_inspect_summarizes(dataset, capsys):
     assert "pixmo-000002.tar        3" in out
     assert "out_of_bounds        1" in out
     assert f'"key": "{summary.example["key"]}"' in out
+
+
+def _keep_first_sample_only(tar: Path) -> None:
+    """Rewrite a shard's tar with its first sample's members only (marker untouched)."""
+    with tarfile.open(tar) as src:
+        members = src.getmembers()
+        first = [(m, src.extractfile(m).read()) for m in members
+                 if m.name.split(".")[0] == members[0].name.split(".")[0]]
+    with tarfile.open(tar, "w", format=tarfile.PAX_FORMAT) as dst:
+        for member, data in first:
+            dst.addfile(member, io.BytesIO(data))
+
+
+def test_inspect_reads_no_shard_but_the_first_sample(dataset, capsys):
+    """Counts come from the markers and the rejects' reason column: with every
+    tar gone but the first sample, inspect prints what it printed before."""
+    assert main(["inspect", str(dataset)]) == 0
+    before = capsys.readouterr().out
+    for tar in sorted((dataset / "shards").glob("*.tar"))[1:]:
+        tar.unlink()
+    _keep_first_sample_only(dataset / "shards/pixmo-000000.tar")
+    assert main(["inspect", str(dataset)]) == 0
+    assert capsys.readouterr().out == before
+
+
+def test_inspect_reads_the_samples_of_a_marker_without_the_counts(dataset):
+    """A marker written before point methods and failures were counted: that
+    shard's samples are read instead, and the counts come out the same."""
+    expected = summarize(dataset)
+    marker = dataset / "shards/pixmo-000001.json"
+    old = {k: v for k, v in json.loads(marker.read_text()).items()
+           if k not in ("point_methods", "failures")}
+    marker.write_text(json.dumps(old))
+    summary = summarize(dataset)
+    assert summary.shards[1].point_methods is None
+    assert (summary.collection_methods, summary.failures_by_reason, summary.counts) == (
+        expected.collection_methods, expected.failures_by_reason, expected.counts)
+    assert summary.collection_methods == {"pointing": 23}
 
 
 def test_cli_reports_user_error_in_one_line(tmp_path, capsys):

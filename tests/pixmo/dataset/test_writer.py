@@ -113,6 +113,22 @@ def test_empty_input_leaves_no_tar(tmp_path):
     assert read_manifest(tmp_path / "manifest.parquet") == []
 
 
+def test_marker_counts_point_methods_and_failures(tmp_path):
+    """What ``pixmo inspect`` reports without opening the tar."""
+    counting = make_sample(1)
+    counting.json["points"] = [{**p, "collection_method": "counting"}
+                               for p in counting.json["points"]]
+    counting.json["failures"] = [{"stage": "caption", "reason": "caption_failed",
+                                  "detail": "HTTP 503", "session_ids": ["s-1"]}]
+    shard = TarShard(tmp_path / "shards", 0)
+    for sample in (make_sample(0), counting, make_sample(2)):
+        shard.add(sample)
+    stats = shard.commit()
+    assert stats.point_methods == {"counting": 1, "pointing": 2}
+    assert stats.failures == {"caption_failed": 1}
+    assert committed_shards(tmp_path) == [stats]
+
+
 def test_tar_shard_abort_leaves_nothing(tmp_path):
     shard = TarShard(tmp_path / "shards", 4)
     shard.add(make_sample(0))
