@@ -12,6 +12,12 @@ The machine may be shared: ``--repeats`` interleaves rounds of plain loop
 and engines, and the load average is printed with each.
 
     python benchmarks/build.py [--n 10000] [--engines beam,ray] [--repeats 3]
+
+``--extend`` measures instead what grows with the dataset already there: the
+driver's peak RSS of ``pixmo inspect`` and of a ``--mode extend`` build adding
+the same 1,000 images (100 of them already in) to a finished dataset of N/10
+and of N tiny samples (written directly, not built, so a 100,000-sample base
+takes seconds).
 """
 
 from __future__ import annotations
@@ -89,7 +95,7 @@ ENGINES = {
 }
 
 
-def engine(name: str, raw: str, out: str) -> None:
+def engine(name: str, raw: str, out: str, mode: str = "resume") -> None:
     from pixmo.build import BuildConfig
     from pixmo.dataset.writer import ShardConfig
 
@@ -97,11 +103,11 @@ def engine(name: str, raw: str, out: str) -> None:
     kind, options, workers = ENGINES[name]
     if kind == "beam":
         from pipelines.beam import graph as beam
-        beam.run(cfg, out, options, workers=workers)
+        beam.run(cfg, out, options, workers=workers, mode=mode)
     else:
         from pipelines import ray as ray_engine
 
-        ray_engine.run(cfg, out, num_cpus=workers)
+        ray_engine.run(cfg, out, num_cpus=workers, mode=mode)
 
 
 def _tree_pss_mib(root: int) -> dict[int, float]:
@@ -138,12 +144,13 @@ class Run:
     peaks_pss_mib: float
 
 
-def measure(what: str, raw: Path, out: Path) -> Run:
-    """One run in a fresh process, timed from outside (start-up included)."""
+def measure(what: str, raw: Path, out: Path, call: str | None = None) -> Run:
+    """One run in a fresh process, timed from outside (start-up included);
+    ``call`` (Python, run after the imports) replaces the plain loop or engine."""
     code = (f"import sys, resource; sys.path.insert(0, {str(REPO)!r}); "
-            "from benchmarks.build import plain, engine; ")
-    code += f"plain({str(raw)!r}, {str(out)!r})" if what == "plain" else \
-        f"engine({what!r}, {str(raw)!r}, {str(out)!r})"
+            "from benchmarks.build import plain, engine, inspect; ")
+    code += call or (f"plain({str(raw)!r}, {str(out)!r})" if what == "plain" else
+                     f"engine({what!r}, {str(raw)!r}, {str(out)!r})")
     code += "; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
@@ -163,6 +170,90 @@ def measure(what: str, raw: Path, out: Path) -> Run:
     return Run(seconds, int(stdout.split()[-1]) / 1024, peak, sum(peaks.values()))
 
 
+def _tiny_png(i: int) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 6), (i % 256, i // 256 % 256, i // 65536 % 256)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def make_base(out: Path, n: int) -> None:
+    """A finished dataset of n samples of distinct 8x6 PNGs, one label set
+    each, in key order as a build writes them, and n/10 rejects, written
+    directly by ``write_dataset``."""
+    import hashlib
+
+    from pixmo.dataset.format import ShardSample
+    from pixmo.dataset.samples import sample_key
+    from pixmo.dataset.writer import ShardConfig, write_dataset
+
+    def samples():
+        for i in sorted(range(n), key=lambda i: hashlib.sha256(_tiny_png(i)).hexdigest()):
+            data = _tiny_png(i)
+            digest = hashlib.sha256(data).hexdigest()
+            yield ShardSample(sample_key(digest), {
+                "schema_version": 1, "key": sample_key(digest),
+                "image": {"sha256": digest, "width": 8, "height": 6, "format": "png",
+                          "source": f"images/{i:06d}.png"},
+                "transcripts": [], "captions": [], "qa": [],
+                "points": [{"label": "spot", "points": [[4.0, 3.0]], "count": 1,
+                            "collection_method": "pointing", "annotators": ["a1"]}],
+                "sources": [{"file": "points.jsonl", "record": str(i + 1)}]}, {"png": data})
+
+    rejects = ({"stage": "read", "reason": "invalid_record", "detail": "not JSON",
+                "source": "points.jsonl", "record": str(n + i + 1)} for i in range(n // 10))
+    write_dataset(out, samples(), name="base", config=ShardConfig(max_samples=1000),
+                  rejects=rejects, engine="local")
+
+
+def make_extend_raw(root: Path, first: int, n: int) -> None:
+    """n images numbered from ``first`` (those below the base's size are in it)."""
+    (root / "images").mkdir(parents=True)
+    with open(root / "points.jsonl", "w") as fh:
+        for i in range(first, first + n):
+            (root / f"images/{i:06d}.png").write_bytes(_tiny_png(i))
+            fh.write(json.dumps({"image": f"images/{i:06d}.png", "label": "spot",
+                                 "units": "pixels", "points": [{"x": 4, "y": 3}],
+                                 "annotator": "a1"}) + "\n")
+
+
+def inspect(dataset: str) -> None:
+    import contextlib
+
+    from pipelines.cli import main
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        main(["inspect", dataset])
+
+
+def extend_memory(n: int, engines: list[str], tmp: str) -> None:
+    """Driver peak RSS of inspect and of an extend by 1,000 images, on bases of
+    N/10 and N samples."""
+    print(f"driver peak RSS, MiB, base of {n // 10} -> {n} samples; extend adds 1,000 images, "
+          "100 of them in the base already")
+    results: dict[str, list[float]] = {}
+    for size in (n // 10, n):
+        base, raw = Path(tmp, f"base-{size}"), Path(tmp, f"extend-raw-{size}")
+        start = time.perf_counter()
+        make_base(base, size)
+        make_extend_raw(raw, size - 100, 1000)
+        print(f"base of {size} samples written in {time.perf_counter() - start:.0f} s")
+        scratch = Path(tmp, "scratch")  # measure removes its out folder
+        scratch.mkdir()
+        results.setdefault("inspect", []).append(
+            measure("inspect", raw, scratch, f"inspect({str(base)!r})").driver_rss_mib)
+        for name in engines:
+            out = Path(tmp, f"extend-{name}")
+            shutil.copytree(base, out)
+            run = measure(name, raw, out, f"engine({name!r}, {str(raw)!r}, {str(out)!r}, "
+                                          "mode='extend')")
+            results.setdefault(f"extend {name}", []).append(run.driver_rss_mib)
+        shutil.rmtree(base)
+    for what, (small, large) in results.items():
+        print(f"{what:22s} {small:6.0f} -> {large:6.0f}")
+
+
 def _load() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
@@ -173,11 +264,17 @@ def main() -> None:
     parser.add_argument("--engines", default=",".join(ENGINES))
     parser.add_argument("--repeats", type=int, default=1,
                         help="rounds at N, each timing the plain loop and then every engine")
+    parser.add_argument("--extend", action="store_true",
+                        help="driver memory of inspect and --mode extend on a base of N/10 "
+                             "and N samples, instead of throughput")
     args = parser.parse_args()
     engines = args.engines.split(",")
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, python "
           f"{platform.python_version()}")
     with tempfile.TemporaryDirectory() as tmp:
+        if args.extend:
+            extend_memory(args.n, engines, tmp)
+            return
         small, large = Path(tmp, "raw-small"), Path(tmp, "raw-large")
         make_raw(small, args.n // 10, seed=1)
         make_raw(large, args.n, seed=2)

@@ -53,12 +53,14 @@ MODES = ("resume", "overwrite", "extend")
 @dataclass(frozen=True)
 class BaseKeys:
     """The keys of the dataset being extended, without holding them: each of its
-    shards' key range (from the marker) and a file of the shard's keys in the
-    staging folder, read when a key falls in that range (the last few read are
-    kept). Its size grows with the shards, not the samples."""
+    shards' lowest and highest key and a file of the shard's keys in the staging
+    folder, read when a key falls in that range (the last few read are kept).
+    Its size grows with the shards, not the samples. Builds and imports write
+    each shard's keys in order, so shards' ranges do not overlap and a key
+    leads to one file per build; shards in no key order are all read."""
 
     out_dir: str = ""
-    shards: tuple[tuple[str, str, int, str], ...] = ()  # first key, last key, index, sha256
+    shards: tuple[tuple[str, str, int, str], ...] = ()  # lowest, highest key, index, sha256
 
     def __contains__(self, key: object) -> bool:
         return any(first <= key <= last and key in _shard_keys(self.out_dir, index, sha256)
@@ -129,11 +131,8 @@ def prepare_output(out_dir: str | os.PathLike[str], mode: str) -> Previous:
         description = read_dataset_json(path)
     names = {s["shard"] for s in description["shards"]}
     base = {i: s for i, s in committed.items() if s.shard in names}
-    _stage_keys(out, base)
     return Previous(committed={i: s for i, s in committed.items() if s.shard not in names},
-                    base=base, keys=BaseKeys(os.fspath(out_dir), tuple(
-                        (s.first_key, s.last_key, s.index, s.sha256) for s in base.values()
-                        if s.samples)),
+                    base=base, keys=BaseKeys(os.fspath(out_dir), _stage_keys(out, base)),
                     rejects=description["counts"].get("rejects"),
                     ledger=description.get("ledger", []),
                     failures=description.get("failures_by_reason", {}))
@@ -143,19 +142,25 @@ def _keys_name(index: int) -> str:
     return f"{STAGING}/keys/{index:06d}.txt"
 
 
-def _stage_keys(out: remote.Folder, base: dict[int, ShardStats]) -> None:
-    """Each base shard's keys to a file of the staging folder, streamed from the
-    manifest's key and shard columns (in shard order: one shard's keys in memory)."""
+def _stage_keys(out: remote.Folder, base: dict[int, ShardStats]
+                ) -> tuple[tuple[str, str, int, str], ...]:
+    """Each base shard's keys, sorted, to a file of the staging folder, streamed
+    from the manifest's key and shard columns (in shard order: one shard's keys
+    in memory); returns each shard's lowest and highest key, index and sha256.
+    (A shard's keys need not be in order: ``write_dataset`` keeps its input's.)"""
     index = {s.shard: i for i, s in base.items()}
     staged: set[str] = set()
+    shards = []
     with out.local_copy(MANIFEST) as path:
         for shard, rows in groupby(iter_rows(path, ["key", "shard"]), itemgetter("shard")):
             if shard in staged:
                 raise PixmoError(f"rows of {shard} are not together", file=MANIFEST)
             staged.add(shard)
             if shard in index:
-                out.write_bytes(_keys_name(index[shard]),
-                                "\n".join(r["key"] for r in rows).encode())
+                keys = sorted(r["key"] for r in rows)
+                out.write_bytes(_keys_name(index[shard]), "\n".join(keys).encode())
+                shards.append((keys[0], keys[-1], index[shard], base[index[shard]].sha256))
+    return tuple(shards)
 
 
 def exclude_known(sample: ShardSample, previous: Previous) -> ShardSample | list[Reject]:

@@ -14,8 +14,10 @@ from pixmo.build.parts import PlannedSample
 from pixmo.build.stages import Annotator, check_record, join_sample, plan, read_raw
 from pixmo.dataset.reader import committed_shards, iter_samples
 from pixmo.dataset.tables import read_dataset_json, read_manifest, read_rejects
+from pixmo.dataset.writer import ShardConfig, write_dataset
 from pixmo.errors import PixmoError
 from pixmo.rejects import Reject
+from tests.conftest import make_sample
 from tests.pixmo.build.test_stages import dot, make_raw
 
 
@@ -98,3 +100,15 @@ def test_finish_writes_the_tables_and_checks_the_ledger(tmp_path):
                                      committed_shards(out)[0].sha256),)
     assert (out / ".staging/keys/000000.txt").read_text().split() == [s.key for s in samples]
     assert extended.base == {0: committed_shards(out)[0]}
+
+
+def test_extend_finds_the_keys_of_shards_in_any_key_order(tmp_path):
+    """``write_dataset`` keeps its input's order, so a shard's first and last keys
+    need not bound it: membership looks at the keys themselves."""
+    samples = [make_sample(i) for i in range(12)]
+    write_dataset(tmp_path, samples, name="unsorted", config=ShardConfig(max_samples=5))
+    assert [s.key for s in samples] != sorted(s.key for s in samples)
+    keys = prepare_output(tmp_path, "extend").keys
+    assert all(s.key in keys for s in samples)
+    assert not any(make_sample(i).key in keys for i in range(12, 40))
+    assert len(keys.shards) == 3 and all(low < high for low, high, _, _ in keys.shards)
