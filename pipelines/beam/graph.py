@@ -6,7 +6,8 @@ stages run on that many local processes (``pipelines.beam.pool``). Any other Bea
 option passes through: FnApiRunner's own ``--direct_running_mode=multi_processing``,
 or ``--runner DataflowRunner --project …`` and ``--runner FlinkRunner
 --flink_master …`` to run the same graph on a cluster (there ``workers`` stays
-1: each core already runs its own Beam worker).
+1: each core already runs its own Beam worker; ``pipelines.beam.staging`` hands
+the workers the toolkit's wheel).
 
 Three groupings, each as lean as the data allows: records by image
 reference (an image is read once however many records name it), image parts
@@ -36,7 +37,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms.window import GlobalWindows
 
-from pipelines.beam import pool, progress, shuffle
+from pipelines.beam import pool, progress, shuffle, staging
 from pixmo import build
 from pixmo.dataset.cutting import ShardCutter
 from pixmo.errors import PixmoError
@@ -306,6 +307,7 @@ def run(cfg: build.BuildConfig, out_dir: str, beam_args: Sequence[str] = (),
         raise PixmoError("--workers is for the local in-memory runner; a cluster or "
                          "multi-processing runner already runs a Beam worker per core",
                          field="workers")
+    options = staging.for_workers(_runner_args(beam_args))  # remote workers: the wheel
     with contextlib.ExitStack() as stack:
         if workers > 1:
             stack.enter_context(pool.shared_workers())
@@ -313,7 +315,7 @@ def run(cfg: build.BuildConfig, out_dir: str, beam_args: Sequence[str] = (),
         previous = build.prepare_output(out_dir, mode)
         spills = (stack.enter_context(shuffle.SpillFolder(shuffle_dir))
                   if runs_locally(beam_args) else None)
-        p = beam.Pipeline(options=PipelineOptions(_runner_args(beam_args)))
+        p = beam.Pipeline(options=PipelineOptions(options))
         _graph(p, cfg, out_dir, files, previous, workers, spills)
         p.run().wait_until_finish()
 
