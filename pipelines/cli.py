@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pixmo.command_line import command_parser, run_command
-from pixmo.errors import PixmoError
+from pixmo.errors import ConfigError, PixmoError
 
 if TYPE_CHECKING:
     from pixmo.command_line import Subcommands
@@ -146,9 +146,11 @@ def cmd_build(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
             raise PixmoError(f"unrecognized arguments for --engine ray: {' '.join(beam_args)}")
         from pipelines import ray as ray_engine
 
-        ray_engine.run(cfg, args.out, address=args.ray_address, concurrency=args.workers,
-                       num_gpus=args.gpus_per_worker, mode=args.mode)
+        ray_engine.run(cfg, args.out, address=args.ray_address, workers=args.workers,
+                       gpus_per_worker=args.gpus_per_worker, mode=args.mode)
     else:
+        if args.gpus_per_worker:
+            raise ConfigError("is for --engine ray", field="gpus_per_worker")
         from pipelines.beam import graph as beam
         from pipelines.beam.progress import Progress
 
@@ -305,7 +307,8 @@ def _add_build(sub: Subcommands) -> None:
                    "extend: add new images as new shards")
     p.add_argument("--workers", type=_number(int, 1), default=1,
                    help="Beam: local processes for the image, annotation (Whisper) and "
-                   "shard-writing stages; Ray: transcription actors")
+                   "shard-writing stages; Ray: transcription actors, at most the cluster's "
+                   "CPUs")
     p.add_argument("--progress-interval", type=_number(float, 0, strict=True), default=10.0,
                    help="Beam: seconds between progress lines when stderr is not a terminal")
     p.add_argument("--shuffle-dir", default=None,
@@ -322,7 +325,8 @@ def _add_build(sub: Subcommands) -> None:
     p.add_argument("--shard-bytes", type=int, default=1 << 30)
     p.set_defaults(handler=cmd_build, passthrough=True,
                    options={**SPEECH_OPTIONS, "ShardConfig.max_samples": "--shard-samples",
-                            "ShardConfig.max_bytes": "--shard-bytes"})
+                            "ShardConfig.max_bytes": "--shard-bytes", "workers": "--workers",
+                            "gpus_per_worker": "--gpus-per-worker"})
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,24 +2,28 @@
 
 Starts Ray locally unless ``address`` names a cluster (``ray://…`` or
 ``auto``). Transcription runs in an actor pool, one loaded Whisper model per
-actor, with ``concurrency`` actors and ``num_gpus`` GPUs each (Ray Data shows
-its own progress bars; stage times are the driver's wall clock, since Ray runs
-the stages between two materialisations as one pipeline). Rows carry the
+actor, with ``workers`` actors and ``gpus_per_worker`` GPUs each; the pool
+never reserves the CPUs the other stages' tasks need (``actor_resources``), and
+a setting the cluster cannot run is refused before the build starts (Ray Data
+shows its own progress bars; stage times are the driver's wall clock, since Ray
+runs the stages between two materialisations as one pipeline). Rows carry the
 stage objects in one column, so the stages stay plain functions; rejects ride
 along untouched (grouped under an empty key) and are collected at the end.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import ray
 
 from pixmo import build
+from pixmo.errors import ConfigError
 from pixmo.images import LoadedImage
 from pixmo.rejects import Reject
 
@@ -112,13 +116,54 @@ def _write(batch: Batch, plan: build.ShardPlan, out_dir: str, cfg: build.BuildCo
                                        previous.committed.get(index))])
 
 
+def actor_resources(workers: int, gpus_per_worker: float,
+                    nodes: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """What each of ``workers`` transcription actors reserves on a cluster of ``nodes``
+    (each node's resources), or a ``ConfigError`` naming the setting it cannot run.
+
+    Every other stage runs as tasks of one CPU, so the pool together reserves at most
+    the cluster's CPUs less one per node (then some node always has a CPU free for a
+    task: were every node's free share below one, they would add up to less than the
+    number of nodes), and each actor at most one CPU; on one CPU the actors reserve
+    none. An actor is a process, so there are at most as many as CPUs. GPUs are whole
+    units a fraction may share, so ``gpus_per_worker`` is below one or a whole number,
+    and the actors must fit the nodes' GPUs, node by node."""
+    cpus = sum(node.get("CPU", 0.0) for node in nodes)
+    if workers < 1 or workers > cpus:
+        raise ConfigError(f"must be between 1 and the Ray cluster's {cpus:g} CPUs (one "
+                          f"transcription actor each), got {workers}", field="workers")
+    if gpus_per_worker < 0 or (gpus_per_worker > 1 and not float(gpus_per_worker).is_integer()):
+        raise ConfigError("must be a share of one GPU (0 to 1) or a whole number of GPUs, "
+                          f"got {gpus_per_worker:g}", field="gpus_per_worker")
+    if gpus_per_worker and not any(node.get("GPU") for node in nodes):
+        raise ConfigError(f"is {gpus_per_worker:g} but the Ray cluster has no GPUs",
+                          field="gpus_per_worker")
+    if gpus_per_worker:
+        fit = sum(math.floor(node.get("GPU", 0.0) / gpus_per_worker + 1e-9) for node in nodes)
+        if fit < workers:
+            gpus = "+".join(f"{node.get('GPU', 0.0):g}" for node in nodes)
+            raise ConfigError(f"{gpus_per_worker:g} for each of {workers} workers does not fit "
+                              f"the Ray cluster's GPUs ({gpus} on {len(nodes)} node(s)): "
+                              f"{fit} fit", field="gpus_per_worker")
+    spare = cpus - sum(1 for node in nodes if node.get("CPU", 0.0) >= 1)
+    return {"num_cpus": math.floor(max(0.0, min(1.0, spare / workers)) * 1e4) / 1e4,
+            "num_gpus": gpus_per_worker}
+
+
+def _alive_nodes() -> list[dict[str, float]]:
+    return [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+
+
 def run(cfg: build.BuildConfig, out_dir: str, *, address: str | None = None,
-        num_cpus: int | None = None, concurrency: int = 1, num_gpus: float = 0,
+        num_cpus: int | None = None, workers: int = 1, gpus_per_worker: float = 0,
         mode: str = "resume") -> None:
-    """Build ``out_dir`` from ``cfg.raw_dir`` with Ray Data."""
+    """Build ``out_dir`` from ``cfg.raw_dir`` with Ray Data, ``workers`` transcription
+    actors with ``gpus_per_worker`` GPUs each (refused before anything is written where
+    the cluster cannot run them)."""
     if not ray.is_initialized():
         ray.init(address=address, num_cpus=num_cpus, include_dashboard=False,
                  log_to_driver=False)
+    actor = actor_resources(workers, gpus_per_worker, _alive_nodes())
     files = build.input_files(cfg.raw_dir)
     previous = build.prepare_output(out_dir, mode)
     parts = max(1, int(ray.available_resources().get("CPU", 1)))
@@ -133,8 +178,8 @@ def run(cfg: build.BuildConfig, out_dir: str, *, address: str | None = None,
     joined = (records.groupby(KEY, num_partitions=parts)
               .map_groups(lambda b: _resolve(b, cfg, out_dir), batch_format="numpy")
               .map_batches(_Annotate, fn_constructor_args=(cfg,), batch_size=8,
-                           batch_format="numpy", concurrency=concurrency,
-                           num_gpus=num_gpus or None)
+                           batch_format="numpy", concurrency=workers,
+                           num_cpus=actor["num_cpus"], num_gpus=actor["num_gpus"] or None)
               .groupby(KEY, num_partitions=parts)
               .map_groups(lambda b: _join(b, cfg, previous), batch_format="numpy")
               .materialize())

@@ -32,6 +32,8 @@ PIXMO = [
      "argument --progress-interval: must be > 0, got 0"),
     (["build", "--raw", "{raw}", "--out", "{out}", "--gpus-per-worker", "-1"],
      "argument --gpus-per-worker: must be >= 0, got -1"),
+    (["build", "--raw", "{raw}", "--out", "{out}", "--gpus-per-worker", "1"],
+     "--gpus-per-worker is for --engine ray"),
     (["build", "--raw", "{raw}", "--out", "{out}", "--shard-samples", "many"],
      "argument --shard-samples: invalid int value: 'many'"),
     (["build", "--raw", "{raw}", "--out", "{out}", "--engine", "spark"],

@@ -1,5 +1,7 @@
 """The Ray Data graph's batch functions (``pipelines.ray``), called on plain numpy batches
-as Ray would call them; the whole Ray build against Beam's is in ``test_build.py``."""
+as Ray would call them; the transcription actors' resources on clusters of every shape; a
+build with a transcription actor per CPU of the test session's Ray, and the settings it
+refuses before starting (the default Ray build against Beam's is in ``test_build.py``)."""
 
 from __future__ import annotations
 
@@ -7,12 +9,16 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from pipelines import ray as ray_engine
+from pipelines.cli import main
 from pixmo.build import BuildConfig
+from pixmo.errors import ConfigError
 from pixmo.images import LoadedImage
 from pixmo.rejects import Reject
-from tests.pipelines.conftest import make_raw
+from tests.one_line import assert_error_in_process
+from tests.pipelines.conftest import assert_same_build, config, make_raw
 
 
 def _records(tmp_path: Path) -> tuple[BuildConfig, ray_engine.Batch]:
@@ -69,3 +75,70 @@ def test_summary_keeps_rejects_whole_and_samples_small():
     batch = ray_engine._batch([reject, (Planned(), ["points.jsonl"], ["transcription_failed"])])
     assert list(ray_engine._summary(batch)[ray_engine.OBJ]) == [
         reject, ("k1", 4096, ["points.jsonl"], ["transcription_failed"])]
+
+
+def _node(cpus: float, gpus: float = 0) -> dict[str, float]:
+    return {"CPU": cpus, "GPU": gpus, "memory": 1e9}
+
+
+@pytest.mark.parametrize(("workers", "gpus", "nodes", "reserved"), [
+    (1, 0, [_node(2)], {"num_cpus": 1.0, "num_gpus": 0}),
+    (2, 0, [_node(2)], {"num_cpus": 0.5, "num_gpus": 0}),  # one CPU left for the tasks
+    (1, 0, [_node(1)], {"num_cpus": 0.0, "num_gpus": 0}),
+    (3, 0, [_node(16)], {"num_cpus": 1.0, "num_gpus": 0}),
+    (3, 0, [_node(4)], {"num_cpus": 1.0, "num_gpus": 0}),
+    (4, 0, [_node(4), _node(4)], {"num_cpus": 1.0, "num_gpus": 0}),
+    (8, 0, [_node(4), _node(4)], {"num_cpus": 0.75, "num_gpus": 0}),
+    (3, 0, [_node(0), _node(4)], {"num_cpus": 1.0, "num_gpus": 0}),  # a head without CPUs
+    (2, 0.5, [_node(2, gpus=1)], {"num_cpus": 0.5, "num_gpus": 0.5}),
+    (2, 2, [_node(8, gpus=2), _node(8, gpus=2)], {"num_cpus": 1.0, "num_gpus": 2}),
+])
+def test_the_actor_pool_leaves_a_cpu_free_on_some_node(workers, gpus, nodes, reserved):
+    assert ray_engine.actor_resources(workers, gpus, nodes) == reserved
+    cpus = sum(n["CPU"] for n in nodes)
+    assert workers * reserved["num_cpus"] <= cpus - sum(n["CPU"] >= 1 for n in nodes)
+
+
+@pytest.mark.parametrize(("workers", "gpus", "nodes", "says"), [
+    (0, 0, [_node(2)], "workers must be between 1 and the Ray cluster's 2 CPUs (one "
+     "transcription actor each), got 0"),
+    (3, 0, [_node(2)], "workers must be between 1 and the Ray cluster's 2 CPUs (one "
+     "transcription actor each), got 3"),
+    (1, 1.5, [_node(2, gpus=2)], "gpus_per_worker must be a share of one GPU (0 to 1) or a "
+     "whole number of GPUs, got 1.5"),
+    (1, 1, [_node(2)], "gpus_per_worker is 1 but the Ray cluster has no GPUs"),
+    (3, 0.6, [_node(8, gpus=1), _node(8, gpus=1)], "gpus_per_worker 0.6 for each of 3 workers "
+     "does not fit the Ray cluster's GPUs (1+1 on 2 node(s)): 2 fit"),  # one per GPU
+])
+def test_refusals_say_which_setting_and_why(workers, gpus, nodes, says):
+    with pytest.raises(ConfigError) as caught:
+        ray_engine.actor_resources(workers, gpus, nodes)
+    assert str(caught.value) == says
+
+
+def test_a_transcription_actor_per_cpu_builds_what_beam_builds(beam_build, tmp_path,
+                                                               ray_session):
+    """As many Whisper actors as the cluster has CPUs: the pool reserves part of a CPU
+    each, the other stages' tasks still run, and the bytes are Beam's."""
+    raw = make_raw(tmp_path / "raw")
+    cpus = int(ray_session.cluster_resources()["CPU"])
+    ray_engine.run(config(raw), str(tmp_path / "out"), workers=cpus)
+    assert_same_build(tmp_path / "out", beam_build)
+
+
+@pytest.mark.parametrize(("flags", "says"), [
+    (["--workers", "{too_many}"], "--workers must be between 1 and the Ray cluster's {cpus} "
+     "CPUs (one transcription actor each), got {too_many}"),
+    (["--gpus-per-worker", "1"], "--gpus-per-worker is 1 but the Ray cluster has no GPUs"),
+    (["--gpus-per-worker", "2.5"], "--gpus-per-worker must be a share of one GPU (0 to 1) or "
+     "a whole number of GPUs, got 2.5"),
+])
+def test_the_cli_refuses_what_the_cluster_cannot_run_before_starting(tmp_path, capsys,
+                                                                       ray_session, flags,
+                                                                       says):
+    cpus = int(ray_session.cluster_resources()["CPU"])
+    paths = {"raw": str(make_raw(tmp_path / "raw")), "out": str(tmp_path / "out"),
+             "cpus": str(cpus), "too_many": str(cpus + 1)}
+    argv = ["build", "--engine", "ray", "--raw", "{raw}", "--out", "{out}", *flags]
+    assert_error_in_process(main, "pixmo", (argv, says.format(**paths)), paths, capsys)
+    assert not (tmp_path / "out").exists()
