@@ -11,9 +11,10 @@ kept equal by a test.
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter
-from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
 
@@ -70,11 +71,35 @@ class Reject:
         return row
 
 
+def _input_order(reject: Reject) -> tuple[str, int, str, str]:
+    record = reject.record
+    return reject.source, int(record) if record.isdigit() else 0, record, reject.stage
+
+
 def reject_rows(rejects: Iterable[Reject]) -> list[dict[str, str]]:
     """Rows of ``rejects.parquet`` in input order (file, then record number), whatever
     order the engine or the downloads produced them in."""
-    return [r.to_row() for r in sorted(rejects, key=lambda r: (
-        r.source, int(r.record) if r.record.isdigit() else 0, r.record, r.stage))]
+    return [r.to_row() for r in sorted(rejects, key=_input_order)]
+
+
+def merge_runs(runs: Iterable[Iterable[Reject]]) -> Iterator[Reject]:
+    """Rejects in input order from runs each already in that order (one per
+    partition, say, sorted where it was made): one reject per run in memory."""
+    return heapq.merge(*runs, key=_input_order)
+
+
+@dataclass
+class Tally:
+    """Reject rows counted by input file and by reason as they stream past."""
+
+    by_source: Counter[str] = field(default_factory=Counter)
+    by_reason: Counter[str] = field(default_factory=Counter)
+
+    def count(self, rows: Iterable[dict[str, str]]) -> Iterator[dict[str, str]]:
+        for row in rows:
+            self.by_source[row["source"]] += 1
+            self.by_reason[row["reason"]] += 1
+            yield row
 
 
 def by_reason(rows: Iterable[Mapping[str, str]]) -> dict[str, int]:

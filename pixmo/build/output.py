@@ -43,7 +43,7 @@ from pixmo.dataset.reader import committed_shards
 from pixmo.dataset.tables import describe, iter_rows, manifest_row, read_dataset_json, write_tables
 from pixmo.dataset.writer import tar_digest, write_shard
 from pixmo.errors import PixmoError
-from pixmo.rejects import Reason, Reject, by_reason, ledger, reject_rows
+from pixmo.rejects import Reason, Reject, Tally, ledger, reject_rows
 
 log = logging.getLogger(__name__)
 
@@ -238,41 +238,45 @@ def _manifest_rows(out: remote.Folder, stats: Sequence[ShardStats], previous: Pr
 def finish(out_dir: str | os.PathLike[str], cfg: BuildConfig, engine: str,
            written: Sequence[ShardStats], rejects: Iterable[Reject], read: Counter[str],
            accepted: Counter[str], failures: Counter[str], previous: Previous,
-           stage_seconds: dict[str, float] | None = None) -> dict[str, Any]:
-    """Write manifest, rejects and dataset.json (last); check the ledger identity.
-    ``failures`` counts, by reason, what this run's samples record in their
-    ``failures``: their records are accepted, so they are counted apart. The
-    tables stream to their files; the extended dataset's rows are copied over
-    from its own tables, and only counts are kept."""
+           stage_seconds: dict[str, float] | None = None, *,
+           in_order: bool = False) -> dict[str, Any]:
+    """Write manifest, rejects and dataset.json (last); check the ledger identity
+    before dataset.json. ``failures`` counts, by reason, what this run's samples
+    record in their ``failures``: their records are accepted, so they are counted
+    apart. The tables stream to their files: rejects ``in_order`` (input order,
+    e.g. ``merge_runs`` of per-partition runs) are never held, others are sorted
+    here; the extended dataset's rows are copied from its own tables."""
     out = remote.Folder(os.fspath(out_dir))
-    rows = reject_rows(rejects)
-    books = ledger(read, accepted, Counter(r["source"] for r in rows))
     stats = sorted([*previous.base.values(), *written], key=attrgetter("index"))
     for stale in set(previous.committed) - {s.index for s in stats}:
         # an earlier run's shard beyond this run's assignment: unmark, then remove
         tar = f"{SHARDS_DIR}/{previous.committed[stale].shard}"
         out.remove(tar.removesuffix(".tar") + ".json")
         out.remove(tar)
+    new, kept = Tally(), Tally()
+    rows = new.count(map(Reject.to_row, rejects) if in_order else reject_rows(rejects))
+
+    def description() -> dict[str, Any]:  # once the rejects have streamed past
+        books = ledger(read, accepted, new.by_source)
+        reasons = kept.by_reason + new.by_reason
+        body = describe(cfg.name, stats, engine=engine, build_config=cfg.to_json(),
+                        ledger=[*previous.ledger, *books],
+                        rejects_by_reason=dict(sorted(reasons.items())))
+        body["counts"]["rejects"] = sum(reasons.values())
+        failed = Counter(previous.failures) + failures
+        body["counts"]["failures"] = sum(failed.values())
+        body["failures_by_reason"] = dict(sorted(failed.items()))
+        if stage_seconds is not None:
+            body["stage_seconds"] = {k: round(v, 3) for k, v in sorted(stage_seconds.items())}
+        return body
+
     with contextlib.ExitStack() as stack:
-        old_manifest = old_rejects = None
+        old_manifest = None
         if previous.base:  # extend: the dataset's own tables, read as they are replaced
             old_manifest = stack.enter_context(out.local_copy(MANIFEST))
-            old_rejects = stack.enter_context(out.local_copy(REJECTS))
-        kept = Counter(r["reason"] for r in iter_rows(old_rejects, ["reason"], previous.rejects)
-                       ) if old_rejects else Counter()
-        reasons = kept + Counter(by_reason(rows))
-        description = describe(cfg.name, stats, engine=engine, build_config=cfg.to_json(),
-                               ledger=[*previous.ledger, *books],
-                               rejects_by_reason=dict(sorted(reasons.items())))
-        description["counts"]["rejects"] = sum(reasons.values())
-        failed = Counter(previous.failures) + failures
-        description["counts"]["failures"] = sum(failed.values())
-        description["failures_by_reason"] = dict(sorted(failed.items()))
-        if stage_seconds is not None:
-            description["stage_seconds"] = {k: round(v, 3)
-                                            for k, v in sorted(stage_seconds.items())}
-        old = iter_rows(old_rejects, limit=previous.rejects) if old_rejects else iter(())
-        write_tables(out_dir, _manifest_rows(out, stats, previous, old_manifest),
-                     itertools.chain(old, rows), description)
+            old = iter_rows(stack.enter_context(out.local_copy(REJECTS)), limit=previous.rejects)
+            rows = itertools.chain(kept.count(old), rows)
+        written_description = write_tables(out_dir, _manifest_rows(
+            out, stats, previous, old_manifest), rows, description)
     out.remove_tree(STAGING)
-    return description
+    return written_description

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -141,16 +141,21 @@ def read_dataset_json(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def write_tables(out_dir: str | os.PathLike[str], manifest: Iterable[dict[str, Any]],
-                 rejects: Iterable[dict[str, str]], description: dict[str, Any]) -> None:
+                 rejects: Iterable[dict[str, str]],
+                 description: dict[str, Any] | Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """Finish a dataset folder (a path or URL) whose shards are committed: the manifest,
-    the rejects, then ``dataset.json`` last, so a folder with a dataset.json is whole."""
+    the rejects, then ``dataset.json`` last, so a folder with a dataset.json is whole.
+    ``description`` may be a function, called once the tables are written (for
+    counts taken as their rows streamed past); returns the body written."""
     out = Folder(os.fspath(out_dir))
     with out.local_target(MANIFEST) as path:
         write_manifest(manifest, path)
     with out.local_target(REJECTS) as path:
         write_rejects(rejects, path)
+    body = description() if callable(description) else description
     with out.local_target(DATASET_JSON) as path:
-        write_dataset_json(description, path)
+        write_dataset_json(body, path)
+    return body
 
 
 def describe(name: str, stats: list[ShardStats], **extra: Any) -> dict[str, Any]:

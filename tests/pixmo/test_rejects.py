@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 
 from pixmo.errors import PixmoError
-from pixmo.rejects import Reason, Reject, by_reason, ledger, reject_rows
+from pixmo.rejects import Reason, Reject, Tally, by_reason, ledger, merge_runs, reject_rows
 
 
 def _reject(source: str, record: str, reason: Reason = Reason.INVALID_RECORD,
@@ -26,6 +26,20 @@ def test_reject_rows_are_in_input_order_whatever_order_they_came_in():
     assert rows == reject_rows(rejects[::-1])
     assert rows[1] == {"stage": "image", "reason": "empty_label", "detail": "detail",
                        "source": "points.jsonl", "record": "9"}
+
+
+def test_runs_in_input_order_merge_to_the_rows_of_one_sort():
+    """Per-partition runs, each sorted where it was made, merge lazily into the
+    order ``reject_rows`` gives the whole list; a tally counts them passing by."""
+    rejects = [_reject(f"f{i % 3}.jsonl", str(i), Reason.SILENCE if i % 4 else
+                       Reason.INVALID_RECORD) for i in range(30)]
+    runs = [reject_rows(rejects[i::4]) for i in range(4)]
+    merged = merge_runs([(Reject(**{**r, "reason": Reason(r["reason"])}) for r in run)
+                         for run in runs])
+    tally = Tally()
+    assert list(tally.count(r.to_row() for r in merged)) == reject_rows(rejects)
+    assert tally.by_source == Counter(r.source for r in rejects)
+    assert tally.by_reason == Counter({"silence": 22, "invalid_record": 8})
 
 
 def test_by_reason_counts_rows_in_reason_order():

@@ -16,7 +16,7 @@ from pixmo.dataset.reader import committed_shards, iter_samples
 from pixmo.dataset.tables import read_dataset_json, read_manifest, read_rejects
 from pixmo.dataset.writer import ShardConfig, write_dataset
 from pixmo.errors import PixmoError
-from pixmo.rejects import Reject
+from pixmo.rejects import Reason, Reject, merge_runs
 from tests.conftest import make_sample
 from tests.pixmo.build.test_stages import dot, make_raw
 
@@ -112,3 +112,26 @@ def test_extend_finds_the_keys_of_shards_in_any_key_order(tmp_path):
     assert all(s.key in keys for s in samples)
     assert not any(make_sample(i).key in keys for i in range(12, 40))
     assert len(keys.shards) == 3 and all(low < high for low, high, _, _ in keys.shards)
+
+
+def test_rejects_handed_over_in_order_stream_to_the_same_bytes(tmp_path):
+    """``in_order``: the engine hands over per-partition runs merged in input order;
+    the rejects file and dataset.json are those of the whole list sorted here."""
+    outputs = []
+    for in_order in (False, True):
+        out = tmp_path / f"out-{in_order}"
+        cfg, samples, rejects = planned_samples(tmp_path / f"raw-{in_order}", out)
+        more = [Reject("read", Reason.INVALID_RECORD, "not JSON", "points.jsonl", str(i))
+                for i in (7, 5, 9)]
+        everything = [*more, *rejects]
+        handed = merge_runs([sorted(everything[::2], key=lambda r: int(r.record)),
+                             sorted(everything[1::2], key=lambda r: int(r.record))]
+                            ) if in_order else everything
+        written = [write_or_keep(0, samples, out, cfg, None)]
+        description = finish(out, cfg, "local", written, handed, Counter({"points.jsonl": 6}),
+                             Counter({"points.jsonl": 2}), Counter(),
+                             prepare_output(out, "resume"), in_order=in_order)
+        assert description["counts"]["rejects"] == 4
+        outputs.append(((out / "rejects.parquet").read_bytes(), description["ledger"],
+                        description["rejects_by_reason"]))
+    assert outputs[0] == outputs[1]
