@@ -161,6 +161,8 @@ def run(cfg: build.BuildConfig, out_dir: str, *, address: str | None = None,
     actors with ``gpus_per_worker`` GPUs each (refused before anything is written where
     the cluster cannot run them)."""
     if not ray.is_initialized():
+        if address is None:  # a Ray of this machine's CPUs: refused before Ray starts
+            actor_resources(workers, 0, [{"CPU": num_cpus or ray._private.utils.get_num_cpus()}])
         ray.init(address=address, num_cpus=num_cpus, include_dashboard=False,
                  log_to_driver=False)
     actor = actor_resources(workers, gpus_per_worker, _alive_nodes())

@@ -17,7 +17,7 @@ from pixmo.build import BuildConfig
 from pixmo.errors import ConfigError
 from pixmo.images import LoadedImage
 from pixmo.rejects import Reject
-from tests.one_line import assert_error_in_process
+from tests.one_line import assert_error_in_process, assert_error_in_shell
 from tests.pipelines.conftest import assert_same_build, config, make_raw
 
 
@@ -141,4 +141,16 @@ def test_the_cli_refuses_what_the_cluster_cannot_run_before_starting(tmp_path, c
              "cpus": str(cpus), "too_many": str(cpus + 1)}
     argv = ["build", "--engine", "ray", "--raw", "{raw}", "--out", "{out}", *flags]
     assert_error_in_process(main, "pixmo", (argv, says.format(**paths)), paths, capsys)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_ray_of_this_machine_is_refused_before_it_starts(tmp_path):
+    """Without a cluster to join, the CPUs Ray would start with are known before it
+    starts: the refusal is the only line, no Ray banner before it."""
+    too_many = str(ray_engine.ray._private.utils.get_num_cpus() + 1)
+    paths = {"raw": str(make_raw(tmp_path / "raw")), "out": str(tmp_path / "out")}
+    argv = ["build", "--engine", "ray", "--raw", "{raw}", "--out", "{out}", "--workers",
+            too_many]
+    assert_error_in_shell("pixmo", (argv, f"--workers must be between 1 and the Ray cluster's "
+                                          f"{int(too_many) - 1} CPUs"), paths)
     assert not (tmp_path / "out").exists()
