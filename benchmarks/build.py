@@ -91,8 +91,7 @@ ENGINES = {
                           "--direct_num_workers=2"], 1),
     "beam-threads2": ("beam", ["--direct_running_mode=multi_threading",
                                "--direct_num_workers=2"], 1),
-    "ray": ("ray", [], 1),  # Ray on every core; --workers: transcription actors
-    "ray-workers2": ("ray", [], 2),
+    "ray": ("ray", [], 2),
 }
 
 
@@ -108,7 +107,7 @@ def engine(name: str, raw: str, out: str, mode: str = "resume") -> None:
     else:
         from pipelines import ray as ray_engine
 
-        ray_engine.run(cfg, out, workers=workers, mode=mode)
+        ray_engine.run(cfg, out, num_cpus=workers, mode=mode)
 
 
 def _tree_pss_mib(root: int) -> dict[int, float]:
@@ -138,7 +137,9 @@ def _tree_pss_mib(root: int) -> dict[int, float]:
 @dataclass
 class Run:
     seconds: float
-    driver_rss_mib: float  # peak RSS of the driver process (getrusage)
+    # peak RSS of the driver process: VmHWM, not getrusage's ru_maxrss, which keeps
+    # the peak of the parent it was forked from across exec
+    driver_rss_mib: float
     tree_pss_mib: float  # peak PSS of the driver and every process under it, sampled
     # each process's own peak PSS, added up: a bound on the tree's peak that does not
     # depend on how long a run gives the processes' peaks to coincide
@@ -148,11 +149,12 @@ class Run:
 def measure(what: str, raw: Path, out: Path, call: str | None = None) -> Run:
     """One run in a fresh process, timed from outside (start-up included);
     ``call`` (Python, run after the imports) replaces the plain loop or engine."""
-    code = (f"import sys, resource; sys.path.insert(0, {str(REPO)!r}); "
+    code = (f"import sys; sys.path.insert(0, {str(REPO)!r}); "
             "from benchmarks.build import plain, engine, inspect; ")
     code += call or (f"plain({str(raw)!r}, {str(out)!r})" if what == "plain" else
                      f"engine({what!r}, {str(raw)!r}, {str(out)!r})")
-    code += "; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    code += ("; print(next(line.split()[1] for line in open('/proc/self/status') "
+             "if line.startswith('VmHWM:')))")
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
