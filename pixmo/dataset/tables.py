@@ -27,7 +27,7 @@ from pixmo.errors import PixmoError
 from pixmo.remote import Folder
 from pixmo.schema import load_schema, validate
 
-REJECTS_ROW_GROUP = 65536  # rejects.parquet: one row group up to this many rejects
+REJECTS_ROW_GROUP = 1024  # rows per row group of rejects.parquet, as of the manifest
 
 
 def manifest_row(sample: ShardSample, shard: str) -> dict[str, Any]:
@@ -91,28 +91,31 @@ def read_manifest(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 
 def iter_rows(path: str | os.PathLike[str], columns: Sequence[str] | None = None,
-              limit: int | None = None, batch: int = 1024) -> Iterator[dict[str, Any]]:
-    """The rows of a table (manifest or rejects) in file order, ``batch`` at a
-    time and only ``columns`` (all when None), the first ``limit`` (all when
-    None): a table of any length is read in bounded memory."""
+              limit: int | None = None) -> Iterator[dict[str, Any]]:
+    """The rows of a table (manifest or rejects) in file order, one row group at
+    a time and only ``columns`` (all when None), the first ``limit`` (all when
+    None): a table of any length is read in the memory of its largest row group.
+    (Row group by row group: ``iter_batches`` reads ahead, and its peak grows
+    with the file.)"""
     import pyarrow.parquet as pq
 
     left = limit
     with pq.ParquetFile(path) as table:
-        for part in table.iter_batches(batch_size=batch, columns=columns):
-            rows = part.to_pylist()
+        for group in range(table.num_row_groups):
+            if left is not None and left <= 0:
+                return
+            rows = table.read_row_group(group, columns=columns).to_pylist()
             if left is not None:
                 rows, left = rows[:left], left - len(rows)
             yield from rows
-            if left is not None and left <= 0:
-                return
 
 
 def write_rejects(rows: Iterable[dict[str, str]], path: str | os.PathLike[str],
                   row_group: int = REJECTS_ROW_GROUP) -> None:
     """Write ``rejects.parquet`` atomically (schema ``reject``), ``row_group``
-    rows in memory at a time; up to ``row_group`` rejects make one row group,
-    the bytes ``pyarrow.parquet.write_table`` would write."""
+    rows in memory at a time. Up to ``row_group`` rejects make one row group,
+    the bytes ``pyarrow.parquet.write_table`` would write (and earlier builds
+    wrote); more make more row groups, where earlier builds wrote one."""
     import pyarrow as pa
 
     names = list(load_schema("reject")["properties"])

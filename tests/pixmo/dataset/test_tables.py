@@ -71,12 +71,12 @@ def test_rejects_stream_in_row_groups_and_keep_their_bytes(tmp_path):
     assert not (tmp_path / "bad.parquet").exists()
 
 
-@pytest.mark.parametrize(("columns", "limit", "batch"), [
-    (None, None, 1024), (["reason"], None, 4), (["record"], 7, 4), (None, 0, 4), (None, 99, 4)])
-def test_iter_rows_reads_columns_and_a_prefix_in_batches(tmp_path, columns, limit, batch):
+@pytest.mark.parametrize(("columns", "limit"), [
+    (None, None), (["reason"], None), (["record"], 7), (None, 0), (None, 10), (None, 99)])
+def test_iter_rows_reads_columns_and_a_prefix_by_row_group(tmp_path, columns, limit):
     rows = _rejects(25)
     tables.write_rejects(rows, tmp_path / "r.parquet", row_group=10)
-    got = list(tables.iter_rows(tmp_path / "r.parquet", columns, limit, batch))
+    got = list(tables.iter_rows(tmp_path / "r.parquet", columns, limit))
     assert got == [{k: r[k] for k in columns or r} for r in rows][:limit]
 
 
