@@ -91,7 +91,8 @@ ENGINES = {
                           "--direct_num_workers=2"], 1),
     "beam-threads2": ("beam", ["--direct_running_mode=multi_threading",
                                "--direct_num_workers=2"], 1),
-    "ray": ("ray", [], 2),
+    "ray": ("ray", [], 1),  # Ray on every core; --workers: transcription actors
+    "ray-workers2": ("ray", [], 2),
 }
 
 
@@ -107,7 +108,7 @@ def engine(name: str, raw: str, out: str, mode: str = "resume") -> None:
     else:
         from pipelines import ray as ray_engine
 
-        ray_engine.run(cfg, out, num_cpus=workers, mode=mode)
+        ray_engine.run(cfg, out, workers=workers, mode=mode)
 
 
 def _tree_pss_mib(root: int) -> dict[int, float]:
