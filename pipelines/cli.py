@@ -296,7 +296,8 @@ def _add_transcribe(sub: Subcommands) -> None:
 
 def _add_build(sub: Subcommands) -> None:
     p = sub.add_parser("build", help="raw annotations to shards with Beam or Ray; unknown "
-                       "flags go to Beam, e.g. --runner DataflowRunner --project P")
+                       "flags go to Beam, e.g. --runner DataflowRunner --project P (a remote "
+                       "runner gets the toolkit's wheel as --extra_package)")
     p.add_argument("--raw", required=True,
                    help="raw input directory, a path or an fsspec URL (s3://, gs://, ...)")
     p.add_argument("--out", required=True,
