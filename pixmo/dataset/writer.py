@@ -158,11 +158,15 @@ class ShardConfig:
 
     max_samples: int = 1000
     max_bytes: int = 1 << 30
+    # a build cuts its keys in ranges of about this many samples, planned apart
+    # (``pixmo.dataset.cutting.partitions``); the one-process writer keeps its input's order
+    partition_samples: int = 100_000
     prefix: str = "pixmo"
     validate_samples: bool = True  # check each sample JSON against the ``sample`` schema
 
     def __post_init__(self) -> None:
-        check_fields(self, max_samples=at_least(1), max_bytes=at_least(BLOCK * 4))
+        check_fields(self, max_samples=at_least(1), max_bytes=at_least(BLOCK * 4),
+                     partition_samples=at_least(1))
         if not re.fullmatch(r"[A-Za-z0-9_-]+", self.prefix):
             raise ConfigError(f"must match [A-Za-z0-9_-]+, got {self.prefix!r}",
                               field="ShardConfig.prefix")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from pixmo.dataset.cutting import ShardCutter, ShardPlan, tar_bytes
+import hashlib
+import random
+
+from pixmo.dataset.cutting import ShardCutter, ShardPlan, partition_of, partitions, tar_bytes
 from pixmo.dataset.tables import read_manifest
 from pixmo.dataset.writer import ShardConfig, tar_digest, write_dataset
 from tests.conftest import make_sample
@@ -71,3 +74,47 @@ def test_the_writer_cuts_where_the_plan_cuts(tmp_path, samples):
     assert [r["shard"] for r in rows] == [f"pixmo-{plan.shard_of(r['key']):06d}.tar"
                                           for r in rows]
     assert plan.shards == 6  # 23 samples, four to a shard by bytes
+
+
+def hex_sizes(n: int, seed: int = 0) -> list[tuple[str, int]]:
+    rng = random.Random(seed)
+    return [(hashlib.sha256(str(i).encode()).hexdigest()[:24], rng.randrange(600, 5000))
+            for i in range(n)]
+
+
+def test_partitions_are_key_ranges_of_about_partition_samples():
+    assert [partitions(n, 100) for n in (0, 1, 100, 101, 1000)] == [1, 1, 1, 2, 10]
+    keys = sorted(k for k, _ in hex_sizes(2000))
+    parts = [partition_of(k, 8) for k in keys]
+    assert parts == sorted(parts) and set(parts) == set(range(8))  # ranges follow key order
+    assert max(parts.count(p) for p in range(8)) < 2000 / 8 * 1.3  # uniform hashes
+    assert partition_of("0" * 24, 8) == 0 and partition_of("f" * 24, 8) == 7
+    assert {partition_of(k, 1) for k in keys} == {0}
+
+
+def test_a_build_cut_in_partitions_is_the_join_of_each_partitions_plan():
+    """Each partition planned alone, by anyone, then joined: the plan of the whole."""
+    sizes = hex_sizes(3000)
+    cfg = ShardConfig(max_samples=70, max_bytes=150_000, partition_samples=500)
+    parts = partitions(len(sizes), cfg.partition_samples)
+    whole = ShardPlan.assign(sizes, cfg, start=3, parts=parts)
+    by_part: dict[int, list[tuple[str, int]]] = {}
+    for key, size in reversed(sizes):
+        by_part.setdefault(partition_of(key, parts), []).append((key, size))
+    joined = ShardPlan.join([(p, ShardPlan.assign(s, cfg, 0).first_keys)
+                             for p, s in random.Random(1).sample(sorted(by_part.items()),
+                                                                   len(by_part))], start=3)
+    assert joined == whole and parts == 6
+    shard_part = {}
+    for key, _ in sizes:  # no shard spans two partitions
+        assert shard_part.setdefault(whole.shard_of(key), partition_of(key, parts)) == \
+            partition_of(key, parts)
+    cutter = ShardCutter(cfg.max_samples, cfg.max_bytes, start=3, parts=parts)
+    assert [whole.shard_of(k) for k, _ in sorted(sizes)] == [cutter.shard_of(n, k)
+                                                            for k, n in sorted(sizes)]
+
+
+def test_one_partition_cuts_as_the_plain_cutter():
+    sizes = hex_sizes(400)
+    cfg = ShardConfig(max_samples=30, partition_samples=400)
+    assert ShardPlan.assign(sizes, cfg, 0, partitions(400, 400)) == ShardPlan.assign(sizes, cfg, 0)
