@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import itertools
 import json
 import logging
@@ -43,11 +44,13 @@ from pixmo.dataset.reader import committed_shards
 from pixmo.dataset.tables import describe, iter_rows, manifest_row, read_dataset_json, write_tables
 from pixmo.dataset.writer import tar_digest, write_shard
 from pixmo.errors import PixmoError
-from pixmo.rejects import Reason, Reject, Tally, ledger, reject_rows
+from pixmo.rejects import Reason, Reject, Tally, ledger, merge_runs, reject_rows
 
 log = logging.getLogger(__name__)
 
 MODES = ("resume", "overwrite", "extend")
+REJECT_RUNS = f"{STAGING}/rejects"
+MAX_OPEN_RUNS = 256  # runs merged at once; more are merged in rounds
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,7 @@ def prepare_output(out_dir: str | os.PathLike[str], mode: str) -> Previous:
         for name in [*out.glob(f"{SHARDS_DIR}/*"), MANIFEST, REJECTS]:
             out.remove(name)  # markers (.json) sort before their tars
         out.remove_tree(STAGING)
+    out.remove_tree(REJECT_RUNS)  # a killed run's: this run stages its own
     out.makedirs(SHARDS_DIR)
     for leftover in out.glob(f"{SHARDS_DIR}/*{PARTIAL_SUFFIX}"):  # killed writers
         out.remove(leftover)
@@ -171,6 +175,57 @@ def exclude_known(sample: ShardSample, previous: Previous) -> ShardSample | list
     return [Reject("join", Reason.ALREADY_IN_DATASET,
                    f"image {sample.json['image']['source']} is sample {sample.key} of an "
                    "earlier build", s["file"], s["record"]) for s in sample.json["sources"]]
+
+
+def stage_rejects(out_dir: str | os.PathLike[str], rejects: Iterable[Reject]) -> int:
+    """Rejects of one piece of work (a bundle, a block), in input order, as a run
+    file of the staging folder that ``staged_rejects`` merges: rejects go to
+    their file, never to the engine's driver. The file is named by its content,
+    so work done twice (a retried bundle) writes the same file again. Returns
+    how many."""
+    rows = reject_rows(rejects)
+    if rows:
+        _write_run(remote.Folder(os.fspath(out_dir)), rows)
+    return len(rows)
+
+
+def _write_run(out: remote.Folder, rows: Iterable[dict[str, str]]) -> None:
+    data = b"".join(json_bytes(row) + b"\n" for row in rows)
+    out.write_bytes(f"{REJECT_RUNS}/{hashlib.sha256(data).hexdigest()[:32]}.jsonl", data)
+
+
+def staged_rejects(out_dir: str | os.PathLike[str]) -> Iterator[Reject]:
+    """Every staged run merged in input order, one line of each open at a time
+    (``finish(..., in_order=True)`` streams them to rejects.parquet). A reject
+    staged twice (work retried and cut differently) comes out once: each input
+    record is rejected at most once."""
+    out = remote.Folder(os.fspath(out_dir))
+    runs = out.glob(f"{REJECT_RUNS}/*.jsonl")
+    while len(runs) > MAX_OPEN_RUNS:  # merge in rounds: never too many files open
+        merged = [runs[i:i + MAX_OPEN_RUNS] for i in range(0, len(runs), MAX_OPEN_RUNS)]
+        for group in merged:
+            _write_run(out, map(Reject.to_row, _merged(out, group)))
+            for name in group:
+                out.remove(name)
+        runs = out.glob(f"{REJECT_RUNS}/*.jsonl")
+    return _merged(out, runs)
+
+
+def _merged(out: remote.Folder, runs: Sequence[str]) -> Iterator[Reject]:
+    last = None
+    for reject in merge_runs(_read_run(out, name) for name in runs):
+        if reject != last:
+            yield reject
+        last = reject
+
+
+def _read_run(out: remote.Folder, name: str) -> Iterator[Reject]:
+    path = out.path(name) if not out.remote else f"{out.url.rstrip('/')}/{name}"
+    with remote.open_url(path) as fh:
+        for line in fh:
+            row = json.loads(line)
+            yield Reject(row["stage"], Reason(row["reason"]), row["detail"], row["source"],
+                         row["record"])
 
 
 def write_or_keep(index: int, samples: Iterable[PlannedSample], out_dir: str | os.PathLike[str],

@@ -135,3 +135,24 @@ def test_rejects_handed_over_in_order_stream_to_the_same_bytes(tmp_path):
         outputs.append(((out / "rejects.parquet").read_bytes(), description["ledger"],
                         description["rejects_by_reason"]))
     assert outputs[0] == outputs[1]
+
+
+def test_staged_reject_runs_merge_in_input_order_once_each(tmp_path, monkeypatch):
+    """Runs staged by any worker in any order (one twice, one cut differently when
+    retried) come back merged in input order, each reject once, however many runs
+    (merged in rounds when more than can be open at once)."""
+    from pixmo.build import output
+
+    rejects = [Reject("read", Reason.INVALID_RECORD, f"bad {i}", f"f{i % 3}.jsonl", str(i))
+               for i in range(40)]
+    runs = [rejects[i::7] for i in range(7)] + [rejects[3::7], rejects[10:14]]
+    monkeypatch.setattr(output, "MAX_OPEN_RUNS", 2)
+    out = tmp_path / "out"
+    prepare_output(out, "resume")
+    assert [output.stage_rejects(out, run[::-1]) for run in runs] == [6] * 5 + [5, 5, 6, 4]
+    assert output.stage_rejects(out, []) == 0
+    assert len(list((out / output.REJECT_RUNS).iterdir())) == 8  # the twice-staged run once
+    merged = [r.to_row() for r in output.staged_rejects(out)]
+    assert merged == output.reject_rows(rejects)
+    prepare_output(out, "resume")  # a new run stages its own
+    assert list(output.staged_rejects(out)) == []
