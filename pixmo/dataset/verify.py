@@ -10,10 +10,15 @@ record against its JSON Schema is ``pixmo.schema``'s job; this module calls it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
+import sqlite3
+import tempfile
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -125,11 +130,46 @@ def _count_samples(path: Path, methods: Counter[str], failures: Counter[str]) ->
         failures.update(f["reason"] for f in sample.json.get("failures", ()))
 
 
-@dataclass
 class _Seen:
-    keys: dict[str, str] = field(default_factory=dict)  # key -> shard
-    kind_counts: dict[str, dict[str, int]] = field(default_factory=dict)
-    failures: int = 0
+    """The samples found in the shards, by key: shard, annotation counts, and
+    whether a manifest row lists it; kept in a SQLite file."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        db.execute("CREATE TABLE samples (key TEXT PRIMARY KEY, shard TEXT, counts TEXT, "
+                   "listed INTEGER DEFAULT 0)")
+        self.failures = 0
+
+    def shard_of(self, key: str) -> str | None:
+        row = self.db.execute("SELECT shard FROM samples WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def add(self, key: str, shard: str, counts: dict[str, int]) -> None:
+        self.db.execute("INSERT OR REPLACE INTO samples (key, shard, counts) VALUES (?, ?, ?)",
+                        (key, shard, json.dumps(counts)))
+
+    def list_row(self, key: str) -> tuple[str, dict[str, int]] | None:
+        """The shard and counts of the sample a manifest row names, marked as listed."""
+        row = self.db.execute("SELECT shard, counts FROM samples WHERE key = ?",
+                              (key,)).fetchone()
+        if row is None:
+            return None
+        self.db.execute("UPDATE samples SET listed = 1 WHERE key = ?", (key,))
+        return row[0], json.loads(row[1])
+
+    def unlisted(self) -> Iterator[tuple[str, str]]:
+        yield from self.db.execute(
+            "SELECT key, shard FROM samples WHERE listed = 0 ORDER BY key")
+
+
+@contextlib.contextmanager
+def _seen() -> Iterator[_Seen]:
+    with tempfile.TemporaryDirectory(prefix="pixmo-verify-") as tmp:
+        db = sqlite3.connect(os.path.join(tmp, "samples.db"))
+        try:
+            yield _Seen(db)
+        finally:
+            db.close()
 
 
 def _verify_shard(path: Path, stats: ShardStats, seen: _Seen, problems: list[str]) -> None:
@@ -148,12 +188,11 @@ def _verify_shard(path: Path, stats: ShardStats, seen: _Seen, problems: list[str
         for sample in iter_shard(os.fspath(path)):
             keys.append(sample.key)
             _verify_sample(where, sample.key, sample.json, sample.files, problems)
-            if sample.key in seen.keys:
-                problems.append(f"{where}: key {sample.key} also in {seen.keys[sample.key]}")
-            seen.keys[sample.key] = stats.shard
-            seen.kind_counts[sample.key] = {
-                kind: len(sample.json.get(kind, ())) for kind in ANNOTATION_KINDS
-            }
+            other = seen.shard_of(sample.key)
+            if other is not None:
+                problems.append(f"{where}: key {sample.key} also in {other}")
+            seen.add(sample.key, stats.shard,
+                     {kind: len(sample.json.get(kind, ())) for kind in ANNOTATION_KINDS})
             seen.failures += len(sample.json.get("failures", ()))
     except PixmoError as exc:
         problems.append(f"{where}: unreadable after {len(keys)} samples: {exc.reason}")
@@ -187,26 +226,26 @@ def _verify_manifest(root: Path, seen: _Seen, problems: list[str]) -> None:
     if not path.is_file():
         problems.append(f"{MANIFEST}: missing")
         return
-    listed: set[str] = set()
     for index, row in enumerate(iter_rows(path)):
         violation = check("manifest_row", row)
         if violation is not None:
             problems.append(violation.one_line(file=MANIFEST, record=index))
             continue
         key = row["key"]
-        listed.add(key)
-        if key not in seen.keys:
+        found = seen.list_row(key)
+        if found is None:
             problems.append(f"{MANIFEST}, record {key}: no sample with this key in any shard")
             continue
-        if row["shard"] != seen.keys[key]:
+        shard, counts = found
+        if row["shard"] != shard:
             problems.append(f"{MANIFEST}, record {key}: field shard: {row['shard']}, "
-                            f"sample is in {seen.keys[key]}")
-        for kind, n in seen.kind_counts[key].items():
+                            f"sample is in {shard}")
+        for kind, n in counts.items():
             if row[kind] != n:
                 problems.append(f"{MANIFEST}, record {key}: field {kind}: {row[kind]}, "
                                 f"sample has {n}")
-    for key in sorted(set(seen.keys) - listed):
-        problems.append(f"{MANIFEST}: sample {key} ({seen.keys[key]}) has no manifest row")
+    for key, shard in seen.unlisted():
+        problems.append(f"{MANIFEST}: sample {key} ({shard}) has no manifest row")
 
 
 def _verify_description(root: Path, stats: list[ShardStats], seen: _Seen,
@@ -256,9 +295,9 @@ def verify(dataset_dir: str | os.PathLike[str]) -> list[str]:
             problems.append(f"{SHARDS_DIR}/{tar.name}: no commit marker (unfinished shard)")
     for leftover in sorted((root / SHARDS_DIR).glob(f"*{PARTIAL_SUFFIX}")):
         problems.append(f"{SHARDS_DIR}/{leftover.name}: leftover of an interrupted writer")
-    seen = _Seen()
-    for shard in stats:
-        _verify_shard(root / SHARDS_DIR / shard.shard, shard, seen, problems)
-    _verify_manifest(root, seen, problems)
-    _verify_description(root, stats, seen, problems)
+    with _seen() as seen:
+        for shard in stats:
+            _verify_shard(root / SHARDS_DIR / shard.shard, shard, seen, problems)
+        _verify_manifest(root, seen, problems)
+        _verify_description(root, stats, seen, problems)
     return problems
