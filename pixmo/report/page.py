@@ -20,17 +20,18 @@ import json
 import logging
 import math
 import os
+import random
 import tempfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pixmo.atomic import atomic_write_bytes
-from pixmo.dataset.format import DATASET_JSON, MANIFEST, REJECTS
+from pixmo.dataset.format import DATASET_JSON, REJECTS
 from pixmo.dataset.reader import iter_samples
-from pixmo.dataset.tables import read_dataset_json, read_manifest, read_rejects
+from pixmo.dataset.tables import iter_rows, read_dataset_json
 from pixmo.errors import PixmoError
 from pixmo.report.charts import bar_chart_svg, fmt_number, histogram_svg, line_chart_svg
 from pixmo.report.draw import render_points
@@ -42,30 +43,65 @@ EVAL_KEYS = ("counting_accuracy", "majority_baseline_accuracy", "pointing_f1",
              "num_eval_examples")
 
 
-@dataclass(frozen=True)
+LISTED = 1000  # rows of the "every reject" and "every failure" tables
+SPREAD = 100_000  # samples whose values the histograms draw (a seeded reservoir beyond)
+
+
+@dataclass
 class Dataset:
-    """What the report needs from a dataset directory."""
+    """What the report needs from a dataset directory, gathered in one pass in
+    bounded memory: counts, the first ``LISTED`` rejects and failures, the
+    histograms' values of up to ``SPREAD`` samples, the thumbnails."""
 
     description: dict[str, Any]
-    manifest: list[dict[str, Any]]
-    rejects: list[dict[str, str]]
-    samples: list[dict[str, Any]]  # sample JSON of every sample
-    thumbs: list[tuple[str, bytes, dict[str, Any]]]  # (key, image bytes, sample JSON)
+    rejects_by_reason: Counter[str] = field(default_factory=Counter)
+    rejects: list[dict[str, str]] = field(default_factory=list)
+    failures_by_reason: Counter[str] = field(default_factory=Counter)
+    failures: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    # per sample: caption words (None: no caption), points per label, longest side,
+    # megapixels; a seeded reservoir of SPREAD samples beyond that many
+    spread: list[tuple[int | None, list[int], int | None, float | None]] = field(
+        default_factory=list)
+    samples: int = 0
+    thumbs: list[tuple[str, bytes, dict[str, Any]]] = field(default_factory=list)
+
+    def add(self, sample: dict[str, Any], rng: random.Random) -> None:
+        for failure in sample.get("failures", ()):
+            self.failures_by_reason[failure["reason"]] += 1
+            if len(self.failures) < LISTED:
+                self.failures.append((sample["key"], failure))
+        caption = _caption_of(sample)
+        image = sample.get("image")
+        values = (len(caption.split()) if caption else None,
+                  [len(p.get("points", [])) for p in sample.get("points", [])],
+                  max(image["width"], image["height"]) if image else None,
+                  image["width"] * image["height"] / 1e6 if image else None)
+        self.samples += 1
+        if len(self.spread) < SPREAD:
+            self.spread.append(values)
+        elif (slot := rng.randrange(self.samples)) < SPREAD:
+            self.spread[slot] = values
 
 
 def _load(dataset_dir: Path, thumbnails: int) -> Dataset:
     if not (dataset_dir / DATASET_JSON).is_file():
         raise PixmoError("not a dataset (no dataset.json)", file=str(dataset_dir))
-    description = read_dataset_json(dataset_dir / DATASET_JSON)
-    manifest = read_manifest(dataset_dir / MANIFEST) if (dataset_dir / MANIFEST).is_file() else []
-    rejects = read_rejects(dataset_dir / REJECTS) if (dataset_dir / REJECTS).is_file() else []
-    samples, thumbs = [], []
+    ds = Dataset(read_dataset_json(dataset_dir / DATASET_JSON))
+    if (dataset_dir / REJECTS).is_file():
+        for row in iter_rows(dataset_dir / REJECTS):
+            ds.rejects_by_reason[row["reason"]] += 1
+            if len(ds.rejects) < LISTED:
+                ds.rejects.append(row)
+    rng = random.Random(0)
     for sample in iter_samples(dataset_dir):
-        samples.append(sample.json)
-        image = sample.image()
-        if image is not None and len(thumbs) < thumbnails:
-            thumbs.append((sample.key, image, sample.json))
-    return Dataset(description, manifest, rejects, samples, thumbs)
+        ds.add(sample.json, rng)
+        if len(ds.thumbs) < thumbnails and (image := sample.image()) is not None:
+            ds.thumbs.append((sample.key, image, sample.json))
+    return ds
+
+
+def _first(listed: int, total: int, what: str) -> str:
+    return f"every {what}" if listed == total else f"first {listed:,} of {total:,} {what}s"
 
 
 # --------------------------------------------------------------------------- images
@@ -196,34 +232,34 @@ def _dataset_sections(ds: Dataset) -> list[str]:
         out.append(_table(["file", "read", "accepted", "rejected"],
                           [[e["file"], e["read"], e["accepted"], e["rejected"]]
                            for e in desc["ledger"]]))
-    by_reason = Counter(r["reason"] for r in ds.rejects)
-    reasons = sorted(by_reason.items(), key=lambda kv: (-kv[1], kv[0]))
+    reasons = sorted(ds.rejects_by_reason.items(), key=lambda kv: (-kv[1], kv[0]))
     out.append("<h2>Rejects by reason</h2>")
     out.append(_table(["reason", "records"], reasons))
     out.append(bar_chart_svg(reasons, "rejected records by reason"))
     if ds.rejects:
-        out.append("<details><summary>every reject</summary>" + _table(
+        listed = _first(len(ds.rejects), ds.rejects_by_reason.total(), "reject")
+        out.append(f"<details><summary>{listed}</summary>" + _table(
             ["source", "record", "stage", "reason", "detail"],
             [[r["source"], r["record"], r["stage"], r["reason"], r["detail"]]
              for r in ds.rejects]) + "</details>")
-    failed = [(s["key"], f) for s in ds.samples for f in s.get("failures", ())]
     out.append("<h2>Failures by reason</h2><p>Samples whose records were accepted but that "
                "lack what a stage could not add (such as a caption the LLM never wrote).</p>")
     out.append(_table(["reason", "samples"], sorted(
-        Counter(f["reason"] for _, f in failed).items(), key=lambda kv: (-kv[1], kv[0]))))
-    if failed:
-        out.append("<details><summary>every failure</summary>" + _table(
+        ds.failures_by_reason.items(), key=lambda kv: (-kv[1], kv[0]))))
+    if ds.failures:
+        listed = _first(len(ds.failures), ds.failures_by_reason.total(), "failure")
+        out.append(f"<details><summary>{listed}</summary>" + _table(
             ["sample", "stage", "reason", "detail", "sessions"],
             [[key, f["stage"], f["reason"], f["detail"], ", ".join(f.get("session_ids", ()))]
-             for key, f in failed]) + "</details>")
+             for key, f in ds.failures]) + "</details>")
 
-    words = [len(_caption_of(s).split()) for s in ds.samples if _caption_of(s)]
-    per_label = [len(p.get("points", [])) for s in ds.samples for p in s.get("points", [])]
-    sides = [max(s["image"]["width"], s["image"]["height"]) for s in ds.samples
-             if "image" in s]
-    pixels = [s["image"]["width"] * s["image"]["height"] / 1e6 for s in ds.samples
-              if "image" in s]
-    out.append("<h2>Distributions</h2><div class=\"plots\">")
+    words = [w for w, _, _, _ in ds.spread if w is not None]
+    per_label = [n for _, counts, _, _ in ds.spread for n in counts]
+    sides = [side for _, _, side, _ in ds.spread if side is not None]
+    pixels = [mp for _, _, _, mp in ds.spread if mp is not None]
+    drawn = "" if len(ds.spread) == ds.samples else (
+        f" (a random {len(ds.spread):,} of the {ds.samples:,} samples)")
+    out.append(f"<h2>Distributions{drawn}</h2><div class=\"plots\">")
     out.append(histogram_svg(words, "caption length", "words per caption"))
     out.append(histogram_svg(per_label, "points per label", "points per label (0 = not "
                              "present)", integer=True))
@@ -234,7 +270,7 @@ def _dataset_sections(ds: Dataset) -> list[str]:
 
 
 def _sample_grid(ds: Dataset) -> list[str]:
-    out = [f"<h2>Samples ({len(ds.thumbs)} of {len(ds.samples)})</h2><div class=\"grid\">"]
+    out = [f"<h2>Samples ({len(ds.thumbs)} of {ds.samples})</h2><div class=\"grid\">"]
     for key, image, sample in ds.thumbs:
         point_sets = sample.get("points", [])
         legend = ", ".join(f"{p['label']} ({p.get('count', len(p.get('points', [])))})"
@@ -333,6 +369,6 @@ def write_report(dataset_dir: str | os.PathLike[str], out_file: str | os.PathLik
             f"<body>{''.join(parts)}</body></html>\n")
     out = Path(out_file)
     atomic_write_bytes(out, page.encode("utf-8"))
-    log.info("wrote report of %d samples to %s", len(ds.samples), out)
+    log.info("wrote report of %d samples to %s", ds.samples, out)
     return out
 

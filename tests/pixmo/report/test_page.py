@@ -189,3 +189,27 @@ def test_cli_report_with_a_run(dataset, tmp_path, capsys):
                  "--eval-data", str(ds)]) == 0
     assert capsys.readouterr().out.strip() == f"wrote {out}"
     assert "<svg" in out.read_text()
+
+
+def test_a_large_dataset_is_summarised_in_bounded_memory(dataset, tmp_path, monkeypatch):
+    """Past ``LISTED`` rejects and ``SPREAD`` samples the page lists the first rejects
+    and draws a seeded random share of the samples, and says so; every count is whole."""
+    from pixmo.report import page as report
+
+    ds, _ = dataset
+    monkeypatch.setattr(report, "LISTED", 2)
+    monkeypatch.setattr(report, "SPREAD", 3)
+    loaded = report._load(ds, thumbnails=0)
+    assert loaded.samples == N_SAMPLES and len(loaded.spread) == 3
+    assert loaded.rejects_by_reason == {"out_of_bounds": 3, "empty_label": 2,
+                                        "image_not_found": 1}
+    assert loaded.rejects == REJECTS[:2]
+    first = write_report(ds, tmp_path / "a.html").read_text()
+    assert "first 2 of 6 rejects" in first
+    assert f"(a random 3 of the {N_SAMPLES} samples)" in first
+    assert write_report(ds, tmp_path / "b.html").read_text() == first  # seeded: same page
+    monkeypatch.setattr(report, "SPREAD", N_SAMPLES)
+    monkeypatch.setattr(report, "LISTED", len(REJECTS))
+    whole = write_report(ds, tmp_path / "c.html").read_text()
+    assert "every reject" not in first and "every reject" in whole
+    assert "a random" not in whole
