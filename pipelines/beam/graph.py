@@ -17,11 +17,16 @@ image's description and its annotations, a planned sample its encoded JSON.
 On this machine they go through files (``pipelines.beam.shuffle``), so memory does
 not grow with the input; the samples then reach their shards in key order,
 cut into shards as they stream past. On a cluster they are Beam's own
-GroupByKey, and shards come from a plan of every sample's size.
-What ``finish`` needs (rejects, per-file read and accepted counts, failures
-by reason, written shards, seconds per stage) every stage sends to one
-"books" output as (kind, item) pairs, counts and seconds once per bundle, so
-the ledger and the timings reach ``finish`` on any runner.
+GroupByKey, and shards come from a plan made per key range, never from every
+sample's size in one place (``pipelines.beam.cutting``).
+
+Rejects go to run files in the output's staging folder, one per bundle
+(``stage_rejects``), which ``finish`` merges in input order. What else
+``finish`` needs (per-file read and accepted counts, failures by reason,
+seconds per stage, written shards) every stage sends to one "books" output as
+(kind, item) pairs, added up as they meet (``_Books``): what reaches
+``finish``, the one gathering in one place, is a total per file, reason and
+stage and a stats record per shard, on any runner.
 """
 
 from __future__ import annotations
@@ -37,15 +42,15 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms.window import GlobalWindows
 
-from pipelines.beam import pool, progress, shuffle, staging
+from pipelines.beam import cutting, pool, progress, shuffle, staging
 from pixmo import build
-from pixmo.dataset.cutting import ShardCutter
+from pixmo.build.output import stage_rejects, staged_rejects
 from pixmo.errors import PixmoError
 from pixmo.rejects import Reject
 
 BOOKS, SIZES = "books", "sizes"  # side outputs: to finish, to the shard plan
-REJECT, READ, ACCEPTED, FAILED, WRITTEN, SECONDS = (
-    "reject", "read", "accepted", "failed", "written", "seconds")
+READ, ACCEPTED, FAILED, WRITTEN, SECONDS = "read", "accepted", "failed", "written", "seconds"
+RUN_REJECTS = 10_000  # a bundle with more rejects stages them in runs of this many
 STAGES = (("read", "records"), ("image", "images"), ("annotate", "records"),
           ("join", "samples"), ("write", "shards"))
 
@@ -56,16 +61,31 @@ def _book(kind: str, item: Any) -> beam.pvalue.TaggedOutput:
 
 class _Stage(beam.DoFn):
     """Base of the build's DoFns: adds up the seconds each stage spends in a
-    bundle and books them once, at the bundle's end."""
+    bundle and books them once, at the bundle's end, when it also stages the
+    bundle's rejects as a run file of ``out_dir`` (several, past ``RUN_REJECTS``)."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = out_dir
 
     def start_bundle(self) -> None:
         self.seconds: Counter[str] = Counter()
+        self.rejects: list[Reject] = []
 
     def timed(self, stage: str, seconds: float, done: int = 1) -> None:
         self.seconds[stage] += seconds
         progress.advance(stage, done)
 
+    def reject(self, rejects: Iterable[Reject]) -> None:
+        self.rejects.extend(rejects)
+        if len(self.rejects) >= RUN_REJECTS:
+            self._stage_rejects()
+
+    def _stage_rejects(self) -> None:
+        stage_rejects(self.out_dir, self.rejects)
+        self.rejects = []
+
     def finish_bundle(self) -> Iterator[Any]:
+        self._stage_rejects()
         yield from _windowed(_book(SECONDS, item) for item in self.seconds.items())
 
 
@@ -81,7 +101,8 @@ def _windowed(outputs: Iterable[Any]) -> Iterator[Any]:
 class _Read(_Stage):
     """Records of one raw file, schema-checked, keyed by the image they name."""
 
-    def __init__(self, raw_dir: str) -> None:
+    def __init__(self, raw_dir: str, out_dir: str) -> None:
+        super().__init__(out_dir)
         self.raw_dir = raw_dir
 
     def process(self, name: str) -> Iterator[Any]:
@@ -89,7 +110,10 @@ class _Read(_Stage):
         for item in build.read_raw(self.raw_dir, name):
             n += 1
             out = item if isinstance(item, Reject) else build.check_record(item)
-            yield _book(REJECT, out) if isinstance(out, Reject) else (out.image, out.pack())
+            if isinstance(out, Reject):
+                self.reject([out])
+            else:
+                yield out.image, out.pack()
         self.timed("read", time.perf_counter() - start, n)
         yield _book(READ, (name, n))
 
@@ -100,7 +124,8 @@ class _Pooled(_Stage):
 
     batch_size = 1
 
-    def __init__(self, processes: int) -> None:
+    def __init__(self, out_dir: str, processes: int) -> None:
+        super().__init__(out_dir)
         self.processes = processes
 
     def start_bundle(self) -> None:
@@ -142,8 +167,8 @@ class _Image(_Pooled):
     batch_size = 32
 
     def __init__(self, cfg: build.BuildConfig, out_dir: str, processes: int) -> None:
-        super().__init__(processes)
-        self.cfg, self.out_dir = cfg, out_dir
+        super().__init__(out_dir, processes)
+        self.cfg = cfg
 
     def setup(self) -> None:
         self.annotator = build.Annotator(self.cfg) if self.processes == 1 else None
@@ -161,8 +186,7 @@ class _Image(_Pooled):
         if result.part is not None:
             self.timed("annotate", result.annotate_seconds, result.annotated)
             yield result.sha256, result.part
-        for reject in result.rejects:
-            yield _book(REJECT, reject)
+        self.reject(result.rejects)
 
 
 class _Join(_Stage):
@@ -170,7 +194,9 @@ class _Join(_Stage):
     it accepts per input file, and its samples' failures by reason, once per
     bundle."""
 
-    def __init__(self, cfg: build.BuildConfig, previous: build.Previous, sizes: bool) -> None:
+    def __init__(self, cfg: build.BuildConfig, out_dir: str, previous: build.Previous,
+                 sizes: bool) -> None:
+        super().__init__(out_dir)
         self.cfg, self.previous, self.sizes = cfg, previous, sizes
 
     def start_bundle(self) -> None:
@@ -185,8 +211,7 @@ class _Join(_Stage):
                                 [a for p in parts for a in p.annotations], self.cfg,
                                 self.previous)
         if isinstance(out, list):
-            for reject in out:
-                yield _book(REJECT, reject)
+            self.reject(out)
             self.timed("join", time.perf_counter() - start, 0)
             return
         self.accepted.update(s["file"] for s in out.json["sources"])
@@ -208,8 +233,8 @@ class _Write(_Pooled):
 
     def __init__(self, cfg: build.BuildConfig, out_dir: str, previous: build.Previous,
                  processes: int) -> None:
-        super().__init__(processes)
-        self.cfg, self.out_dir, self.previous = cfg, out_dir, previous
+        super().__init__(out_dir, processes)
+        self.cfg, self.previous = cfg, previous
 
     def work(self) -> Callable[[list[Any]], list[tuple[Any, float]]]:
         return partial(pool.write_shards, out_dir=self.out_dir, cfg=self.cfg)
@@ -224,54 +249,50 @@ class _Write(_Pooled):
         yield _book(WRITTEN, written)
 
 
-class _Cut(beam.DoFn):
-    """Shards from samples spilled in key order: one shard in memory at a time."""
+class _Books(beam.CombineFn):
+    """The books added up wherever they meet: a total per kind and name (input
+    file, reason, stage) and the stats of each written shard, so what reaches
+    ``finish`` never grows with samples, rejects or bundles."""
 
-    def __init__(self, cfg: build.BuildConfig, start: int) -> None:
-        self.cfg, self.start = cfg, start
+    def create_accumulator(self) -> tuple[Counter[tuple[str, str]], dict[int, Any]]:
+        return Counter(), {}
 
-    def process(self, spills: list[tuple[str, str]]) -> Iterator[tuple[int, list[build.Packed]]]:
-        cutter = ShardCutter(self.cfg.shards.max_samples, self.cfg.shards.max_bytes, self.start)
-        shard: list[build.Packed] = []
-        for _, packed in shuffle.in_order(spills):
-            index = cutter.index
-            if cutter.shard_of(build.PlannedSample.unpack(packed).size) != index and shard:
-                yield index, shard
-                shard = []
-            shard.append(packed)
-        if shard:
-            progress.set_total("write", cutter.index - self.start + 1)
-            yield cutter.index, shard
+    def add_input(self, books: Any, book: tuple[str, Any]) -> Any:
+        kind, item = book
+        if kind == WRITTEN:
+            books[1][item.index] = item
+        else:
+            books[0][kind, item[0]] += item[1]
+        return books
 
+    def merge_accumulators(self, accumulators: Iterable[Any]) -> Any:
+        totals, written = self.create_accumulator()
+        for more, shards in accumulators:
+            totals.update(more)  # Counter.update adds
+            written.update(shards)
+        return totals, written
 
-def _assign(sizes: list[tuple[str, int]], cfg: build.BuildConfig, start: int
-            ) -> build.ShardPlan:
-    plan = build.ShardPlan.assign(sizes, cfg.shards, start)
-    progress.set_total("write", plan.shards)
-    return plan
-
-
-def _by_shard(keyed: tuple[str, build.Packed], plan: build.ShardPlan
-              ) -> tuple[int, build.Packed]:
-    return plan.shard_of(keyed[0]), keyed[1]
+    def extract_output(self, books: Any) -> list[tuple[str, Any]]:
+        totals, written = books
+        return [*((kind, (name, n)) for (kind, name), n in sorted(totals.items())),
+                *((WRITTEN, stats) for _, stats in sorted(written.items()))]
 
 
 def _finish(books: list[tuple[str, Any]], out_dir: str, cfg: build.BuildConfig,
             previous: build.Previous) -> dict[str, Any]:
-    """``build.finish`` on everything the stages booked: written shards,
-    rejects, and counts and seconds to add up."""
-    written, rejects = [], []
+    """``build.finish`` on what the stages booked, added up (``_Books``), and
+    the rejects they staged."""
+    written = []
     totals: dict[str, Counter[str]] = {READ: Counter(), ACCEPTED: Counter(), FAILED: Counter(),
                                        SECONDS: Counter()}
     for kind, item in books:
         if kind == WRITTEN:
             written.append(item)
-        elif kind == REJECT:
-            rejects.append(item)
         else:
             totals[kind][item[0]] += item[1]
-    return build.finish(out_dir, cfg, "beam", written, rejects, totals[READ], totals[ACCEPTED],
-                        totals[FAILED], previous, stage_seconds=dict(totals[SECONDS]))
+    return build.finish(out_dir, cfg, "beam", written, staged_rejects(out_dir), totals[READ],
+                        totals[ACCEPTED], totals[FAILED], previous,
+                        stage_seconds=dict(totals[SECONDS]), in_order=True)
 
 
 def _runner_args(beam_args: Sequence[str]) -> list[str]:
@@ -327,33 +348,19 @@ def _graph(p: beam.Pipeline, cfg: build.BuildConfig, out_dir: str, files: list[s
         return beam.GroupByKey() if spills is None else spills.group(name)
 
     read = (p | "Files" >> beam.Create(files)
-            | "Read" >> beam.ParDo(_Read(cfg.raw_dir)).with_outputs(BOOKS, main="records"))
+            | "Read" >> beam.ParDo(_Read(cfg.raw_dir, out_dir)).with_outputs(
+                BOOKS, main="records"))
     images = (read.records | "GroupByRef" >> group("by-ref")
               | "Image" >> beam.ParDo(_Image(cfg, out_dir, workers)).with_outputs(
                   BOOKS, main="parts"))
     joined = (images.parts | "GroupByHash" >> group("by-hash")
-              | "Join" >> beam.ParDo(_Join(cfg, previous, sizes=spills is None))
+              | "Join" >> beam.ParDo(_Join(cfg, out_dir, previous, sizes=spills is None))
               .with_outputs(BOOKS, SIZES, main="samples"))
-    if spills is None:
-        plan = (joined[SIZES]
-                | "AllSizes" >> beam.CombineGlobally(beam.combiners.ToListCombineFn())
-                .without_defaults()
-                | "Assign" >> beam.Map(_assign, cfg, previous.start_index))
-        no_samples = build.ShardPlan(first_keys=(), start=previous.start_index)
-        shards = (joined.samples
-                  | "ShardOf" >> beam.Map(_by_shard, beam.pvalue.AsSingleton(
-                      plan, default_value=no_samples))
-                  | "GroupByShard" >> beam.GroupByKey())
-    else:
-        shards = (joined.samples
-                  | "Spill" >> beam.ParDo(spills.spill_in_order("samples"))
-                  | "AllSpills" >> beam.CombineGlobally(beam.combiners.ToListCombineFn())
-                  .without_defaults()
-                  | "Cut" >> beam.ParDo(_Cut(cfg, previous.start_index)))
+    shards = ({"samples": joined.samples, "sizes": joined[SIZES]}
+              | "Shards" >> cutting.Shards(cfg, previous.start_index, spills))
     written = shards | "Write" >> beam.ParDo(_Write(cfg, out_dir, previous, workers)
                                              ).with_outputs(BOOKS)
     ((read[BOOKS], images[BOOKS], joined[BOOKS], written[BOOKS]) | "Books" >> beam.Flatten()
-     # never empty (every input file books its count); lists without a default for
-     # empty input take two fewer steps, one of them a second decoded copy of the list
-     | "AllBooks" >> beam.CombineGlobally(beam.combiners.ToListCombineFn()).without_defaults()
+     # never empty (every input file books its count)
+     | "AddBooks" >> beam.CombineGlobally(_Books()).without_defaults()
      | "Finish" >> beam.Map(_finish, out_dir, cfg, previous))

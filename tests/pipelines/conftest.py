@@ -93,6 +93,30 @@ EXPECTED_REJECTS = {
 }
 
 
+def make_many(root: Path, images: int) -> Path:
+    """A raw folder of ``images`` small images (no audio) and two points files:
+    per image two accepted records and three rejects (unknown units, empty label,
+    an image not found), and a line that is not JSON."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    lines, rows = [], []
+    for i in range(images):
+        name = f"images/{i:04d}.png"
+        _image(root / name, (i % 251, (7 * i) % 253, 99), size=(48, 32))
+        good = {"image": name, "label": "dot", "units": "percent", "annotator": "a1"}
+        lines += [{**good, "points": [{"x": 10 + i % 80, "y": 50}]},
+                  {**good, "units": "furlongs", "points": [{"x": 1, "y": 1}]},
+                  {**good, "label": "", "points": [{"x": 1, "y": 1}]}]
+        spot = {"x": [20.0], "y": [float(i % 90)]}  # parquet: HF's point columns
+        rows += [{**good, "label": "spot", "annotator": "a2", "points": spot},
+                 {**good, "image": f"images/missing-{i}.png", "points": {"x": [1.0], "y": [1.0]}}]
+    (root / "points.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines)
+                                       + "{not json\n")
+    pq.write_table(pa.Table.from_pylist(rows), root / "points.parquet")
+    return root
+
+
 def config(raw: Path) -> BuildConfig:
     qc = QCConfig(min_speech_s=5.0, min_words=5)
     return BuildConfig(raw_dir=str(raw), name="e2e", speech=SpeechConfig(qc=qc, device="cpu"),

@@ -4,9 +4,14 @@ each against the one Beam build in ``conftest.py``."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from pixmo.build import BuildConfig
+from pixmo.dataset.cutting import partition_of
 from pixmo.dataset.tables import read_dataset_json, read_manifest
+from pixmo.dataset.writer import ShardConfig
 from tests.paths import REPO
-from tests.pipelines.conftest import assert_same_build, config, make_raw
+from tests.pipelines.conftest import assert_same_build, config, make_many, make_raw
 
 
 def test_ray_build_equals_beam_build(beam_build, tmp_path, ray_session):
@@ -62,11 +67,33 @@ def test_beam_workers_in_another_thread_environment_equal_one_process(beam_build
 
 def test_beam_cluster_graph_equals_local_graph(beam_build, tmp_path):
     """A runner that is not FnApiRunner gets the cluster graph (Beam's own
-    GroupByKey and a shard plan of every sample's size instead of groupings on
-    local disk); the legacy BundleBasedDirectRunner runs it here. Same bytes."""
+    GroupByKey and a shard plan made per key range instead of groupings on local
+    disk); the legacy BundleBasedDirectRunner runs it here. Same bytes, also where
+    60 samples make 3 key ranges (``partition_samples`` 25): no shard spans two,
+    and with one range (``partition_samples`` 60) the shards are the default's."""
     from pipelines.beam import graph as beam
-    assert not beam.runs_locally(["--runner=BundleBasedDirectRunner"])
+    cluster = ["--runner=BundleBasedDirectRunner"]
+    assert not beam.runs_locally(cluster)
     raw = make_raw(tmp_path / "raw")
-    beam.run(config(raw), str(tmp_path / "out"), ["--runner=BundleBasedDirectRunner"])
+    beam.run(config(raw), str(tmp_path / "out"), cluster)
     assert_same_build(tmp_path / "out", beam_build)
     assert len(read_manifest(beam_build / "manifest.parquet")) == 2
+
+    many = make_many(tmp_path / "many", 60)
+
+    def built(name: str, partition_samples: int, beam_args: list[str]) -> Path:
+        shards = ShardConfig(max_samples=8, partition_samples=partition_samples)
+        beam.run(BuildConfig(raw_dir=str(many), transcribe=False, shards=shards),
+                 str(tmp_path / name), beam_args)
+        return tmp_path / name
+
+    ranges = built("ranges", 25, [])
+    assert_same_build(built("ranges-cluster", 25, cluster), ranges)
+    in_shard: dict[str, set[int]] = {}
+    for row in read_manifest(ranges / "manifest.parquet"):
+        in_shard.setdefault(row["shard"], set()).add(partition_of(row["key"], 3))
+    assert sorted(map(sorted, in_shard.values())) == [[0]] * 3 + [[1]] * 3 + [[2]] * 3
+    one = built("one", 60, cluster)
+    assert_same_build(one, built("default", ShardConfig().partition_samples, []))
+    assert len(read_manifest(one / "manifest.parquet")) == 60
+    assert len(list((one / "shards").glob("*.tar"))) == 8  # 60 / 8: cut at 8s alone

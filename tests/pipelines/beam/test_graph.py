@@ -1,6 +1,6 @@
 """The Beam graph (``pipelines.beam.graph``): the shared Beam build's ledger, rejects and
-samples, a build whose every record is rejected, where the DoFns run, and the shard cutter
-called as a plain DoFn on spilled samples."""
+samples, a build whose every record is rejected, where the DoFns run, and what reaches the
+driver's one gathering (``_finish``): totals and shard stats, never a list per sample."""
 
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ from collections import Counter
 
 import pytest
 
-from pipelines.beam import graph, shuffle
-from pixmo import build
+from pipelines.beam import cutting, graph
 from pixmo.build import BuildConfig
+from pixmo.dataset.format import ShardStats
 from pixmo.dataset.reader import iter_samples
 from pixmo.dataset.tables import read_dataset_json, read_rejects
 from pixmo.dataset.verify import verify
 from pixmo.dataset.writer import ShardConfig
 from pixmo.errors import PixmoError
-from tests.pipelines.conftest import EXPECTED_REJECTS
+from tests.pipelines.conftest import EXPECTED_REJECTS, make_many
 
 
 def test_beam_build_ledger_and_rejects(beam_build):
@@ -87,18 +87,54 @@ def test_where_the_dofns_run(beam_args, in_process, local):
             graph.run(BuildConfig(raw_dir="unused"), "unused", beam_args, workers=2)
 
 
-def test_cut_streams_spilled_samples_into_shards_in_key_order(tmp_path):
-    """``_Cut`` reads samples spilled in key order and yields one shard at a time,
-    numbered from ``start``, each at most ``max_samples`` long."""
-    keys = ["e5", "a1", "c3", "b2", "d4"]
-    spill = shuffle.Spill(str(tmp_path), shuffle.ordered)
-    spill.start_bundle()
-    for key in keys:
-        sample = build.PlannedSample(key=key, json=json.dumps({"key": key}).encode(),
-                                     extension="png", size=1024)
-        spill.process((key, sample.pack()))
-    spills = [w.value for w in spill.finish_bundle()]
-    cut = graph._Cut(BuildConfig(raw_dir="unused", shards=ShardConfig(max_samples=2)), start=3)
-    shards = [(index, [build.PlannedSample.unpack(p).key for p in packed])
-              for index, packed in cut.process(spills)]
-    assert shards == [(3, ["a1", "b2"]), (4, ["c3", "d4"]), (5, ["e5"])]
+BOOKED = {graph.READ, graph.ACCEPTED, graph.FAILED, graph.SECONDS}
+SEEN: dict[str, list] = {"finish": [], "plans": []}  # by the spies below, in this process
+_FINISH, _JOIN_PLANS = graph._finish, cutting._join_plans
+
+
+# Beam pickles what a graph calls: module functions by name, so these record to SEEN
+def _seen_finish(books, *args):
+    SEEN["finish"].append(books)
+    return _FINISH(books, *args)
+
+
+def _seen_join_plans(plans, *args):
+    SEEN["plans"].append(plans)
+    return _JOIN_PLANS(plans, *args)
+
+
+@pytest.mark.parametrize("beam_args", [[], ["--runner=BundleBasedDirectRunner"]],
+                         ids=["local", "cluster"])
+def test_only_totals_and_shard_stats_reach_the_driver(tmp_path, monkeypatch, beam_args):
+    """The same kind of input at 30 and 90 images, 3 rejects an image: what reaches
+    ``_finish`` is a total per file, reason and stage and one stats record per shard
+    (the same length at both sizes but for the shards), never a sample or a reject;
+    the rejects are all in rejects.parquet and the ledger balances. On the cluster
+    graph the shard plan gathers a first key per shard, one list per key range."""
+    monkeypatch.setattr(graph, "_finish", _seen_finish)
+    monkeypatch.setattr(cutting, "_join_plans", _seen_join_plans)
+    monkeypatch.setitem(SEEN, "finish", [])
+    monkeypatch.setitem(SEEN, "plans", [])
+    shape = []
+    for images in (30, 90):
+        out = tmp_path / f"out{images}"
+        cfg = BuildConfig(raw_dir=str(make_many(tmp_path / f"raw{images}", images)),
+                          transcribe=False, shards=ShardConfig(max_samples=8,
+                                                               partition_samples=40))
+        graph.run(cfg, str(out), beam_args)
+        assert verify(out) == []
+        assert len(read_rejects(out / "rejects.parquet")) == 3 * images + 1
+        shards = read_dataset_json(out / "dataset.json")["counts"]["shards"]
+        books = SEEN["finish"][-1]
+        assert all(kind in BOOKED and isinstance(item[0], str)
+                   and isinstance(item[1], (int, float))
+                   or kind == graph.WRITTEN and isinstance(item, ShardStats)
+                   for kind, item in books)
+        kinds = Counter(kind for kind, _ in books)
+        assert kinds == {graph.READ: 2, graph.ACCEPTED: 2, graph.SECONDS: 5,
+                         graph.WRITTEN: shards}  # no failures: no captions
+        shape.append((len(books) - shards, shards))
+    assert shape == [(9, 4), (9, 12)]  # 30 images: 1 key range of 4 shards; 90: 3 ranges
+    if beam_args:
+        assert [(len(plans), sum(len(firsts) for _, firsts in plans))
+                for plans in SEEN["plans"]] == [(1, 4), (3, 12)]
