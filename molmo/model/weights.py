@@ -115,13 +115,13 @@ def family_map(cfg: MolmoConfig) -> dict[str, str]:
     return MOE_MAP if cfg.llm.moe_experts else DENSE_MAP
 
 
-def _split(name: str) -> tuple[str, list[str]]:
+def split_name(name: str) -> tuple[str, list[str]]:
     """'a.3.b.7.c' -> ('a.{}.b.{}.c', ['3', '7'])."""
     return _INDEX.sub(".{}", name), _INDEX.findall(name)
 
 
 def official_to_ours(name: str, table: dict[str, str]) -> str:
-    template, indices = _split(name)
+    template, indices = split_name(name)
     if template not in table:
         raise PixmoError(f"checkpoint tensor {name!r} has no mapping", field=name)
     return table[template].format(*indices)
@@ -129,7 +129,7 @@ def official_to_ours(name: str, table: dict[str, str]) -> str:
 
 def ours_to_official(name: str, table: dict[str, str]) -> str:
     inverse = {v: k for k, v in table.items()}
-    template, indices = _split(name)
+    template, indices = split_name(name)
     if template not in inverse:
         raise PixmoError(f"model tensor {name!r} has no official name", field=name)
     return inverse[template].format(*indices)
@@ -179,7 +179,7 @@ def weight_files(path: str | Path) -> list[Path]:
     raise PixmoError(f"no model.safetensors or {INDEX_FILE}{extra}", file=str(path))
 
 
-def _stored_tensors(files: list[Path]) -> Iterator[tuple[str, Callable[[], torch.Tensor],
+def stored_tensors(files: list[Path]) -> Iterator[tuple[str, Callable[[], torch.Tensor],
                                                          tuple[int, ...]]]:
     """(name, load, shape) per stored tensor, one shard open at a time; ``load`` reads lazily."""
     from safetensors import safe_open
@@ -221,7 +221,7 @@ def load_checkpoint(path: str | Path, *, dtype: torch.dtype | None = None,
     model = model.to(dtype or _stored_dtype(files)).to_empty(device=device)
     params = dict(model.named_parameters())
     filled: set[str] = set()
-    for name, load, shape in _stored_tensors(files):
+    for name, load, shape in stored_tensors(files):
         ours = official_to_ours(name, table) if layout == "official" else name
         if ours not in params:
             raise PixmoError(f"checkpoint tensor {name!r} (ours: {ours!r}) does not exist in a "
@@ -343,7 +343,7 @@ def convert(src: str | Path, dst: str | Path, *, to: Literal["ours", "official"]
     def fill(directory: Path) -> None:
         writer = _ShardWriter(directory, max_shard_bytes)
         seen: set[str] = set()
-        for name, load, shape in _stored_tensors(weight_files(src)):
+        for name, load, shape in stored_tensors(weight_files(src)):
             ours = official_to_ours(name, table) if layout == "official" else name
             if expected.get(ours) != shape:
                 raise PixmoError(f"tensor {name!r} with shape {list(shape)} does not fit the "

@@ -21,40 +21,57 @@ STRATEGIES = ("ddp", "fsdp")
 PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 GROUPS = ("connector", "vit", "llm")
+MODEL_PARTS = ("vision", "connector", "llm")  # MolmoConfig's sections
 
 
 @dataclass(frozen=True)
 class ModelSection:
-    """Where the weights start: a preset (random init) or a checkpoint directory.
+    """Where the weights start: a preset (random init, the default ``tiny``), a checkpoint
+    directory, or pretrained parts as the official recipe starts (``llm``: a transformers
+    causal-LM directory, ``vision``: a CLIP one; ``molmo.model.parts``).
 
-    ``overrides``: nested fields merged into the preset's config (``{vision: {layers: 2}}``).
-    ``tokenizer``: a tokenizer directory; None means the checkpoint directory.
+    ``overrides``: nested fields merged into the preset's or the parts' config
+    (``{vision: {layers: 2}}``). ``tokenizer``: a tokenizer directory; None means the
+    checkpoint or ``llm`` directory.
     """
 
-    preset: str | None = "tiny"
+    preset: str | None = None
     checkpoint: str | None = None
+    llm: str | None = None
+    vision: str | None = None
     tokenizer: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if (self.preset is None) == (self.checkpoint is None):
-            raise ConfigError("needs exactly one of preset and checkpoint",
+        if (self.llm is None) != (self.vision is None):
+            raise ConfigError("needs both llm and vision (a Hugging Face LLM and a CLIP vision "
+                              "tower)", field="ModelSection")
+        starts = [self.preset, self.checkpoint, self.llm]
+        if sum(start is not None for start in starts) > 1:
+            raise ConfigError("needs exactly one of preset, checkpoint and llm+vision",
                               field="ModelSection")
-        if self.tokenizer is None and self.checkpoint is None:
+        if all(start is None for start in starts):
+            object.__setattr__(self, "preset", "tiny")
+        if self.tokenizer is None and self.preset is not None:
             raise ConfigError("is required when starting from a preset",
                               field="ModelSection.tokenizer")
         if self.checkpoint is not None and self.overrides:
-            raise ConfigError("apply to a preset, not to a checkpoint",
+            raise ConfigError("apply to a preset or parts, not to a checkpoint",
                               field="ModelSection.overrides")
+        for part, values in self.overrides.items():
+            if part not in MODEL_PARTS or not isinstance(values, dict):
+                raise PixmoError(f"unknown model part {part!r} (expected a mapping for one of "
+                                 f"{list(MODEL_PARTS)})", field="model.overrides")
+
+    @property
+    def tokenizer_dir(self) -> str:
+        return self.tokenizer or self.checkpoint or self.llm or ""
 
     def molmo_config(self) -> MolmoConfig:
         """The architecture of a preset start (checkpoints carry their own config)."""
         assert self.preset is not None
         base = preset(self.preset).to_dict()
         for part, values in self.overrides.items():
-            if part not in base or not isinstance(values, dict):
-                raise PixmoError(f"unknown model part {part!r} (expected a mapping for one of "
-                                 f"{sorted(base)})", field="model.overrides")
             base[part].update(values)
         return MolmoConfig.from_dict(base, where="model.overrides")
 

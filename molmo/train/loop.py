@@ -31,12 +31,13 @@ from torch import nn
 from molmo.data.loader import MolmoLoader
 from molmo.data.slots import BatchInfo
 from molmo.model.molmo import Molmo, token_loss
+from molmo.model.parts import from_parts
 from molmo.model.weights import from_pretrained, save_pretrained
 from molmo.preprocess.batching import normalize_images
 from molmo.preprocess.tokenizer import MolmoTokenizer
 from molmo.train import parallel
 from molmo.train.checkpoint import Checkpointer
-from molmo.train.config import TrainConfig
+from molmo.train.config import ModelSection, TrainConfig
 from molmo.train.metrics import FlopModel, MetricsWriter, StepTotals, peak_flops
 from molmo.train.optim import build_optimizer, clip_per_group, freeze, set_lrs
 from pixmo.atomic import atomic_directory
@@ -66,11 +67,8 @@ class Run:
 def build(cfg: TrainConfig, world: parallel.World) -> Run:
     """Tokenizer, model (frozen parts, device, wrapping), optimizer, loader, checkpointer."""
     torch.manual_seed(cfg.seed)
-    if cfg.model.checkpoint is not None:
-        model = from_pretrained(cfg.model.checkpoint, dtype=torch.float32)
-    else:
-        model = Molmo(cfg.model.molmo_config())
-    tokenizer = MolmoTokenizer.from_dir(cfg.model.tokenizer or cfg.model.checkpoint,
+    model = build_model(cfg.model)
+    tokenizer = MolmoTokenizer.from_dir(cfg.model.tokenizer_dir,
                                         vocab_size=model.cfg.llm.vocab_size)
     freeze(model, cfg.optim)
     flops = FlopModel.of(model)
@@ -82,6 +80,18 @@ def build(cfg: TrainConfig, world: parallel.World) -> Run:
                loader, Checkpointer(Path(cfg.run_dir), cfg.checkpoint, world), flops,
                cfg.accumulation(world.world_size),
                parallel.compute_dtype(cfg.parallel, world.device))
+
+
+def build_model(section: ModelSection) -> Molmo:
+    """The starting model in fp32: a checkpoint, pretrained parts (fresh connector from the
+    torch RNG), or a preset's random init."""
+    if section.checkpoint is not None:
+        return from_pretrained(section.checkpoint, dtype=torch.float32)
+    if section.llm is not None and section.vision is not None:
+        flat = {f"{part}_{name}": value for part, fields in section.overrides.items()
+                for name, value in fields.items()}
+        return from_parts(section.llm, section.vision, dtype=torch.float32, **flat)
+    return Molmo(section.molmo_config())
 
 
 def train(cfg: TrainConfig, *, resume: bool = False) -> None:

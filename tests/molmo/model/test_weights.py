@@ -211,7 +211,7 @@ def test_loading_holds_one_stored_tensor_at_a_time(monkeypatch: pytest.MonkeyPat
     """The model is allocated once and filled tensor by tensor: never a second full copy."""
     import molmo.model.weights as checkpoint
 
-    original = checkpoint._stored_tensors
+    original = checkpoint.stored_tensors
     alive: list[weakref.ref] = []
     most = 0
 
@@ -225,6 +225,6 @@ def test_loading_holds_one_stored_tensor_at_a_time(monkeypatch: pytest.MonkeyPat
                 return tensor
             yield name, tracked, shape
 
-    monkeypatch.setattr(checkpoint, "_stored_tensors", tracking)
+    monkeypatch.setattr(checkpoint, "stored_tensors", tracking)
     from_pretrained(FIXTURE)
     assert len(alive) == 195 and most == 1

@@ -52,7 +52,15 @@ def test_defaults_are_the_official_recipe_and_all_written_out(tmp_path, capsys):
      r"config.parallel.strategy must be one of \('ddp', 'fsdp'\)"),
     ({"model": {"preset": "tiny"}}, "config.model.tokenizer is required"),
     ({"model": {"preset": "tiny", "checkpoint": "x", "tokenizer": "t"}},
-     "config.model needs exactly one of preset and checkpoint"),
+     "config.model needs exactly one of preset, checkpoint and llm\\+vision"),
+    ({"model": {"checkpoint": "x", "llm": "l", "vision": "v"}},
+     "config.model needs exactly one of preset, checkpoint and llm\\+vision"),
+    ({"model": {"llm": "l"}}, "config.model needs both llm and vision"),
+    ({"model": {"vision": "v", "tokenizer": "t"}}, "config.model needs both llm and vision"),
+    ({"model": {"checkpoint": "x", "overrides": {"llm": {"layers": 1}}}},
+     "config.model.overrides apply to a preset or parts, not to a checkpoint"),
+    ({"model": {"llm": "l", "vision": "v", "overrides": {"vit": {"layers": 1}}}},
+     "unknown model part 'vit'"),
     ({"optim": {g: {"lr": 1.0, "warmup_steps": 0, "frozen": True}
                 for g in ("connector", "vit", "llm")}}, "config.optim freezes every group"),
     ({"optim": {"final_lr_fraction": 2}}, r"config.optim.final_lr_fraction must be in \[0, 1\]"),
@@ -84,6 +92,14 @@ def test_accumulation_is_derived_and_checked():
     with pytest.raises(PixmoError, match=r"global_batch_size 32 is not a multiple of "
                                          r"data.batch_size 4 x 3 ranks"):
         cfg.accumulation(3)
+
+
+def test_model_starts_from_parts_with_the_llms_tokenizer():
+    cfg = TrainConfig.from_dict({**MINIMAL, "model": {"llm": "qwen2", "vision": "clip"}})
+    assert (cfg.model.preset, cfg.model.tokenizer_dir) == (None, "qwen2")
+    assert TrainConfig.from_dict(yaml.safe_load(cfg.to_yaml())) == cfg
+    default = TrainConfig.from_dict({**MINIMAL, "model": {"tokenizer": "tok"}})
+    assert default.model.preset == "tiny" and default.model.tokenizer_dir == "tok"
 
 
 def test_model_overrides_reach_the_preset():
