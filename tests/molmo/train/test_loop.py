@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -283,3 +284,33 @@ def test_uint8_crops_train_like_float32_crops(setup, tmp_path):
         assert curves["uint8"][step]["loss"] == pytest.approx(row["loss"], rel=1e-4)
     assert evals["uint8"]["caption_loss"] == pytest.approx(evals["float32"]["caption_loss"],
                                                            rel=1e-4)
+
+
+def test_a_run_from_pretrained_parts_trains_and_exports(setup, tmp_path):
+    """``model: {llm, vision}``: a transformers Qwen2 and CLIP vision tower (with the run's
+    tokenizer in the LLM directory, where the run looks for it) train like a preset."""
+    import transformers
+
+    _, data, tok = setup
+    llm, vision = tmp_path / "qwen2", tmp_path / "clip"
+    torch.manual_seed(0)
+    transformers.Qwen2ForCausalLM(transformers.Qwen2Config(
+        vocab_size=400, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2)).save_pretrained(llm)
+    transformers.CLIPVisionModel(transformers.CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+        image_size=112, patch_size=14)).save_pretrained(vision)
+    for item in tok.iterdir():
+        shutil.copy(item, llm / item.name)
+    cfg = tiny_config(tmp_path / "run", data, tok, steps=3,
+                      data={"num_workers": 0}, checkpoint={"interval": 0, "export": True})
+    cfg["model"] = {"llm": str(llm), "vision": str(vision),
+                    "overrides": {"vision": {"feature_layers": [-1, -3]}}}
+    train(TrainConfig.from_dict(cfg))
+    curve = losses(tmp_path / "run")
+    assert sorted(curve) == [1, 2, 3] and all(torch.isfinite(torch.tensor(r["loss"]))
+                                              for r in curve.values())
+    model = from_pretrained(tmp_path / "run" / "model")
+    assert (model.cfg.vision.layers, model.cfg.llm.d_model, model.cfg.llm.vocab_size) == (
+        3, 32, 400)
+    assert (tmp_path / "run" / "model" / "tokenizer.json").is_file()
