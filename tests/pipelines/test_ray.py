@@ -1,80 +1,32 @@
-"""The Ray Data graph's batch functions (``pipelines.ray``), called on plain numpy batches
-as Ray would call them; the transcription actors' resources on clusters of every shape; a
-build with a transcription actor per CPU of the test session's Ray, and the settings it
-refuses before starting (the default Ray build against Beam's is in ``test_build.py``)."""
+"""The Ray build (``pipelines.ray``): the transcription actors' resources on clusters of every
+shape; a build with a transcription actor per CPU of the test session's Ray, and the settings
+it refuses before starting; a driver that receives the same few rows whatever the numbers of
+samples and rejects; a re-run that keeps every shard and an extend that adds what Beam adds
+(the default Ray build against Beam's is in ``test_build.py``; the functions Ray runs on the
+blocks are tested in ``ray/test_blocks.py``)."""
 
 from __future__ import annotations
 
+import io
+import json
+import pickle
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import pytest
+from PIL import Image
 
 from pipelines import ray as ray_engine
 from pipelines.cli import main
+from pipelines.ray import blocks
 from pixmo.build import BuildConfig
+from pixmo.dataset.tables import read_dataset_json, read_manifest, read_rejects
+from pixmo.dataset.writer import ShardConfig
 from pixmo.errors import ConfigError
-from pixmo.images import LoadedImage
-from pixmo.rejects import Reject
 from tests.one_line import assert_error_in_process, assert_error_in_shell
 from tests.pipelines.conftest import assert_same_build, config, make_raw
-
-
-def _records(tmp_path: Path) -> tuple[BuildConfig, ray_engine.Batch]:
-    cfg = BuildConfig(raw_dir=str(make_raw(tmp_path / "raw")), transcribe=False)
-    files = ray_engine._batch(["captions.jsonl", "points.jsonl"])
-    return cfg, ray_engine._read(files, cfg.raw_dir)
-
-
-def test_batch_is_one_object_column_and_its_keys():
-    batch = ray_engine._batch([("a", 1), ("b", 2)], key=lambda o: o[0])
-    assert batch[ray_engine.OBJ].dtype == object and list(batch[ray_engine.OBJ]) == [("a", 1),
-                                                                                    ("b", 2)]
-    assert list(batch[ray_engine.KEY]) == ["a", "b"]
-    assert set(ray_engine._batch([])) == {ray_engine.OBJ}
-
-
-def test_read_keys_records_by_image_and_rejects_by_nothing(tmp_path):
-    _, batch = _records(tmp_path)
-    objs, keys = list(batch[ray_engine.OBJ]), list(batch[ray_engine.KEY])
-    assert Counter(ray_engine._source(o) for o in objs) == {"captions.jsonl": 4,
-                                                           "points.jsonl": 13}
-    rejects = [o for o in objs if isinstance(o, Reject)]
-    assert sorted(r.reason.value for r in rejects) == ["invalid_record"] * 3
-    assert all(k == "" for o, k in zip(objs, keys, strict=True) if isinstance(o, Reject))
-    assert Counter(keys)["images/c.png"] == 6
-
-
-def _group(batch: ray_engine.Batch, key: str) -> ray_engine.Batch:
-    rows = np.asarray(batch[ray_engine.KEY]) == key
-    return {name: column[rows] for name, column in batch.items()}
-
-
-def test_resolve_loads_the_image_and_pairs_it_with_its_records(tmp_path):
-    cfg, batch = _records(tmp_path)
-    out = str(tmp_path / "out")
-    rejects = _group(batch, "")
-    assert list(ray_engine._resolve(rejects, cfg, out)[ray_engine.OBJ]) == list(
-        rejects[ray_engine.OBJ])  # rejects pass through untouched
-    (missing,) = ray_engine._resolve(_group(batch, "images/nope.png"), cfg, out)[ray_engine.OBJ]
-    assert missing.reason.value == "image_not_found"
-    (reject, image, *pairs) = ray_engine._resolve(_group(batch, "images/c.png"), cfg,
-                                                  out)[ray_engine.OBJ]  # rejects come first
-    assert reject.reason.value == "image_sha256_mismatch" and isinstance(image, LoadedImage)
-    assert len(pairs) == 5 and all(img is image for img, _ in pairs)
-    assert ray_engine._sha(image) == image.sha256 and ray_engine._sha(reject) == ""
-
-
-def test_summary_keeps_rejects_whole_and_samples_small():
-    reject = Reject("read", "invalid_record", "not json", "points.jsonl", "12")
-
-    class Planned:
-        key, size = "k1", 4096
-
-    batch = ray_engine._batch([reject, (Planned(), ["points.jsonl"], ["transcription_failed"])])
-    assert list(ray_engine._summary(batch)[ray_engine.OBJ]) == [
-        reject, ("k1", 4096, ["points.jsonl"], ["transcription_failed"])]
+from tests.pixmo.build.test_resume import make_points_raw
 
 
 def _node(cpus: float, gpus: float = 0) -> dict[str, float]:
@@ -154,3 +106,108 @@ def test_a_ray_of_this_machine_is_refused_before_it_starts(tmp_path):
     assert_error_in_shell("pixmo", (argv, f"--workers must be between 1 and the Ray cluster's "
                                           f"{int(too_many) - 1} CPUs"), paths)
     assert not (tmp_path / "out").exists()
+
+
+def _points(root: Path, samples: int, bad: int) -> Path:
+    """``samples`` tiny images with a pointing record each, then ``bad`` lines that are
+    not JSON and ``bad`` records naming a missing image."""
+    (root / "images").mkdir(parents=True)
+    lines = []
+    for i in range(samples):
+        buf = io.BytesIO()
+        Image.new("RGB", (8, 6), (i % 256, i // 256, 7)).save(buf, format="PNG")
+        (root / f"images/{i:04d}.png").write_bytes(buf.getvalue())
+        lines.append(json.dumps({"image": f"images/{i:04d}.png", "label": "dot",
+                                 "units": "percent", "points": [{"x": 50, "y": 50}],
+                                 "annotator": "a1"}))
+    for j in range(bad):
+        lines += ["{not json", json.dumps({"image": f"images/gone{j}.png", "label": "dot",
+                                           "units": "percent", "points": [],
+                                           "annotator": "a1"})]
+    (root / "points.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+# what a driver could call to receive a dataset's rows
+RECEIVING = ("take_all", "take", "take_batch", "iter_rows", "iter_batches", "iter_torch_batches",
+             "to_pandas", "to_arrow_refs", "to_numpy_refs", "show", "count", "sum", "unique")
+
+
+def _items(rows: list[dict[str, Any]]) -> list[tuple[str, str, int]]:
+    """What rows carry: each row's kind and name, and how many keys a plan row holds."""
+    return sorted((r[blocks.KIND], r.get(blocks.NAME, ""), len(pickle.loads(r[blocks.BLOB]))
+                   if r[blocks.KIND] == blocks.PLAN else 0) for r in rows)
+
+
+def test_the_driver_receives_the_same_few_rows_for_ten_times_the_samples_and_rejects(
+        tmp_path, monkeypatch, ray_session):
+    """Every method that hands a dataset's rows to the driver is instrumented: only
+    ``take_all`` is called, and at 20 samples and 6 rejects as at 200 and 60 it returns the
+    same rows (per file, reason, stage, key range and shard) of about the same size (only
+    the digits of the counts grow). Every reject still reaches rejects.parquet, and the
+    ledger balances."""
+    received: list[tuple[str, Any]] = []
+    inside: list[str] = []  # take_all iterates rows itself: only the outer call counts
+
+    def instrumented(name: str) -> Any:
+        method = getattr(ray_engine.ray.data.Dataset, name)
+
+        def receive(self: Any, *args: Any, **kwargs: Any) -> Any:
+            inside.append(name)
+            try:
+                out = method(self, *args, **kwargs)
+            finally:
+                inside.pop()
+            if not inside:
+                received.append((name, out))
+            return out
+        return receive
+
+    for name in RECEIVING:
+        monkeypatch.setattr(ray_engine.ray.data.Dataset, name, instrumented(name))
+    seen = []
+    for samples, bad in ((20, 3), (200, 30)):
+        received.clear()
+        out = tmp_path / f"out-{samples}"
+        cfg = BuildConfig(raw_dir=str(_points(tmp_path / f"raw-{samples}", samples, bad)),
+                          transcribe=False, shards=ShardConfig(max_samples=1000))
+        ray_engine.run(cfg, str(out))
+        assert {name for name, _ in received} == {"take_all"}
+        rows = [row for _, result in received for row in result]
+        seen.append((_items(rows), len(pickle.dumps(rows))))
+        assert len(read_manifest(out / "manifest.parquet")) == samples
+        assert Counter(r["reason"] for r in read_rejects(out / "rejects.parquet")) == {
+            "invalid_record": bad, "image_not_found": bad}
+        (books,) = read_dataset_json(out / "dataset.json")["ledger"]
+        assert books == {"file": "points.jsonl", "read": samples + 2 * bad,
+                         "accepted": samples, "rejected": 2 * bad}
+    (small, small_bytes), (large, large_bytes) = seen
+    assert small == large
+    assert ({kind for kind, _, _ in small} <= {blocks.READ, blocks.ACCEPTED, blocks.SAMPLES,
+                                               blocks.SECONDS, blocks.PLAN, blocks.WRITTEN})
+    assert (blocks.PLAN, "", 1) in small  # one key range, one shard: its first key
+    assert abs(large_bytes - small_bytes) <= 32
+
+
+def test_a_rerun_keeps_every_shard_and_an_extend_adds_what_beam_adds(tmp_path, ray_session):
+    from pipelines.beam import graph as beam
+
+    def cfg(raw: Path) -> BuildConfig:
+        return BuildConfig(raw_dir=str(raw), transcribe=False,
+                           shards=ShardConfig(max_samples=2))
+
+    base = make_points_raw(tmp_path / "base", 5)
+    ours, theirs = tmp_path / "ray", tmp_path / "beam"
+    ray_engine.run(cfg(base), str(ours))
+    beam.run(cfg(base), str(theirs))
+    assert_same_build(ours, theirs)
+    written = {p.name: p.stat().st_mtime_ns for p in (ours / "shards").iterdir()}
+    ray_engine.run(cfg(base), str(ours))  # resume: every committed shard is current
+    assert {p.name: p.stat().st_mtime_ns for p in (ours / "shards").iterdir()} == written
+    assert_same_build(ours, theirs)
+    more = make_points_raw(tmp_path / "more", 4, first=3)  # two images in the base already
+    ray_engine.run(cfg(more), str(ours), mode="extend")
+    beam.run(cfg(more), str(theirs), mode="extend")
+    assert_same_build(ours, theirs)
+    assert Counter(r["reason"] for r in read_rejects(ours / "rejects.parquet"))[
+        "already_in_dataset"] == 2
