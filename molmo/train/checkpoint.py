@@ -7,6 +7,10 @@ config.
 A checkpoint is written under a temporary name and renamed into place by rank 0 after every rank
 has finished, so a directory ``step_NNNNNNNN`` is always complete; ``meta.json`` inside it is the
 last file written. Loading reads those fixed top-level keys back.
+
+A LoRA run (``base`` given) saves only what trains (the adapters and their optimizer state) and
+records the base's identity (where it came from and a hash of its weights) in ``meta.json``;
+restoring onto a different base, or with different LoRA settings, is refused.
 """
 
 from __future__ import annotations
@@ -70,11 +74,21 @@ class Restored:
 
 
 class Checkpointer:
-    """Saves to and restores from ``run_dir/checkpoints``; every method is a collective call."""
+    """Saves to and restores from ``run_dir/checkpoints``; every method is a collective call.
+    ``base``: a LoRA run's base identity and settings (``molmo.train.lora``); None saves every
+    weight."""
 
-    def __init__(self, run_dir: Path, cfg: CheckpointConfig, world: World) -> None:
+    def __init__(self, run_dir: Path, cfg: CheckpointConfig, world: World,
+                 base: dict[str, Any] | None = None) -> None:
         self.root = run_dir / "checkpoints"
-        self.cfg, self.world = cfg, world
+        self.cfg, self.world, self.base = cfg, world, base
+
+    def _options(self) -> Any:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+        # frozen weights (the whole base of a LoRA run) are left out, on saving and loading
+        return StateDictOptions(ignore_frozen_params=self.base is not None,
+                                strict=self.base is None)
 
     def committed(self) -> list[Path]:
         """Complete checkpoints, oldest first."""
@@ -95,7 +109,7 @@ class Checkpointer:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         barrier()
-        model_sd, optim_sd = get_state_dict(model, optimizer)
+        model_sd, optim_sd = get_state_dict(model, optimizer, options=self._options())
         dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(tmp / "dcp"))
         _write_json(tmp / f"rank_{self.world.rank:05d}.json",
                     {"step": step, "data_loader": loader.state_dict(), "rng": rng_state()})
@@ -103,7 +117,7 @@ class Checkpointer:
         if self.world.is_main:
             _write_json(tmp / "meta.json", {"format_version": FORMAT_VERSION, "step": step,
                                             "world_size": self.world.world_size,
-                                            "config": config})
+                                            "base": self.base, "config": config})
             os.replace(tmp, final)
             for old in self.committed()[:-self.cfg.keep]:
                 shutil.rmtree(old)
@@ -126,16 +140,34 @@ class Checkpointer:
             raise PixmoError(f"checkpoint was saved by {meta['world_size']} ranks, this run has "
                              f"{self.world.world_size}; exact resumption needs the same number",
                              file=str(path))
-        model_sd, optim_sd = get_state_dict(model, optimizer)
+        self._check_base(meta.get("base"), path)
+        model_sd, optim_sd = get_state_dict(model, optimizer, options=self._options())
         state = {"model": model_sd, "optimizer": optim_sd}
         dcp.load(state, checkpoint_id=str(path / "dcp"))
         set_state_dict(model, optimizer, model_state_dict=state["model"],
-                       optim_state_dict=state["optimizer"])
+                       optim_state_dict=state["optimizer"], options=self._options())
         extra = json.loads((path / f"rank_{self.world.rank:05d}.json").read_text())
         loader.load_state_dict(extra["data_loader"])
         set_rng_state(extra["rng"])
         log.info("restored %s (step %d)", path, meta["step"])
         return Restored(meta["step"], path)
+
+    def _check_base(self, saved: dict[str, Any] | None, path: Path) -> None:
+        """Refuse a checkpoint whose base or LoRA settings are not this run's."""
+        if saved is None and self.base is None:
+            return
+        if saved is None or self.base is None:
+            has, run = ("full weights", "LoRA") if saved is None else ("LoRA adapters", "no lora")
+            raise PixmoError(f"checkpoint holds {has}, this run has {run} settings; resume "
+                             f"with the config it was saved with", file=str(path))
+        if saved["sha256"] != self.base["sha256"]:
+            raise PixmoError(f"checkpoint's adapters were trained on base {saved['base']} "
+                             f"(sha256 {saved['sha256'][:12]}), this run's base is "
+                             f"{self.base['base']} (sha256 {self.base['sha256'][:12]})",
+                             file=str(path))
+        if saved.get("lora") != self.base.get("lora"):
+            raise PixmoError(f"checkpoint's LoRA settings {saved.get('lora')} differ from this "
+                             f"run's {self.base.get('lora')}", file=str(path))
 
 
 def _write_json(path: Path, obj: Any) -> None:

@@ -22,6 +22,7 @@ PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 GROUPS = ("connector", "vit", "llm")
 MODEL_PARTS = ("vision", "connector", "llm")  # MolmoConfig's sections
+LORA_TARGETS = ("llm.attn", "llm.mlp", "vision.attn", "vision.mlp", "connector")
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,29 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
+class LoraConfig:
+    """LoRA adapters (``molmo.train.lora``, through peft): the base model stays frozen and only
+    the adapters train. ``targets`` name groups of linear layers: ``llm.attn`` (qkv, out),
+    ``llm.mlp`` (dense or MoE experts), ``vision.attn``, ``vision.mlp`` (the ViT blocks that
+    run) and ``connector`` (attention pool and projector)."""
+
+    rank: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.0
+    targets: tuple[str, ...] = ("llm.attn", "llm.mlp")
+
+    def __post_init__(self) -> None:
+        check_fields(self, rank=at_least(1), alpha=above(0),
+                     dropout=between(0, 1, open_high=True))
+        unknown = [t for t in self.targets if t not in LORA_TARGETS]
+        if unknown or not self.targets:
+            raise ConfigError(f"unknown target {unknown[0]!r} (expected some of "
+                              f"{', '.join(LORA_TARGETS)})" if unknown else
+                              f"must name at least one of {', '.join(LORA_TARGETS)}",
+                              field="LoraConfig.targets")
+
+
+@dataclass(frozen=True)
 class ParallelConfig:
     """``strategy`` applies under torchrun with more than one rank. ``precision`` auto: bf16
     compute (FSDP bf16 params with fp32 reduce, or autocast under DDP) on GPU, fp32 on CPU."""
@@ -195,6 +219,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = CheckpointConfig()
     metrics: MetricsConfig = MetricsConfig()
     eval: EvalConfig = EvalConfig()
+    lora: LoraConfig | None = None  # None: full fine-tuning
     steps: int = 1000
     global_batch_size: int = 128
     seed: int = 6198
@@ -213,6 +238,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        if isinstance(data, dict) and isinstance(data.get("lora"), dict):  # an optional section
+            data = {**data, "lora": from_mapping(LoraConfig, data["lora"], "config.lora")}
         return from_mapping(cls, data, "config")
 
     @classmethod

@@ -35,12 +35,13 @@ from molmo.model.parts import from_parts
 from molmo.model.weights import from_pretrained, save_pretrained
 from molmo.preprocess.batching import normalize_images
 from molmo.preprocess.tokenizer import MolmoTokenizer
-from molmo.train import parallel
+from molmo.train import lora, parallel
 from molmo.train.checkpoint import Checkpointer
 from molmo.train.config import ModelSection, TrainConfig
 from molmo.train.metrics import FlopModel, MetricsWriter, StepTotals, peak_flops
 from molmo.train.optim import build_optimizer, clip_per_group, freeze, set_lrs
 from pixmo.atomic import atomic_directory
+from pixmo.config import to_plain
 from pixmo.errors import PixmoError
 
 log = logging.getLogger(__name__)
@@ -65,19 +66,28 @@ class Run:
 
 
 def build(cfg: TrainConfig, world: parallel.World) -> Run:
-    """Tokenizer, model (frozen parts, device, wrapping), optimizer, loader, checkpointer."""
+    """Tokenizer, model (adapters, frozen parts, device, wrapping), optimizer, loader,
+    checkpointer."""
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model)
     tokenizer = MolmoTokenizer.from_dir(cfg.model.tokenizer_dir,
                                         vocab_size=model.cfg.llm.vocab_size)
-    freeze(model, cfg.optim)
     flops = FlopModel.of(model)
+    base = None
+    if cfg.lora is not None:
+        base = {**lora.base_identity(cfg.model, model, cfg.seed), "lora": to_plain(cfg.lora)}
+        lora.apply(model, cfg.lora)
+    freeze(model, cfg.optim)
+    trainable, total = lora.parameter_counts(model)
+    if world.is_main:
+        log.info("trainable parameters: %s of %s (%.2f%%)", f"{trainable:,}", f"{total:,}",
+                 100 * trainable / total)
     wrapped = parallel.wrap(model.to(world.device), cfg.parallel, world)
     loader = MolmoLoader(cfg.data, tokenizer, cfg.preprocess, rank=world.rank,
                          world_size=world.world_size)
     return Run(cfg, world, tokenizer, wrapped, build_optimizer(parallel.unwrap(wrapped),
                                                                cfg.optim),
-               loader, Checkpointer(Path(cfg.run_dir), cfg.checkpoint, world), flops,
+               loader, Checkpointer(Path(cfg.run_dir), cfg.checkpoint, world, base), flops,
                cfg.accumulation(world.world_size),
                parallel.compute_dtype(cfg.parallel, world.device))
 
@@ -206,16 +216,20 @@ def train_step(run: Run, micro: Sequence[tuple[dict[str, torch.Tensor], BatchInf
 
 def export(run: Run, path: Path) -> None:
     """Write the trained model (``save_pretrained``, our layout) with its tokenizer, for
-    ``molmo predict`` and ``molmo eval``. A collective call: every rank gathers the weights."""
+    ``molmo predict`` and ``molmo eval``, LoRA adapters merged into the base. A collective
+    call: every rank gathers the weights."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     state = get_model_state_dict(run.model, options=StateDictOptions(full_state_dict=True,
                                                                      cpu_offload=True))
     if run.world.is_main:
         inner = parallel.unwrap(run.model)
-        with torch.device("meta"):
-            plain = Molmo(inner.cfg)
-        plain.load_state_dict(state, assign=True)
+        if run.cfg.lora is not None:
+            plain = lora.merged(inner, run.cfg.lora, state)
+        else:
+            with torch.device("meta"):
+                plain = Molmo(inner.cfg)
+            plain.load_state_dict(state, assign=True)
         with atomic_directory(path, overwrite=True) as staged:
             save_pretrained(plain, staged, overwrite=True)
             tok = run.tokenizer.save(staged / ".tokenizer")

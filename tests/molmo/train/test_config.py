@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from molmo.train.config import TrainConfig
+from molmo.train.config import LoraConfig, TrainConfig
 from molmo.train.loop import main_train
 from pixmo.errors import PixmoError
 from tests.paths import REPO
@@ -76,6 +76,14 @@ def test_defaults_are_the_official_recipe_and_all_written_out(tmp_path, capsys):
     ({"optim": {"betas": [0.9]}}, r"config.optim.betas must be \[float, float\], got \[0.9\]"),
     ({"data": "shards/"}, "config.data must be a mapping, got 'shards/'"),
     ({"data": {"datasets": [{"source": "s"}]}}, r"config.data.datasets\[0\].name is required"),
+    ({"lora": {"rank": 0}}, "config.lora.rank must be >= 1, got 0"),
+    ({"lora": {"dropout": 1.0}}, r"config.lora.dropout must be in \[0, 1\), got 1.0"),
+    ({"lora": {"targets": ["llm.attn", "llm.qkv"]}},
+     "config.lora.targets unknown target 'llm.qkv' \\(expected some of llm.attn, llm.mlp, "
+     "vision.attn, vision.mlp, connector\\)"),
+    ({"lora": {"targets": []}}, "config.lora.targets must name at least one of"),
+    ({"lora": {"rank": 8, "scale": 2}}, r"config.lora: unknown keys \['scale'\]"),
+    ({"lora": "yes"}, "config.lora must be a mapping or null, got 'yes'"),
 ])
 def test_invalid_configs_name_the_field(tmp_path, change, message):
     path = tmp_path / "bad.yaml"
@@ -92,6 +100,13 @@ def test_accumulation_is_derived_and_checked():
     with pytest.raises(PixmoError, match=r"global_batch_size 32 is not a multiple of "
                                          r"data.batch_size 4 x 3 ranks"):
         cfg.accumulation(3)
+
+
+def test_lora_section_defaults_and_round_trips():
+    assert TrainConfig.from_dict(MINIMAL).lora is None  # full fine-tuning
+    cfg = TrainConfig.from_dict({**MINIMAL, "lora": {"rank": 8, "targets": ["llm.attn"]}})
+    assert cfg.lora == LoraConfig(rank=8, alpha=32.0, dropout=0.0, targets=("llm.attn",))
+    assert TrainConfig.from_dict(yaml.safe_load(cfg.to_yaml())) == cfg
 
 
 def test_model_starts_from_parts_with_the_llms_tokenizer():
