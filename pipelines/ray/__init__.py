@@ -13,11 +13,15 @@ here (a key per shard), and samples are grouped by shard and written.
 
 What reaches the driver comes through ``collect``: counts per input file, per
 reason and seconds per stage (summed by Ray), a plan per key range and stats per
-shard; rejects are staged by the workers and merged by ``finish``. Groupings
-sort (Ray Data's pull-based sort shuffle): hash shuffles start aggregator
-actors per grouping, three times slower on two cores (BENCHMARKS.md). The pool
-never reserves the CPUs the other stages' tasks need (``actor_resources``), and
-a setting the cluster cannot run is refused before the build starts.
+shard; rejects are staged by the workers and merged by ``finish``. A grouping
+is Ray's pull-based sort on the group column with fixed boundaries
+(``_regroup``): one block per range of groups, whatever the number of blocks
+coming in (``groupby().map_groups()`` makes as many as come in, here often one
+task for everything), and tasks, not the aggregator actors a hash shuffle
+starts for every grouping (three times slower on two cores, BENCHMARKS.md). The
+pool never reserves the CPUs the other stages' tasks need
+(``actor_resources``), and a setting the cluster cannot run is refused before
+the build starts.
 """
 
 from __future__ import annotations
