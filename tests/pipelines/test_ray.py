@@ -1,9 +1,9 @@
 """The Ray build (``pipelines.ray``): the transcription actors' resources on clusters of every
 shape; a build with a transcription actor per CPU of the test session's Ray, and the settings
 it refuses before starting; a driver that receives the same few rows whatever the numbers of
-samples and rejects; a re-run that keeps every shard and an extend that adds what Beam adds
-(the default Ray build against Beam's is in ``test_build.py``; the functions Ray runs on the
-blocks are tested in ``ray/test_blocks.py``)."""
+samples and rejects; a re-run that keeps every shard and an extend that adds what Beam adds;
+a regrouping that keeps each group in one block (the default Ray build against Beam's is in
+``test_build.py``; the functions Ray runs on the blocks are tested in ``ray/test_blocks.py``)."""
 
 from __future__ import annotations
 
@@ -211,3 +211,20 @@ def test_a_rerun_keeps_every_shard_and_an_extend_adds_what_beam_adds(tmp_path, r
     assert_same_build(ours, theirs)
     assert Counter(r["reason"] for r in read_rejects(ours / "rejects.parquet"))[
         "already_in_dataset"] == 2
+
+
+def test_a_regrouping_puts_each_range_of_groups_in_one_block(ray_session):
+    """Whatever blocks come in (here 5, each with rows of every group), ``_regroup`` makes
+    one block per range of groups, so a function of a block sees every row of its groups;
+    book rows go with the first range."""
+    rows = blocks.Rows()
+    for group in [*range(10)] * 3 + [blocks.BOOK] * 2:
+        rows.add(group, blocks.RECORDS)
+    dataset = ray_engine.ray.data.from_arrow(rows.table()).repartition(5)
+    tables = ray_engine.ray.get(ray_engine._regroup(dataset, 10, 4).to_arrow_refs())
+    groups = [sorted(set(t[blocks.GROUP].to_pylist())) for t in tables]
+    assert groups == [[blocks.BOOK, 0, 1, 2], [3, 4], [5, 6, 7], [8, 9]]
+    assert [t.num_rows for t in tables] == [11, 6, 9, 6]
+    shards = ray_engine._regroup(ray_engine.ray.data.from_arrow(rows.table()), 3, 2, first=7)
+    assert [sorted(set(t[blocks.GROUP].to_pylist())) for t in ray_engine.ray.get(
+        shards.to_arrow_refs())] == [[blocks.BOOK, 0, 1, 2, 3, 4, 5, 6, 7, 8], [9]]
