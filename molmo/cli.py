@@ -77,6 +77,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     return main_train(args.config, resume=args.resume, print_config=args.print_config)
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from molmo.train.loop import export_checkpoint
+
+    out = export_checkpoint(args.checkpoint, args.dst, overwrite=args.overwrite)
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     import json
 
@@ -116,6 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved config with every default, then exit")
     p.set_defaults(handler=cmd_train)
+
+    p = sub.add_parser("export", help="a training checkpoint as a model directory (LoRA "
+                       "adapters merged into their base)")
+    p.add_argument("checkpoint", help="run_dir/checkpoints/step_N")
+    p.add_argument("dst")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(handler=cmd_export)
 
     p = sub.add_parser("eval", help="pointing F1 and counting accuracy on held-out shards")
     p.add_argument("config", help="the training YAML (its eval section names the data)")

@@ -140,7 +140,7 @@ class Checkpointer:
             raise PixmoError(f"checkpoint was saved by {meta['world_size']} ranks, this run has "
                              f"{self.world.world_size}; exact resumption needs the same number",
                              file=str(path))
-        self._check_base(meta.get("base"), path)
+        check_base(meta.get("base"), self.base, path)
         model_sd, optim_sd = get_state_dict(model, optimizer, options=self._options())
         state = {"model": model_sd, "optimizer": optim_sd}
         dcp.load(state, checkpoint_id=str(path / "dcp"))
@@ -152,22 +152,22 @@ class Checkpointer:
         log.info("restored %s (step %d)", path, meta["step"])
         return Restored(meta["step"], path)
 
-    def _check_base(self, saved: dict[str, Any] | None, path: Path) -> None:
-        """Refuse a checkpoint whose base or LoRA settings are not this run's."""
-        if saved is None and self.base is None:
-            return
-        if saved is None or self.base is None:
-            has, run = ("full weights", "LoRA") if saved is None else ("LoRA adapters", "no lora")
-            raise PixmoError(f"checkpoint holds {has}, this run has {run} settings; resume "
-                             f"with the config it was saved with", file=str(path))
-        if saved["sha256"] != self.base["sha256"]:
-            raise PixmoError(f"checkpoint's adapters were trained on base {saved['base']} "
-                             f"(sha256 {saved['sha256'][:12]}), this run's base is "
-                             f"{self.base['base']} (sha256 {self.base['sha256'][:12]})",
-                             file=str(path))
-        if saved.get("lora") != self.base.get("lora"):
-            raise PixmoError(f"checkpoint's LoRA settings {saved.get('lora')} differ from this "
-                             f"run's {self.base.get('lora')}", file=str(path))
+def check_base(saved: dict[str, Any] | None, base: dict[str, Any] | None, path: Path) -> None:
+    """Refuse checkpoint ``path`` when the base or LoRA settings it was ``saved`` with are not
+    ``base`` (None for both: full weights)."""
+    if saved is None and base is None:
+        return
+    if saved is None or base is None:
+        has, run = ("full weights", "LoRA") if saved is None else ("LoRA adapters", "no lora")
+        raise PixmoError(f"checkpoint holds {has}, this run has {run} settings; resume "
+                         f"with the config it was saved with", file=str(path))
+    if saved["sha256"] != base["sha256"]:
+        raise PixmoError(f"checkpoint's adapters were trained on base {saved['base']} "
+                         f"(sha256 {saved['sha256'][:12]}), this run's base is "
+                         f"{base['base']} (sha256 {base['sha256'][:12]})", file=str(path))
+    if saved.get("lora") != base.get("lora"):
+        raise PixmoError(f"checkpoint's LoRA settings {saved.get('lora')} differ from this "
+                         f"run's {base.get('lora')}", file=str(path))
 
 
 def _write_json(path: Path, obj: Any) -> None:

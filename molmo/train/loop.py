@@ -17,6 +17,7 @@ global batch.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import time
@@ -36,7 +37,7 @@ from molmo.model.weights import from_pretrained, save_pretrained
 from molmo.preprocess.batching import normalize_images
 from molmo.preprocess.tokenizer import MolmoTokenizer
 from molmo.train import lora, parallel
-from molmo.train.checkpoint import Checkpointer
+from molmo.train.checkpoint import Checkpointer, check_base
 from molmo.train.config import ModelSection, TrainConfig
 from molmo.train.metrics import FlopModel, MetricsWriter, StepTotals, peak_flops
 from molmo.train.optim import build_optimizer, clip_per_group, freeze, set_lrs
@@ -73,9 +74,8 @@ def build(cfg: TrainConfig, world: parallel.World) -> Run:
     tokenizer = MolmoTokenizer.from_dir(cfg.model.tokenizer_dir,
                                         vocab_size=model.cfg.llm.vocab_size)
     flops = FlopModel.of(model)
-    base = None
+    base = _base(cfg, model)
     if cfg.lora is not None:
-        base = {**lora.base_identity(cfg.model, model, cfg.seed), "lora": to_plain(cfg.lora)}
         lora.apply(model, cfg.lora)
     freeze(model, cfg.optim)
     trainable, total = lora.parameter_counts(model)
@@ -102,6 +102,13 @@ def build_model(section: ModelSection) -> Molmo:
                 for name, value in fields.items()}
         return from_parts(section.llm, section.vision, dtype=torch.float32, **flat)
     return Molmo(section.molmo_config())
+
+
+def _base(cfg: TrainConfig, model: Molmo) -> dict[str, Any] | None:
+    """A LoRA run's base identity and settings, as its checkpoints record them."""
+    if cfg.lora is None:
+        return None
+    return {**lora.base_identity(cfg.model, model, cfg.seed), "lora": to_plain(cfg.lora)}
 
 
 def train(cfg: TrainConfig, *, resume: bool = False) -> None:
@@ -230,14 +237,48 @@ def export(run: Run, path: Path) -> None:
             with torch.device("meta"):
                 plain = Molmo(inner.cfg)
             plain.load_state_dict(state, assign=True)
-        with atomic_directory(path, overwrite=True) as staged:
-            save_pretrained(plain, staged, overwrite=True)
-            tok = run.tokenizer.save(staged / ".tokenizer")
-            for item in tok.iterdir():
-                os.replace(item, staged / item.name)
-            tok.rmdir()
-        log.info("exported the model to %s", path)
+        _write_model(plain, run.tokenizer, path, overwrite=True)
     parallel.barrier()
+
+
+def _write_model(model: Molmo, tokenizer: MolmoTokenizer, path: Path, *,
+                 overwrite: bool) -> None:
+    with atomic_directory(path, overwrite=overwrite) as staged:
+        save_pretrained(model, staged, overwrite=True)
+        tok = tokenizer.save(staged / ".tokenizer")
+        for item in tok.iterdir():
+            os.replace(item, staged / item.name)
+        tok.rmdir()
+    log.info("exported the model to %s", path)
+
+
+def export_checkpoint(checkpoint: str | Path, dst: str | Path, *,
+                      overwrite: bool = False) -> Path:
+    """``molmo export``: a training checkpoint (``run_dir/checkpoints/step_N``, saved by any
+    number of ranks) as the run's own export writes it: our layout with the tokenizer, LoRA
+    adapters merged into the base, which must be the one they were trained on."""
+    import torch.distributed.checkpoint as dcp
+
+    path = Path(checkpoint)
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise PixmoError("is not a training checkpoint (no readable meta.json)",
+                         file=str(path)) from exc
+    cfg = TrainConfig.from_dict(meta["config"])
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model)
+    check_base(meta.get("base"), _base(cfg, model), path)
+    if cfg.lora is not None:
+        lora.apply(model, cfg.lora)
+    saved = {k: v for k, v in model.state_dict().items() if cfg.lora is None or ".lora_" in k}
+    dcp.load({"model": saved}, checkpoint_id=str(path / "dcp"))  # into the model's tensors
+    if cfg.lora is not None:
+        model = lora.merged(model, cfg.lora, model.state_dict())
+    tokenizer = MolmoTokenizer.from_dir(cfg.model.tokenizer_dir,
+                                        vocab_size=model.cfg.llm.vocab_size)
+    _write_model(model, tokenizer, Path(dst), overwrite=overwrite)
+    return Path(dst)
 
 
 def main_train(config_path: str, *, resume: bool = False, print_config: bool = False) -> int:

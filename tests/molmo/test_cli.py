@@ -50,6 +50,8 @@ MOLMO = [
      "{missing}: no config.json in checkpoint directory"),
     (["convert", "{checkpoint}", "{dataset}", "--to", "ours"],
      "{dataset}: output directory exists and is not empty"),
+    (["export", "{missing}", "{out}"],
+     "{missing}: is not a training checkpoint (no readable meta.json)"),
 ]
 
 IN_THE_SHELL = {"{yaml_type}: config.steps must be int, got 'ten'",
@@ -86,7 +88,7 @@ def test_no_traceback_reaches_the_shell(paths, row):
 
 def test_every_command_has_a_bad_command_line():
     commands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
-    assert list(commands) == ["convert", "predict", "train", "eval"]
+    assert list(commands) == ["convert", "predict", "train", "export", "eval"]
     assert {argv[0] for argv, _ in MOLMO} == set(commands)
 
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
+from molmo.cli import main
 from molmo.model.config import MolmoConfig, preset
 from molmo.model.molmo import Molmo
 from molmo.model.weights import from_pretrained
@@ -21,7 +22,14 @@ from molmo.preprocess.batching import normalize_images
 from molmo.train import checkpoint as train_checkpoint
 from molmo.train import lora, parallel
 from molmo.train.config import LORA_TARGETS, LoraConfig, ModelSection, TrainConfig
-from molmo.train.loop import _micro_batches, build, build_model, export, train, train_step
+from molmo.train.loop import (
+    _micro_batches,
+    build,
+    export,
+    export_checkpoint,
+    train,
+    train_step,
+)
 from pixmo.errors import PixmoError
 from tests.molmo.train.test_loop import (
     launch,
@@ -87,7 +95,8 @@ def test_targets_name_our_linear_layers():
         for p in ("gate", "up", "down")}  # the router stays as it is
 
 
-def test_a_run_changes_only_adapters_and_exports_merged(setup, tmp_path, caplog):  # noqa: F811
+def test_a_run_changes_only_adapters_and_exports_merged(
+        setup, tmp_path, caplog, capsys):  # noqa: F811
     root, data, tok = setup
     cfg = TrainConfig.from_dict(lora_config(tmp_path / "run", data, tok, workers=0))
     with caplog.at_level(logging.INFO, logger="molmo.train.loop"):
@@ -98,6 +107,7 @@ def test_a_run_changes_only_adapters_and_exports_merged(setup, tmp_path, caplog)
     for step in range(1, 4):
         train_step(run, [next(batches) for _ in range(run.accumulation)], step)
     export(run, tmp_path / "model")  # merging leaves the training model as it was
+    step_dir = run.checkpointer.save(3, run.model, run.optimizer, run.loader, cfg.to_dict())
     after = run.model.state_dict()
     changed = {n for n in before if not torch.equal(before[n], after[n])}
     assert changed == adapter_names(run.model) and len(changed) == 2 * (3 * 6 + 7 + 2 * 4)
@@ -109,6 +119,18 @@ def test_a_run_changes_only_adapters_and_exports_merged(setup, tmp_path, caplog)
         adapted, plain = run.model(*inputs), merged(*inputs)
     assert (adapted - plain).abs().max() <= 1e-5
     assert set(merged.state_dict()) == set(Molmo(merged.cfg).state_dict())
+    # molmo export: the checkpoint's adapters merged into a rebuilt base, as the run exports
+    assert main(["export", str(step_dir), str(tmp_path / "exported")]) == 0
+    again = from_pretrained(tmp_path / "exported").state_dict()
+    for name, tensor in merged.state_dict().items():
+        assert torch.equal(again[name], tensor), name
+    meta = json.loads((step_dir / "meta.json").read_text())
+    meta["base"]["sha256"] = "0" * 64  # adapters of another base
+    (step_dir / "meta.json").write_text(json.dumps(meta))
+    assert main(["export", str(step_dir), str(tmp_path / "other")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "adapters were trained on base preset tiny (seed 1) (sha256 000000000000)" in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "other").exists()
 
 
 def test_checkpoint_holds_adapters_and_base_identity(single, tmp_path):
@@ -173,15 +195,14 @@ def test_two_ranks_equal_one_process(setup, single, strategy):  # noqa: F811
     assert a["model"].keys() == b["model"].keys()
     for name, tensor in a["model"].items():
         torch.testing.assert_close(b["model"][name], tensor, rtol=1e-4, atol=1e-6, msg=name)
-    if strategy == "fsdp":  # the export is the base with the final adapters merged in
-        ref = TrainConfig.from_dict(cfg)
-        torch.manual_seed(ref.seed)
-        model = lora.apply(build_model(ref.model), ref.lora)
-        expected = lora.merged(model, ref.lora, {**model.state_dict(), **b["model"]})
+    if strategy == "fsdp":  # the run's export (gathered from both ranks' shards) is the base
+        # with the final adapters merged in, as one process exports the sharded checkpoint
+        export_checkpoint(run_dir / "checkpoints" / last, root / "fsdp-export")
         exported = from_pretrained(run_dir / "model").state_dict()
-        assert exported.keys() == expected.state_dict().keys()
-        for name, tensor in expected.state_dict().items():
-            torch.testing.assert_close(exported[name], tensor, rtol=1e-6, atol=0, msg=name)
+        expected = from_pretrained(root / "fsdp-export").state_dict()
+        assert exported.keys() == expected.keys()
+        for name, tensor in expected.items():
+            assert torch.equal(exported[name], tensor), name
 
 
 def test_base_identity_hashes_weight_files(tmp_path):
