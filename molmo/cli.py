@@ -80,8 +80,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from molmo.train.loop import export_checkpoint
 
-    out = export_checkpoint(args.checkpoint, args.dst, overwrite=args.overwrite)
-    print(f"wrote {out}")
+    out = export_checkpoint(args.checkpoint, args.dst, overwrite=args.overwrite,
+                            layout=args.format)
+    print(f"wrote {out} ({args.format} layout)")
     return 0
 
 
@@ -129,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "adapters merged into their base)")
     p.add_argument("checkpoint", help="run_dir/checkpoints/step_N")
     p.add_argument("dst")
+    p.add_argument("--format", choices=("ours", "official"), default="ours",
+                   help="official: the hub layout that Ai2's remote code and vLLM serve")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(handler=cmd_export)
 

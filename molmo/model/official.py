@@ -23,6 +23,18 @@ from pixmo.errors import PixmoError
 
 _CLIP_L = VisionConfig()
 
+# The hub repositories whose remote code reads each family's config.json; ``auto_map`` names
+# them ("repo--module.Class"), so a written checkpoint needs no code files of its own.
+MOLMO_7B_D_REPO = "allenai/Molmo-7B-D-0924"  # Qwen2 LLM, no qk-norm (72B: the same code)
+MOLMO_7B_O_REPO = "allenai/Molmo-7B-O-0924"  # OLMo LLM with qk-norm
+MOLMOE_REPO = "allenai/MolmoE-1B-0924"  # OLMoE, native OLMo-style keys
+
+
+def remote_code_map(repo: str, stem: str) -> dict[str, str]:
+    """``auto_map`` naming ``repo``'s ``config_{stem}.py`` and ``modeling_{stem}.py``."""
+    return {"AutoConfig": f"{repo}--config_{stem}.MolmoConfig",
+            "AutoModelForCausalLM": f"{repo}--modeling_{stem}.MolmoForCausalLM"}
+
 
 def _vision_from_official(vb: dict[str, Any], vit_layers: Any, source: str) -> VisionConfig:
     size = vb.get("image_default_input_size", [_CLIP_L.image_size, _CLIP_L.image_size])
@@ -126,6 +138,7 @@ def _native_llm_keys(llm: LLMConfig, vision: VisionConfig) -> dict[str, Any]:
     """The LLM in native OLMo-style keys, as MolmoE's config.json has them."""
     return {
         "architectures": ["OLMoForCausalLM"], "model_type": "molmo",
+        "auto_map": remote_code_map(MOLMOE_REPO, "molmoe"),
         "d_model": llm.d_model, "n_heads": llm.heads,
         "n_kv_heads": None if llm.kv_heads == llm.heads else llm.kv_heads,
         "n_layers": llm.layers, "mlp_ratio": 1, "mlp_hidden_size": 2 * llm.mlp_hidden,
@@ -143,8 +156,7 @@ def _hf_llm_keys(llm: LLMConfig) -> dict[str, Any]:
     """The LLM in HF-style keys, as the 7B and 72B config.json files have them."""
     out = {
         "architectures": ["MolmoForCausalLM"], "model_type": "molmo",
-        "auto_map": {"AutoConfig": "config_molmo.MolmoConfig",
-                     "AutoModelForCausalLM": "modeling_molmo.MolmoForCausalLM"},
+        "auto_map": remote_code_map(MOLMO_7B_O_REPO if llm.qk_norm else MOLMO_7B_D_REPO, "molmo"),
         "hidden_size": llm.d_model, "num_hidden_layers": llm.layers,
         "num_attention_heads": llm.heads, "num_key_value_heads": llm.kv_heads,
         "intermediate_size": 2 * llm.mlp_hidden, "vocab_size": llm.vocab_size,
@@ -153,7 +165,7 @@ def _hf_llm_keys(llm: LLMConfig) -> dict[str, Any]:
         "layer_norm_type": "rms", "qkv_bias": llm.qkv_bias, "clip_qkv": None,
         "attention_layer_norm": llm.qk_norm, "norm_after": llm.norm_after,
         "weight_tying": False, "tie_word_embeddings": False, "use_position_ids": True,
-        "torch_dtype": "float32",
+        "torch_dtype": "float32", "use_cache": True, "initializer_range": 0.02,
     }
     if llm.additional_vocab_size != OFFICIAL_ADDITIONAL_VOCAB:
         out["additional_vocab_size"] = llm.additional_vocab_size

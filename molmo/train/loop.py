@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from molmo.data.loader import MolmoLoader
 from molmo.data.slots import BatchInfo
 from molmo.model.molmo import Molmo, token_loss
 from molmo.model.parts import from_parts
+from molmo.model.serving import save_tokenizer_files, write_serving
 from molmo.model.weights import from_pretrained, save_pretrained
 from molmo.preprocess.batching import normalize_images
 from molmo.preprocess.tokenizer import MolmoTokenizer
@@ -245,18 +245,16 @@ def _write_model(model: Molmo, tokenizer: MolmoTokenizer, path: Path, *,
                  overwrite: bool) -> None:
     with atomic_directory(path, overwrite=overwrite) as staged:
         save_pretrained(model, staged, overwrite=True)
-        tok = tokenizer.save(staged / ".tokenizer")
-        for item in tok.iterdir():
-            os.replace(item, staged / item.name)
-        tok.rmdir()
+        save_tokenizer_files(tokenizer, staged)
     log.info("exported the model to %s", path)
 
 
-def export_checkpoint(checkpoint: str | Path, dst: str | Path, *,
-                      overwrite: bool = False) -> Path:
+def export_checkpoint(checkpoint: str | Path, dst: str | Path, *, overwrite: bool = False,
+                      layout: str = "ours") -> Path:
     """``molmo export``: a training checkpoint (``run_dir/checkpoints/step_N``, saved by any
     number of ranks) as the run's own export writes it: our layout with the tokenizer, LoRA
-    adapters merged into the base, which must be the one they were trained on."""
+    adapters merged into the base, which must be the one they were trained on. ``layout=
+    "official"`` writes the hub layout for serving instead (``molmo.model.serving``)."""
     import torch.distributed.checkpoint as dcp
 
     path = Path(checkpoint)
@@ -277,6 +275,8 @@ def export_checkpoint(checkpoint: str | Path, dst: str | Path, *,
         model = lora.merged(model, cfg.lora, model.state_dict())
     tokenizer = MolmoTokenizer.from_dir(cfg.model.tokenizer_dir,
                                         vocab_size=model.cfg.llm.vocab_size)
+    if layout == "official":
+        return write_serving(model, tokenizer, cfg.preprocess, dst, overwrite=overwrite)
     _write_model(model, tokenizer, Path(dst), overwrite=overwrite)
     return Path(dst)
 

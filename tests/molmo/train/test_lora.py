@@ -240,3 +240,28 @@ def test_activation_checkpointing_keeps_adapter_names_and_gradients():
     for name, p in wrapped.named_parameters():
         if name in grads:
             torch.testing.assert_close(p.grad, grads[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_export_in_the_official_layout_reads_back_bit_exact(single, tmp_path):
+    """molmo export --format official: the merged model under the hub's names, with the config,
+    processor, generation and tokenizer files serving needs (molmo.model.serving)."""
+    step_dir = single / "checkpoints" / f"step_{STEPS:08d}"
+    assert main(["export", str(step_dir), str(tmp_path / "ours")]) == 0
+    assert main(["export", str(step_dir), str(tmp_path / "hub"), "--format", "official"]) == 0
+    ours, hub = from_pretrained(tmp_path / "ours"), from_pretrained(tmp_path / "hub")
+    assert ours.state_dict().keys() == hub.state_dict().keys()
+    for name, tensor in ours.state_dict().items():
+        assert torch.equal(hub.state_dict()[name], tensor), name
+    ids = torch.arange(1, 40)[None]
+    with torch.no_grad():
+        assert torch.equal(hub(ids), ours(ids))
+    files = {p.name for p in (tmp_path / "hub").iterdir()}
+    assert {"config.json", "model.safetensors", "preprocessor_config.json",
+            "processor_config.json", "generation_config.json", "tokenizer.json",
+            "tokenizer_config.json"} <= files
+    config = json.loads((tmp_path / "hub" / "config.json").read_text())
+    assert config["architectures"] == ["MolmoForCausalLM"] and config["model_type"] == "molmo"
+    assert config["auto_map"]["AutoModelForCausalLM"].endswith(
+        "--modeling_molmo.MolmoForCausalLM")
+    assert ((tmp_path / "hub" / "tokenizer.json").read_bytes()
+            == (tmp_path / "ours" / "tokenizer.json").read_bytes())
