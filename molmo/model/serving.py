@@ -65,6 +65,12 @@ PREPROCESSOR_FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 
+# Tokens vLLM looks up by string in the tokenizer's vocabulary (MolmoProcessorWrapper): the image
+# tokens it builds the image block from, and "<|endoftext|>", the BOS the block is inserted
+# after. The official processor finds the image tokens by encoding them in one string.
+VLLM_TOKENS = ("<im_patch>", "<im_col>", "<im_start>", "<im_end>", "<|endoftext|>")
+
+
 def serving_repo(model: Molmo) -> str:
     """The official repository whose remote code reads this model's family."""
     llm = model.cfg.llm

@@ -12,9 +12,22 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from molmo.model.config import preset
 from molmo.model.molmo import Molmo
-from molmo.model.official import MOLMO_7B_D_REPO, from_official_config
-from molmo.model.serving import CONFIG_FIELDS, HF, PREPROCESSOR_FIELDS, VLLM, write_serving
+from molmo.model.official import (
+    MOLMO_7B_D_REPO,
+    MOLMO_7B_O_REPO,
+    MOLMOE_REPO,
+    from_official_config,
+)
+from molmo.model.serving import (
+    CONFIG_FIELDS,
+    HF,
+    PREPROCESSOR_FIELDS,
+    VLLM,
+    VLLM_TOKENS,
+    write_serving,
+)
 from molmo.model.weights import from_pretrained
 from molmo.preprocess.config import PreprocessConfig
 from molmo.preprocess.tokenizer import IMAGE_TOKENS, MolmoTokenizer, train_bpe_tokenizer
@@ -103,7 +116,32 @@ def test_tokenizer_files_load_in_transformers_and_ours(exported) -> None:
     # The official processor finds the image tokens by encoding them in one string.
     assert hf.encode("".join(IMAGE_TOKENS), add_special_tokens=False) == image_ids
     assert hf.eos_token_id == tokenizer.eos_id
+    vocab = hf.get_vocab()
+    ids = dict(zip(IMAGE_TOKENS, image_ids, strict=True))
+    assert [vocab[t] for t in VLLM_TOKENS] == [*(ids[t] for t in VLLM_TOKENS[:4]), hf.eos_token_id]
     text = "Point to the square"
     assert hf.encode(text, add_special_tokens=False) == tokenizer.encode(text)
     again = MolmoTokenizer.from_dir(dst)
     assert list(again.image_ids.as_tuple()) == image_ids and again.eos_id == tokenizer.eos_id
+
+
+@pytest.mark.parametrize(("name", "repo", "stem"), [
+    ("tiny", MOLMO_7B_D_REPO, "molmo"), ("tiny-olmo", MOLMO_7B_O_REPO, "molmo"),
+    ("tiny-moe", MOLMOE_REPO, "molmoe")])
+def test_each_family_names_its_remote_code_and_reads_back(exported, tmp_path, name, repo,
+                                                          stem) -> None:
+    _, tokenizer, _ = exported
+    torch.manual_seed(0)
+    model = Molmo(preset(name))
+    dst = write_serving(model, tokenizer, PreprocessConfig(), tmp_path / name)
+    config = json.loads((dst / "config.json").read_text())
+    assert config["auto_map"] == {
+        "AutoConfig": f"{repo}--config_{stem}.MolmoConfig",
+        "AutoModelForCausalLM": f"{repo}--modeling_{stem}.MolmoForCausalLM"}
+    assert config["torch_dtype"] == "float32"
+    back = from_pretrained(dst)
+    for key, tensor in model.state_dict().items():
+        assert torch.equal(back.state_dict()[key], tensor), key
+    ids = torch.arange(1, 30)[None]
+    with torch.no_grad():
+        assert torch.equal(back(ids), model(ids))
