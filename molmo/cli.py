@@ -86,6 +86,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from molmo.train.config import TrainConfig
+    from molmo.train.plan import parse_size, plans, render
+
+    cfg = TrainConfig.from_yaml(args.config)
+    memory = parse_size(args.gpu_memory) if args.gpu_memory is not None else None
+    rows = plans(cfg, devices=args.devices, gpu=not args.cpu, gpu_memory=memory)
+    print(render(cfg, rows, as_json=args.json))
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     import json
 
@@ -134,6 +145,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="official: the hub layout that Ai2's remote code and vLLM serve")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(handler=cmd_export)
+
+    p = sub.add_parser("plan", help="memory per device of a training config: full, FSDP, "
+                       "LoRA, with and without activation checkpointing")
+    p.add_argument("config", help="training YAML")
+    p.add_argument("--gpu-memory", default=None, help="e.g. 80GiB: the largest micro-batch "
+                   "that fits")
+    p.add_argument("--devices", type=int, default=8, help="FSDP ranks (default 8)")
+    p.add_argument("--cpu", action="store_true", help="a CPU run (fp32 activations)")
+    p.add_argument("--json", action="store_true", help="bytes as JSON")
+    p.set_defaults(handler=cmd_plan)
 
     p = sub.add_parser("eval", help="pointing F1 and counting accuracy on held-out shards")
     p.add_argument("config", help="the training YAML (its eval section names the data)")

@@ -52,10 +52,14 @@ def peft_config(cfg: LoraConfig, model: Molmo) -> peft.LoraConfig:
     """peft's config for ``cfg`` on ``model``: a regex over module names that peft matches in
     full. Only the ViT blocks that run are targeted (the later ones never get a gradient)."""
     peft = _peft()
-    running = "|".join(str(i) for i in range(max(model.vision.feature_blocks) + 1))
-    pattern = "|".join(f"(?:{_PATTERNS[t].format(blocks=running)})" for t in cfg.targets)
     return peft.LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                           target_modules=pattern, bias="none")
+                           target_modules=target_pattern(cfg, model), bias="none")
+
+
+def target_pattern(cfg: LoraConfig, model: Molmo) -> str:
+    """The regex over module names (matched in full) of the layers that get adapters."""
+    running = "|".join(str(i) for i in range(max(model.vision.feature_blocks) + 1))
+    return "|".join(f"(?:{_PATTERNS[t].format(blocks=running)})" for t in cfg.targets)
 
 
 def apply(model: Molmo, cfg: LoraConfig) -> Molmo:

@@ -52,6 +52,10 @@ MOLMO = [
      "{dataset}: output directory exists and is not empty"),
     (["export", "{missing}", "{out}"],
      "{missing}: is not a training checkpoint (no readable meta.json)"),
+    (["plan", "{yaml_range}"], "{yaml_range}: config.data.batch_size must be >= 1, got 0"),
+    (["plan", "{config}", "--gpu-memory", "80XB"],
+     "field --gpu-memory: not a memory size: '80XB' (e.g. 80GiB)"),
+    (["plan", "{config}", "--devices", "0"], "field --devices: must be at least 1, got 0"),
 ]
 
 IN_THE_SHELL = {"{yaml_type}: config.steps must be int, got 'ten'",
@@ -88,7 +92,7 @@ def test_no_traceback_reaches_the_shell(paths, row):
 
 def test_every_command_has_a_bad_command_line():
     commands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
-    assert list(commands) == ["convert", "predict", "train", "export", "eval"]
+    assert list(commands) == ["convert", "predict", "train", "export", "plan", "eval"]
     assert {argv[0] for argv, _ in MOLMO} == set(commands)
 
 
