@@ -13,6 +13,12 @@ and engines, and the load average is printed with each.
 
     python benchmarks/build.py [--n 10000] [--engines beam,ray] [--repeats 3]
 
+``ray-attached`` runs the Ray build against a Ray already started on this
+machine (``ray start --head`` with every core, before the rounds and stopped
+after them), as a build joins a cluster with ``--ray-address``: Ray's own
+start-up (GCS, raylet, first workers: 7-10 s on 2 cores) is then not the
+build's; its tree columns then count the driver only.
+
 ``--extend`` measures instead what grows with the dataset already there: the
 driver's peak RSS of ``pixmo inspect`` and of a ``--mode extend`` build adding
 the same 1,000 images (100 of them already in) to a finished dataset of N/10
@@ -93,7 +99,9 @@ ENGINES = {
                                "--direct_num_workers=2"], 1),
     "ray": ("ray", [], 1),  # Ray on every core; --workers: transcription actors
     "ray-workers2": ("ray", [], 2),
+    "ray-attached": ("ray", [], 1),  # joins the Ray that main() starts
 }
+RAY_PORT = 6391
 
 
 def engine(name: str, raw: str, out: str, mode: str = "resume") -> None:
@@ -108,7 +116,8 @@ def engine(name: str, raw: str, out: str, mode: str = "resume") -> None:
     else:
         from pipelines import ray as ray_engine
 
-        ray_engine.run(cfg, out, workers=workers, mode=mode)
+        address = f"127.0.0.1:{RAY_PORT}" if name.endswith("attached") else None
+        ray_engine.run(cfg, out, workers=workers, mode=mode, address=address)
 
 
 def _tree_pss_mib(root: int) -> dict[int, float]:
@@ -279,31 +288,53 @@ def main() -> None:
         if args.extend:
             extend_memory(args.n, engines, tmp)
             return
-        small, large = Path(tmp, "raw-small"), Path(tmp, "raw-large")
-        make_raw(small, args.n // 10, seed=1)
-        make_raw(large, args.n, seed=2)
-        runs = ["plain", *engines]
-        memory = {what: measure(what, small, Path(tmp, f"{what}-small")) for what in runs}
-        rounds = []
-        for i in range(args.repeats):
-            before = _load()
-            rounds.append({what: measure(what, large, Path(tmp, f"{what}-large"))
-                           for what in runs})
-            print(f"round {i + 1}: load average {before} before, {_load()} after")
-        image_kib = sum(p.stat().st_size for p in large.glob("images/*")) / args.n / 1024
-        print(f"{args.n} samples (images {image_kib:.1f} KiB on average, transcription off); "
-              "samples/s per round, ratio to the plain loop of the same round; peak memory "
-              "at N/10 -> N (driver RSS | process tree PSS | per-process peak PSS added up, "
-              "MiB; N: last round)")
-        for what in runs:
-            rates = [args.n / r[what].seconds for r in rounds]
-            ratios = [args.n / r[what].seconds / (args.n / r["plain"].seconds) for r in rounds]
-            last = rounds[-1][what]
-            print(f"{what:14s} " + " ".join(f"{rate:6.0f}/s {ratio:4.2f}x"
-                                            for rate, ratio in zip(rates, ratios, strict=True))
-                  + "   memory " + " -> ".join(
-                      f"{r.driver_rss_mib:4.0f} | {r.tree_pss_mib:4.0f} | {r.peaks_pss_mib:4.0f}"
-                      for r in (memory[what], last)))
+        if any(name.endswith("attached") for name in engines):
+            _start_ray(tmp)
+        try:
+            _throughput(args, engines, tmp)
+        finally:
+            if any(name.endswith("attached") for name in engines):
+                subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"],
+                               capture_output=True, check=False)
+
+
+def _start_ray(tmp: str) -> None:
+    """A one-node Ray of every core for ``ray-attached`` (token auth off: the
+    benchmark's own processes are its only clients)."""
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    subprocess.run([str(Path(sys.executable).parent / "ray"), "start", "--head",
+                    f"--port={RAY_PORT}", f"--num-cpus={os.cpu_count()}",
+                    "--include-dashboard=false", "--disable-usage-stats"],
+                   check=True, capture_output=True)
+
+
+def _throughput(args: argparse.Namespace, engines: list[str], tmp: str) -> None:
+    small, large = Path(tmp, "raw-small"), Path(tmp, "raw-large")
+    make_raw(small, args.n // 10, seed=1)
+    make_raw(large, args.n, seed=2)
+    runs = ["plain", *engines]
+    memory = {what: measure(what, small, Path(tmp, f"{what}-small")) for what in runs}
+    rounds = []
+    for i in range(args.repeats):
+        before = _load()
+        rounds.append({what: measure(what, large, Path(tmp, f"{what}-large"))
+                       for what in runs})
+        print(f"round {i + 1}: load average {before} before, {_load()} after")
+    image_kib = sum(p.stat().st_size for p in large.glob("images/*")) / args.n / 1024
+    print(f"{args.n} samples (images {image_kib:.1f} KiB on average, transcription off); "
+          "samples/s per round, ratio to the plain loop of the same round; peak memory "
+          "at N/10 -> N (driver RSS | process tree PSS | per-process peak PSS added up, "
+          "MiB; N: last round)")
+    for what in runs:
+        rates = [args.n / r[what].seconds for r in rounds]
+        ratios = [args.n / r[what].seconds / (args.n / r["plain"].seconds) for r in rounds]
+        last = rounds[-1][what]
+        print(f"{what:14s} " + " ".join(f"{rate:6.0f}/s {ratio:4.2f}x"
+                                        for rate, ratio in zip(rates, ratios, strict=True))
+              + "   memory " + " -> ".join(
+                  f"{r.driver_rss_mib:4.0f} | {r.tree_pss_mib:4.0f} | {r.peaks_pss_mib:4.0f}"
+                  for r in (memory[what], last)))
 
 
 if __name__ == "__main__":
