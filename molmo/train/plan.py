@@ -4,9 +4,11 @@ What the loop keeps (``loop.py``, ``optim.py``, ``parallel.py``): parameters in 
 (they are the master weights; bf16 runs cast them per op by autocast, or per block by FSDP2's
 mixed-precision policy, so there is no separate master copy); gradients in fp32 for trainable
 parameters only, set to None after each step; AdamW's two fp32 moments for trainable parameters.
-FSDP over N devices divides parameters, gradients and moments by N and holds one unsharded block
-(in the compute dtype) plus the next one prefetched. LoRA (peft) leaves the base frozen: its
-gradients and moments exist for the adapters only.
+FSDP over N devices divides parameters, gradients and moments by N and holds, in the compute
+dtype, one unsharded block plus the next one prefetched, and the root's parameters (those
+outside the blocks: embeddings, LM head, connector...), which FSDP2 keeps unsharded from the
+forward to the backward pass (the FSDP rows are not measured: the tests measure one process).
+LoRA (peft) leaves the base frozen: its gradients and moments exist for the adapters only.
 
 The step's peak is the larger of two moments: the start of the backward pass (parameters,
 moments, every saved activation and the loss head's gradients; the previous step set the
@@ -132,7 +134,8 @@ def _counts(cfg: TrainConfig, model: Molmo) -> dict[str, int]:
     for name, p in model.named_parameters():
         groups[group_of(name)] += p.numel() if p.requires_grad else 0
     return {"total": total, "full": sum(groups.values()), "full_group": max(groups.values()),
-            "lora": adapters, "lora_group": adapters, "block": max(blocks)}
+            "lora": adapters, "lora_group": adapters, "block": max(blocks),
+            "outside_blocks": total - sum(blocks)}
 
 
 def _image_path(cfg: TrainConfig, mode: str) -> bool:
@@ -220,7 +223,8 @@ def plan(cfg: TrainConfig, *, mode: str = "full", devices: int = 1, batch: int |
     grads = trainable * FP32 // shards
     optimizer = 2 * grads
     temporary = counts[f"{'lora' if mode == 'lora' else 'full'}_group"] * FP32 // shards
-    unsharded = 2 * counts["block"] * act_bytes if shards > 1 else 0
+    unsharded = (2 * counts["block"] + counts["outside_blocks"]) * act_bytes \
+        if shards > 1 else 0
     image_path = _image_path(cfg, mode)
 
     def activations(b: int) -> int:

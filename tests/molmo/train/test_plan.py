@@ -1,6 +1,6 @@
 """molmo/train/plan.py against measured peaks: real training steps (the loop's own
-``train_step``, AdamW, clipping, LoRA through peft, activation checkpointing) of the tiny and
-small presets on CPU, their peak of live tensor bytes measured, the plan within 15%.
+``train_step``, AdamW, clipping, LoRA through peft, activation checkpointing) of the tiny,
+small and tiny-moe presets on CPU, their peak of live tensor bytes measured, the plan within 15%.
 
 How the peak is measured: a ``TorchDispatchMode`` sees every tensor every op returns (forward,
 backward, recomputation, optimizer); each new storage is counted until a weakref finalizer sees
@@ -128,8 +128,9 @@ def measured_peak(cfg: TrainConfig, steps: int = 2) -> int:
     ("tiny", TINY, 256, LORA, True),
     ("small", SMALL, 128, None, False),
     ("small", SMALL, 128, LORA, True),
+    ("tiny-moe", TINY, 256, None, False),
 ], ids=["tiny-full", "tiny-full-ckpt", "tiny-lora", "tiny-lora-ckpt", "small-full",
-        "small-lora-ckpt"])
+        "small-lora-ckpt", "tiny-moe-full"])
 def test_plan_within_15_percent_of_measured_peak(preset, overrides, seq_len, lora_section,
                                                  checkpointing):
     cfg = config(preset, overrides, 2, seq_len, lora_section=lora_section,
@@ -156,6 +157,8 @@ def test_parts_of_the_plan():
     total = sum(p.numel() for p in model.parameters())
     full, fsdp, adapters = (plan(cfg, mode=m, devices=4, gpu=False) for m in
                             ("full", "fsdp", "lora"))
+    blocks = [sum(p.numel() for p in b.parameters())
+              for b in [*model.vision.blocks, *model.llm.blocks]]
     lora.apply(model, cfg.lora)  # peft's own count of adapter parameters
     trainable, _ = lora.parameter_counts(model)
     assert adapters.grads == 4 * trainable and adapters.optimizer == 8 * trainable
@@ -165,6 +168,9 @@ def test_parts_of_the_plan():
     assert full.params == 4 * total and full.optimizer == 2 * full.grads
     assert (fsdp.params, fsdp.grads, fsdp.optimizer) == (full.params // 4, full.grads // 4,
                                                          full.optimizer // 4)
+    unsharded = 4 * (2 * max(blocks) + total - sum(blocks))  # two blocks and the root's
+    # the backward pass's peak (it dominates the optimizer step here)
+    assert fsdp.peak == fsdp.params + fsdp.optimizer + full.activations + unsharded
     ckpt = plan(cfg, mode="full", checkpointing=True, gpu=False)
     assert ckpt.activations < full.activations
     gpu = plan(cfg, mode="full")  # bf16 activations (the head stays fp32)
