@@ -17,7 +17,8 @@ and engines, and the load average is printed with each.
 machine (``ray start --head`` with every core, before the rounds and stopped
 after them), as a build joins a cluster with ``--ray-address``: Ray's own
 start-up (GCS, raylet, first workers: 7-10 s on 2 cores) is then not the
-build's; its tree columns then count the driver only.
+build's; its tree columns then count the driver only. Run it on its own: while
+that Ray runs, ``ray.init()`` of the other Ray engines joins it too.
 
 ``--extend`` measures instead what grows with the dataset already there: the
 driver's peak RSS of ``pixmo inspect`` and of a ``--mode extend`` build adding
