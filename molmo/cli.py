@@ -9,9 +9,16 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from pixmo.command_line import command_parser, run_command
 from pixmo.errors import PixmoError
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+    from molmo.generate import GenerationConfig
+    from molmo.predict import Predictor
 
 
 def _device(name: str) -> str:
@@ -42,22 +49,17 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    from PIL import Image, ImageOps
-
     from molmo.generate import GenerationConfig
-    from molmo.predict import Predictor
 
     config = GenerationConfig(max_new_tokens=args.max_new_tokens)
-    try:
-        with Image.open(args.image) as opened:
-            image = ImageOps.exif_transpose(opened).convert("RGB")
-    except OSError as exc:  # missing, unreadable or not an image: before the model loads
-        raise PixmoError(f"cannot read the image: {exc.strerror or exc}",
-                         file=args.image) from exc
-    predictor = Predictor(args.checkpoint, tokenizer=args.tokenizer, device=args.device)
-    config = dataclasses.replace(config, stop_token_ids=(predictor.tokenizer.eos_id,))
+    if (args.image is None) == (args.inputs is None):
+        raise PixmoError("give one of --image or --inputs", field="--image")
+    if args.inputs is not None:
+        return _predict_many(args, config)
+    if args.prompt is None:
+        raise PixmoError("required with --image", field="--prompt")
+    image = _read_image(args.image)
+    predictor, config = _predictor(args, config)
     answer = predictor(image, args.prompt, config)
     print(answer.text)
     if answer.points:
@@ -69,6 +71,53 @@ def cmd_predict(args: argparse.Namespace) -> int:
                                                                      answer.points]}], out)
         print(f"wrote {out} with {len(answer.points)} point(s)", file=sys.stderr)
     return 0
+
+
+def _predict_many(args: argparse.Namespace, config: GenerationConfig) -> int:
+    """``predict --inputs``: every (image, prompt) pair, answered as JSON lines in ``--out``."""
+    import itertools
+
+    from molmo.predict import predict_file, read_requests
+
+    if args.out is None:
+        raise PixmoError("required with --inputs (a .jsonl file)", field="--out")
+    if args.batch_size < 1:
+        raise PixmoError(f"must be at least 1, got {args.batch_size}", field="--batch-size")
+    requests = read_requests(args.inputs, args.prompt)
+    first = next(requests, None)  # a missing file or folder fails before the model loads
+    predictor, config = _predictor(args, config)
+    todo = itertools.chain([] if first is None else [first], requests)
+    answered, errors = predict_file(predictor, todo, args.out, batch_size=args.batch_size,
+                                    config=config)
+    print(f"wrote {args.out}: {answered} answered, {errors} error(s)", file=sys.stderr)
+    return 0
+
+
+def _predictor(args: argparse.Namespace, config: GenerationConfig
+               ) -> tuple[Predictor, GenerationConfig]:
+    """The model on ``--device`` (default: cuda when torch sees one) in ``--dtype`` (default:
+    float32 on CPU, bfloat16 on CUDA), and ``config`` stopping at its tokenizer's EOS."""
+    import dataclasses
+
+    import torch
+
+    from molmo.predict import DTYPES, Predictor
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = args.dtype or ("float32" if torch.device(device).type == "cpu" else "bfloat16")
+    predictor = Predictor(args.checkpoint, tokenizer=args.tokenizer, device=device,
+                          dtype=DTYPES[dtype])
+    return predictor, dataclasses.replace(config, stop_token_ids=(predictor.tokenizer.eos_id,))
+
+
+def _read_image(path: str) -> Image:
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as opened:
+            return ImageOps.exif_transpose(opened).convert("RGB")
+    except OSError as exc:  # missing, unreadable or not an image: before the model loads
+        raise PixmoError(f"cannot read the image: {exc.strerror or exc}", file=path) from exc
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -108,6 +157,28 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    """``molmo predict``: one --image, or many --inputs as JSON lines."""
+    p = sub.add_parser("predict", help="answer a prompt about an image (points are drawn), "
+                       "or about many (--inputs) as JSON lines")
+    p.add_argument("--checkpoint", required=True, help="official or our checkpoint directory")
+    p.add_argument("--image", default=None)
+    p.add_argument("--inputs", default=None, help="a folder of images (each asked --prompt) "
+                   "or a JSONL file of {image, prompt, id?}, image paths relative to it")
+    p.add_argument("--prompt", default=None, help="the question (JSONL: for lines without one)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: checkpoint)")
+    _add_device(p)
+    p.set_defaults(device=None)  # predict: cuda when torch sees one, else cpu
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
+                   help="default float32 on CPU, bfloat16 on CUDA")
+    p.add_argument("--batch-size", type=int, default=8, help="--inputs answered together")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--out", default=None, help="--image: PNG with the answer's points drawn; "
+                   "--inputs: the JSON lines (written as OUT.partial, renamed when done)")
+    p.set_defaults(handler=cmd_predict,
+                   options={"GenerationConfig.max_new_tokens": "--max-new-tokens"})
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser, sub = command_parser("molmo", "Molmo models: load, convert, run and train.")
 
@@ -119,16 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(handler=cmd_convert)
 
-    p = sub.add_parser("predict", help="answer a prompt about an image; points are drawn")
-    p.add_argument("--checkpoint", required=True, help="official or our checkpoint directory")
-    p.add_argument("--image", required=True)
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: checkpoint)")
-    _add_device(p)
-    p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--out", default=None, help="PNG with the answer's points drawn")
-    p.set_defaults(handler=cmd_predict,
-                   options={"GenerationConfig.max_new_tokens": "--max-new-tokens"})
+    _add_predict(sub)
 
     p = sub.add_parser("train", help="train on PixMo shards (also under torchrun)")
     p.add_argument("config", help="training YAML (see configs/)")

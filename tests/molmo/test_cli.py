@@ -44,7 +44,21 @@ MOLMO = [
     (["predict", "--checkpoint", "{checkpoint}", "--image", "{image}", "--prompt", "Hi?",
       "--device", "cuda:7"], "argument --device: 'cuda:7', but torch sees "),
     (["predict", "--checkpoint", "{checkpoint}", "--image", "{image}"],
-     "the following arguments are required: --prompt"),
+     "field --prompt: required with --image"),
+    (["predict", "--checkpoint", "{checkpoint}", "--prompt", "Hi?"],
+     "field --image: give one of --image or --inputs"),
+    (["predict", "--checkpoint", "{checkpoint}", "--image", "{image}", "--inputs", "{out}"],
+     "field --image: give one of --image or --inputs"),
+    (["predict", "--checkpoint", "{checkpoint}", "--inputs", "{out}"],
+     "field --out: required with --inputs (a .jsonl file)"),
+    (["predict", "--checkpoint", "{checkpoint}", "--inputs", "{missing}", "--out", "{out}"],
+     "{missing}: cannot read the inputs: No such file or directory"),
+    (["predict", "--checkpoint", "{checkpoint}", "--inputs", "{dataset}", "--out", "{out}"],
+     "field --prompt: a folder of images needs --prompt"),
+    (["predict", "--checkpoint", "{checkpoint}", "--inputs", "{missing}", "--out", "{out}",
+      "--batch-size", "0"], "field --batch-size: must be at least 1, got 0"),
+    (["predict", "--checkpoint", "{checkpoint}", "--image", "{image}", "--prompt", "Hi?",
+      "--dtype", "int8"], "argument --dtype: invalid choice: 'int8'"),
     (["convert", "{checkpoint}", "{out}", "--to", "hf"], "argument --to: invalid choice: 'hf'"),
     (["convert", "{missing}", "{out}", "--to", "ours"],
      "{missing}: no config.json in checkpoint directory"),
@@ -116,3 +130,14 @@ def test_python_dash_m_molmo_is_the_same_command_line(paths):
                            "tpu9"], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert done.returncode == 2
     assert done.stderr == "molmo eval: argument --device: not a torch device: 'tpu9'\n"
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+def test_predict_refuses_cuda_without_one(paths, capsys):
+    """``--device cuda`` on a machine without CUDA: one line naming --device, before loading."""
+    with pytest.raises(SystemExit) as exited:  # argparse's exit
+        main(["predict", "--checkpoint", paths["checkpoint"], "--image", paths["image"],
+              "--prompt", "Hi?", "--device", "cuda"])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == ("molmo predict: argument --device: 'cuda', but torch "
+                                       "sees 0 CUDA device(s)\n")
