@@ -177,13 +177,17 @@ def _versions(client, bucket: str) -> dict[str, int]:
     return out
 
 
+BUCKET = "killed-upload"
+
+
 def test_s3_build_killed_during_upload_then_resumed(s3, tmp_path):
+    """(A bucket of its own name: every version in it must be this build's.)"""
     raw = make_points_raw(tmp_path / "raw", 80)
     reference = tmp_path / "reference"
     assert main(_args(str(raw), str(reference))) == 0
-    for bucket in ("raw", "data"):
+    for bucket in ("raw", BUCKET):
         s3.create_bucket(Bucket=bucket)
-    s3.put_bucket_versioning(Bucket="data", VersioningConfiguration={"Status": "Enabled"})
+    s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
     _copy_to(raw, "s3://raw/set")
 
     # held once a shard is committed and the next one's tar is uploaded, not its marker
@@ -202,9 +206,9 @@ def test_s3_build_killed_during_upload_then_resumed(s3, tmp_path):
                 markers.append(rel)
 
         remote.Folder.put = put_or_hold
-        """, _args("s3://raw/set", "s3://data/out"))
+        """, _args("s3://raw/set", f"s3://{BUCKET}/out"))
     kill(proc)
-    uploaded = _versions(s3, "data")
+    uploaded = _versions(s3, BUCKET)
     at_kill = {k for k in uploaded if k.startswith("out/shards/") and k.endswith(".json")}
     assert at_kill, "the kill came before any shard was committed"
     assert "out/dataset.json" not in uploaded, "the kill came after the build finished"
@@ -213,12 +217,12 @@ def test_s3_build_killed_during_upload_then_resumed(s3, tmp_path):
                 and k.replace(".tar", ".json") not in at_kill}
     assert len(unmarked) == 1  # killed mid-upload: a tar without its marker
 
-    assert main(_args("s3://raw/set", "s3://data/out")) == 0
-    _same_dataset(_download("s3://data/out", tmp_path / "resumed"), reference)
-    versions = _versions(s3, "data")
+    assert main(_args("s3://raw/set", f"s3://{BUCKET}/out")) == 0
+    _same_dataset(_download(f"s3://{BUCKET}/out", tmp_path / "resumed"), reference)
+    versions = _versions(s3, BUCKET)
     for marker in at_kill:  # shards committed before the kill were not uploaded again
         assert versions[marker] == 1 and versions[marker.replace(".json", ".tar")] == 1
-    listed = s3.list_objects_v2(Bucket="data", Prefix="out/").get("Contents", [])
+    listed = s3.list_objects_v2(Bucket=BUCKET, Prefix="out/").get("Contents", [])
     assert not [o["Key"] for o in listed if o["Key"].endswith(".partial")]
 
 
