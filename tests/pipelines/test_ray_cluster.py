@@ -22,6 +22,7 @@ from pathlib import Path
 
 import fsspec
 import pytest
+import requests
 
 from pipelines.cli import main
 from pixmo.dataset.tables import read_dataset_json
@@ -154,7 +155,12 @@ def moto_endpoint() -> Iterator[str]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
+    endpoint = f"http://{host}:{port}"
+    # moto keeps its buckets in this process, shared by every server it starts: begin and
+    # end empty, so no other test sees this module's buckets
+    requests.post(f"{endpoint}/moto-api/reset", timeout=30).raise_for_status()
+    yield endpoint
+    requests.post(f"{endpoint}/moto-api/reset", timeout=30).raise_for_status()
     server.stop()
 
 

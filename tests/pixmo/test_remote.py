@@ -12,6 +12,7 @@ from pathlib import Path
 
 import fsspec
 import pytest
+import requests
 
 from pipelines.cli import main
 from pixmo.atomic import atomic_open
@@ -159,6 +160,9 @@ def s3(monkeypatch):
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
+    # moto keeps its buckets in this process, shared by every server it starts (another
+    # module's included): each test begins with none
+    requests.post(f"{endpoint}/moto-api/reset", timeout=30).raise_for_status()
     monkeypatch.setenv("FSSPEC_S3_ENDPOINT_URL", endpoint)
     monkeypatch.setitem(fsspec.config.conf, "s3", {"endpoint_url": endpoint})
     import boto3
