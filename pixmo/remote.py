@@ -134,8 +134,15 @@ class Folder:
             return Path(self.path(rel)).read_bytes()
         return bytes(self._fs()[0].cat_file(self.path(rel)))
 
+    def open(self, rel: str) -> BinaryIO:
+        """A binary stream of ``rel``, read as it is consumed; the caller closes it."""
+        return open_url(self._url(rel))
+
     def sha256(self, rel: str) -> str:
-        return file_sha256(self.path(rel) if not self.remote else f"{self.url.rstrip('/')}/{rel}")
+        return file_sha256(self._url(rel))
+
+    def _url(self, rel: str) -> str:
+        return self.path(rel) if not self.remote else f"{self.url.rstrip('/')}/{rel}"
 
     def glob(self, pattern: str) -> list[str]:
         """Names (relative to the folder) matching a glob pattern, sorted."""

@@ -220,8 +220,7 @@ def _merged(out: remote.Folder, runs: Sequence[str]) -> Iterator[Reject]:
 
 
 def _read_run(out: remote.Folder, name: str) -> Iterator[Reject]:
-    path = out.path(name) if not out.remote else f"{out.url.rstrip('/')}/{name}"
-    with remote.open_url(path) as fh:
+    with out.open(name) as fh:
         for line in fh:
             row = json.loads(line)
             yield Reject(row["stage"], Reason(row["reason"]), row["detail"], row["source"],
