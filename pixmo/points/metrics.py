@@ -1,14 +1,14 @@
 """Scoring pointing and counting answers, as the PixMo-Points and counting evaluations do.
 
-Pointing: predicted points are paired one-to-one with ground-truth points by Hungarian
-assignment; a pair is a hit when the prediction lies within a distance threshold of its
-ground-truth point or, when instance masks are given (PixMo-Points-eval), inside the
-mask of the instance it was paired with. Precision is hits per prediction, recall hits
-per ground-truth point. An image whose ground truth is empty ("not present") scores 1
-only when nothing is predicted.
+Pointing: a pair of prediction and ground truth is a hit when the prediction lies within a
+distance threshold of the ground-truth point (pairs chosen to maximise hits) or, when
+instance masks are given (PixMo-Points-eval), inside that instance's mask. With masks the
+hits are a maximum bipartite matching of predictions to the instances whose mask holds
+them. Precision is hits per prediction, recall hits per instance. An image whose ground
+truth is empty ("not present") scores 1 only when nothing is predicted.
 
-Counting: a count is read from the answer text (last word as a number, else "a total of
-N", else "none" as 0) and scored exact and within one.
+Counting: a count is read from the answer text the way the official evaluator reads it
+(``parse_count``) and scored exact and within one.
 
 Points are (x, y) in percent of the image width and height (0-100), as everywhere in
 the toolkit; distances are measured in pixels of an image of the given size so that
@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from pixmo.points.text import is_point_answer, parse_points
 
 Point = tuple[float, float]
 
@@ -73,10 +75,30 @@ def f1_score(precision: float, recall: float) -> float:
 
 
 def _in_mask(point: np.ndarray, mask: np.ndarray) -> bool:
-    # the official check: round to the nearest pixel (half to even), then index [y, x]
+    # as allenai/molmo olmo/eval/evaluators.py is_point_in_region: round to the nearest pixel
+    # (half to even), off the grid is a miss, then index [y, x]
     x, y = int(np.round(point[0])), int(np.round(point[1]))
     height, width = mask.shape
     return 0 <= x < width and 0 <= y < height and bool(mask[y, x])
+
+
+def mask_hits(pred: np.ndarray, masks: Sequence[np.ndarray]) -> int:
+    """The most (prediction, instance) pairs, each used once, with the prediction (pixels)
+    inside the instance's mask: a maximum bipartite matching.
+
+    The official PointingEval pairs predictions with ground-truth points by distance first
+    and checks masks after; it measures that distance between pixel predictions and percent
+    ground truth (PixMoPointsEval.get keeps the points in percent), so its pairs depend on
+    the image size. Matching on the masks themselves scores what the protocol describes (a
+    prediction hits an instance it lies in) and never fewer hits than any pairing gives.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    if len(pred) == 0 or len(masks) == 0:
+        return 0
+    inside = np.array([[_in_mask(p, m) for m in masks] for p in pred], dtype=np.int64)
+    rows, cols = linear_sum_assignment(inside, maximize=True)
+    return int(inside[rows, cols].sum())
 
 
 def pointing_score(
@@ -92,8 +114,7 @@ def pointing_score(
 
     ``threshold`` is in percent of the image diagonal and used when ``masks`` is None.
     ``masks`` holds one boolean (height, width) array per ground-truth point, in the same
-    order; then predictions are paired with ground-truth points by distance and a pair is a
-    hit when the prediction falls inside that point's mask.
+    order; then a prediction hits an instance by lying inside its mask (``mask_hits``).
     """
     if not expected:
         value = 1.0 if not predicted else 0.0
@@ -112,10 +133,21 @@ def pointing_score(
             if mask.shape != (height, width):
                 raise ValueError(f"mask shape {mask.shape} != image (height, width) "
                                  f"{(height, width)}")
-        hits = sum(_in_mask(pred[i], masks[j]) for i, j in match_points(pred, gt))
+        hits = mask_hits(pred, masks)
     precision = hits / len(pred)
     recall = hits / len(gt)
     return PointingScore(precision, recall, f1_score(precision, recall))
+
+
+def answer_pointing_score(answer: str, expected: Sequence[Point], masks: Sequence[np.ndarray],
+                          *, width: int, height: int) -> PointingScore:
+    """The PixMo-Points-eval score of one answer text: with instances, an answer that is not
+    exactly one point tag scores 0 (official ``is_valid_format``); without, 1 only when it
+    holds no point."""
+    if expected and not is_point_answer(answer):
+        return PointingScore(0.0, 0.0, 0.0)
+    return pointing_score(parse_points(answer), expected, width=width, height=height,
+                          masks=masks)
 
 
 def mean_pointing(scores: Sequence[PointingScore]) -> PointingScore:
@@ -137,26 +169,34 @@ _NUMBER_WORDS = {
         "fourteen fifteen sixteen seventeen eighteen nineteen twenty".split()
     )
 }
-_TOTAL = re.compile(r"a total of (\d+)", re.IGNORECASE)
+_TOTAL = re.compile(r".*a total of ([0-9]+)")
+_NONE = re.compile(r".*\bnone\b")
 
 
-def parse_count(text: str) -> int | None:
+def parse_count(text: str, *, none_is_zero: bool = True) -> int | None:
     """The count stated by an answer, or None when it states none we can read.
 
-    Tried in order: the last word as digits or a number word ("... a total of 7."), the
-    phrase "a total of N" anywhere, and the word "none" ("There are none.") as 0.
+    The steps of allenai/molmo olmo/eval/evaluators.py PointCountEval, on the answer
+    lower-cased with trailing dots removed: the last word as an integer or a number word up
+    to twenty; else "a total of N" on the first line (the official pattern is matched from
+    the start and ``.`` stops at a newline); else the word "none" on the first line as 0.
+    The official "none" pattern is a plain (not raw) string, so its ``\\b`` is a backspace
+    and it never matches: ``none_is_zero=False`` reproduces that, and the benchmarks use it.
     """
-    words = text.strip().split()
+    answer = text.strip().lower().rstrip(".").strip()
+    words = answer.split()
     if words:
-        last = words[-1].strip(".,;:!?\"'").lower()
-        if last.isdigit():
-            return int(last)
+        last = words[-1]
+        try:
+            return int(last)  # as the official code: "-2" and "٣" are read, "²" is not
+        except ValueError:
+            pass
         if last in _NUMBER_WORDS:
             return _NUMBER_WORDS[last]
-    total = _TOTAL.search(text)
+    total = _TOTAL.match(answer)
     if total:
         return int(total.group(1))
-    if re.search(r"\bnone\b", text, re.IGNORECASE):
+    if none_is_zero and _NONE.match(answer):
         return 0
     return None
 

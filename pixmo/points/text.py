@@ -4,6 +4,7 @@ Public, stable API (also importable from ``pixmo.points``):
 
 - ``points_to_text(points, label, *, count=False) -> str``
 - ``parse_points(text) -> list[tuple[float, float]]``
+- ``is_point_answer(text) -> bool``
 """
 
 from __future__ import annotations
@@ -101,3 +102,18 @@ def parse_points(text: str) -> list[Point]:
             if x <= 100 and y <= 100:
                 points.append((x, y))
     return points
+
+
+_NUMBER = r'"\s*[0-9]+(?:\.[0-9]+)?"'
+_ONE_POINT = re.compile(rf'<point\s+x={_NUMBER}\s+y={_NUMBER}\s+alt=".*?">.*?</point>', re.S)
+_MANY_POINTS = re.compile(rf'<points\s+(?:x[0-9]+={_NUMBER}\s+y[0-9]+={_NUMBER}\s+)+'
+                          r'alt=".*?">.*?</points>', re.S)
+
+
+def is_point_answer(text: str) -> bool:
+    """Whether the whole answer (outer whitespace aside) is one ``<point>`` or ``<points>``
+    tag: the official pointing evaluation scores anything else 0 when there is something to
+    point at (allenai/molmo olmo/eval/evaluators.py ``is_valid_format``; its "(x, y)" list
+    and 0-1000 ``p=`` forms, which Molmo's pointing style never writes, are not read here)."""
+    answer = text.strip()
+    return bool(_ONE_POINT.fullmatch(answer) or _MANY_POINTS.fullmatch(answer))

@@ -10,6 +10,7 @@ import pytest
 from pixmo.points.metrics import (
     CountScore,
     PointingScore,
+    answer_pointing_score,
     count_accuracy,
     match_points,
     mean_pointing,
@@ -63,7 +64,7 @@ def test_masks_decide_hits_as_in_pixmo_points_eval():
     masks[0][0:5, 0:5] = True  # instance A: top-left quarter
     masks[1][5:10, 5:10] = True  # instance B: bottom-right quarter
     gt = [(25.0, 25.0), (75.0, 75.0)]
-    # (3, 3) px lies in A; (6, 4) px is paired with B by distance but lies outside B
+    # (3, 3) px lies in A; (6, 4) px lies in neither
     score = pointing_score([(30.0, 30.0), (60.0, 40.0)], gt, width=10, height=10, masks=masks)
     assert score == PointingScore(0.5, 0.5, 0.5)
     # pixel 4.5 rounds half to even -> 4, inside A; 5.5 -> 6, inside B
@@ -108,9 +109,89 @@ def test_mean_pointing_averages_per_image():
     ("There are a total of 5 cats in the picture", 5),
     ("I cannot tell.", None),
     ("", None),
+    ("seven,", None),  # the official parser strips trailing dots only
+    ("A total of 4.  ", 4),
+    ("Let me count.\nThere are a total of 4 dogs here", None),  # "a total of" on line 1 only
+    ("a total of 3 dogs\nand some cats", 3),
+    ("a total of 3²", 3),  # "3²".isdigit() holds but int() refuses it: not read as a word
+    ("I see ²", None),
 ])
 def test_parse_count(text, count):
     assert parse_count(text) == count
+
+
+def test_parse_count_none_as_the_official_code_reads_it():
+    # the official "none" pattern never matches (a backspace, not \b): the benchmarks read
+    # "There are none." as no count at all
+    assert parse_count("There are none.", none_is_zero=False) is None
+    assert parse_count("None", none_is_zero=False) is None
+    assert parse_count("There are a total of 0.", none_is_zero=False) == 0
+
+
+# 10 x 10 px image: percent = 10 x pixels
+TEN = {"width": 10, "height": 10}
+
+
+def columns(*cols: int) -> np.ndarray:
+    mask = np.zeros((10, 10), bool)
+    mask[:, list(cols)] = True
+    return mask
+
+
+def test_point_on_a_mask_edge_rounds_to_the_nearest_pixel():
+    gt, masks = [(20.0, 50.0)], [columns(0, 1, 2, 3, 4)]  # instance: pixel columns 0-4
+    inside = pointing_score([(45.0, 50.0)], gt, **TEN, masks=masks)  # x 4.5 px -> 4 (even)
+    assert inside == PointingScore(1.0, 1.0, 1.0)
+    assert pointing_score([(45.1, 50.0)], gt, **TEN, masks=masks).f1 == 0.0  # 4.51 -> 5
+    # the image's last column: 9.5 px rounds to 10, off the grid, so a miss
+    last = [columns(9)]
+    assert pointing_score([(95.0, 50.0)], [(95.0, 50.0)], **TEN, masks=last).f1 == 0.0
+    assert pointing_score([(94.0, 50.0)], [(95.0, 50.0)], **TEN, masks=last).f1 == 1.0
+
+
+def test_two_points_in_one_instance_hit_it_once():
+    score = pointing_score([(10.0, 50.0), (30.0, 50.0)], [(20.0, 50.0)], **TEN,
+                           masks=[columns(0, 1, 2, 3, 4)])
+    # 1 hit: precision 1/2, recall 1/1, F1 2 * 0.5 * 1 / 1.5
+    assert (score.precision, score.recall) == (0.5, 1.0)
+    assert score.f1 == pytest.approx(2 / 3)
+
+
+def test_a_point_in_overlapping_masks_is_matched_to_maximise_hits():
+    # A: columns 0-6, B: columns 5 and 9; p at 5 px lies in both, q at 6 px only in A.
+    # Pairing by distance to the annotated points (A at 2 px, B at 9 px) would give p->A,
+    # q->B (3 + 3 px < 4 + 4 px) and one hit; the maximum matching q->A, p->B gives two.
+    masks = [columns(0, 1, 2, 3, 4, 5, 6), columns(5, 9)]
+    score = pointing_score([(50.0, 50.0), (60.0, 50.0)], [(20.0, 50.0), (90.0, 50.0)], **TEN,
+                           masks=masks)
+    assert score == PointingScore(1.0, 1.0, 1.0)
+    # one prediction in both: one hit of two instances
+    one = pointing_score([(50.0, 50.0)], [(20.0, 50.0), (90.0, 50.0)], **TEN, masks=masks)
+    assert (one.precision, one.recall) == (1.0, 0.5)
+    assert one.f1 == pytest.approx(2 / 3)
+
+
+def test_answers_scored_as_pixmo_points_eval():
+    gt, masks = [(20.0, 50.0), (80.0, 50.0)], [columns(1, 2, 3), columns(7, 8, 9)]
+    tag = points_to_text([(20.0, 50.0), (80.0, 50.0)], "cup")
+    assert answer_pointing_score(tag, gt, masks, **TEN) == PointingScore(1.0, 1.0, 1.0)
+    # right points inside a counting sentence: not a point answer, so 0
+    counted = points_to_text([(20.0, 50.0), (80.0, 50.0)], "cup", count=True)
+    assert answer_pointing_score(counted, gt, masks, **TEN) == PointingScore(0.0, 0.0, 0.0)
+    for unparsable in ("There are none.", "", '<point x="20.0" y="50.0" alt="cup">cup',
+                       '<point x="2O.0" y="50.0" alt="cup">cup</point>'):
+        assert answer_pointing_score(unparsable, gt, masks, **TEN).f1 == 0.0
+    # a coordinate above 100 is dropped from a well-formed tag: 1 of 2 predictions kept
+    over = '<points x1="20.0" y1="50.0" x2="180.0" y2="50.0" alt="cup">cup</points>'
+    assert answer_pointing_score(over, gt, masks, **TEN) == PointingScore(1.0, 0.5, 2 / 3)
+
+
+def test_answers_for_an_empty_ground_truth():
+    # nothing to point at: 1 when the answer holds no point, whatever it says, else 0
+    for answer in ("There are none.", "I cannot see any.", ""):
+        assert answer_pointing_score(answer, [], [], **TEN) == PointingScore(1.0, 1.0, 1.0)
+    tag = points_to_text([(20.0, 50.0)], "cup")
+    assert answer_pointing_score(tag, [], [], **TEN) == PointingScore(0.0, 0.0, 0.0)
 
 
 def test_count_accuracy_exact_within_one_and_valid():
