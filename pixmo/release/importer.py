@@ -222,10 +222,10 @@ class _Importer:
             yield sample.to_sample(data, self.image_source(sample.first_row()))
 
     def image_source(self, row: Row) -> str:
-        """Where the bytes came from: the URL, or file and image_id for embedded images
-        (of the earliest row, when several name the same bytes)."""
+        """Where the bytes came from: the URL, or file and image_id (else row number) for
+        embedded images (of the earliest row, when several name the same bytes)."""
         if self.subset.embedded:
-            return f"{os.path.basename(row.source)}#{row.data.get('image_id')}"
+            return f"{os.path.basename(row.source)}#{row.data.get('image_id', row.record)}"
         return row.image
 
     def ledger(self, samples: list[_Sample]) -> list[dict[str, Any]]:

@@ -1,13 +1,12 @@
 """Readers for the released PixMo subsets: parquet rows to per-image annotations.
 
-Each subset is described once in ``SUBSETS``: the released columns it needs
-(pixmo.md section 1), where its image comes from (a URL, or bytes embedded in
-the parquet for pixmo-docs), its sha256 policy, and a function that turns one
-row, given the decoded image, into sample annotations or a ``Reject``.
-Coordinates follow the release: pixmo-points, -points-eval and
--point-explanations are percent (0-100) of the displayed image, pixmo-count is
-pixels of the displayed image (Molmo loads images with EXIF transpose before
-scaling points), and both come out as percent of the displayed image.
+Each subset (and CountBenchQA) is described once in ``SUBSETS``: the released columns it
+needs (pixmo.md section 1), where its image comes from (a URL, or bytes embedded in the
+parquet), its sha256 policy, and a function that turns one row, given the decoded image,
+into sample annotations or a ``Reject``. Coordinates follow the release: pixmo-points,
+-points-eval and -point-explanations are percent (0-100) of the displayed image,
+pixmo-count is pixels of the displayed image (Molmo loads images with EXIF transpose
+before scaling points), and both come out as percent of the displayed image.
 
 ``pixmo.release.importer`` downloads the images and writes the dataset.
 """
@@ -21,9 +20,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from pixmo.errors import PixmoError
 from pixmo.images import LoadedImage
 from pixmo.points.annotations import ImageInfo, PointsConfig, validate_points
+from pixmo.points.masks import encode_mask
 from pixmo.raw import RawRecord
 from pixmo.rejects import Reason, Reject
 
@@ -156,11 +158,37 @@ def _points_row(row: Row, image: LoadedImage) -> Annotations | Reject:
     return entry if isinstance(entry, Reject) else Annotations(points=[entry])
 
 
+def _instance_masks(row: Row, image: LoadedImage, masks: Any,
+                    points: int) -> list[dict[str, Any]] | Reject:
+    """pixmo-points-eval's boolean masks, one per point, run-length encoded; each must
+    cover the displayed image, the grid the official evaluation indexes with the points."""
+    if not isinstance(masks, list) or len(masks) != points:
+        return _reject(row, Reason.INVALID_RECORD,
+                       f"masks: expected {points} (one per point), got {masks!r:.60}")
+    out = []
+    for i, mask in enumerate(masks):
+        try:
+            grid = np.array(mask if mask else [[]])  # bool only when every cell is a bool
+        except ValueError:  # ragged rows
+            grid = np.array([[]])
+        if grid.dtype != bool or grid.shape != (image.height, image.width):
+            return _reject(row, Reason.INVALID_RECORD,
+                           f"masks[{i}]: expected {image.height} x {image.width} booleans "
+                           f"(the displayed image), got shape {grid.shape} of {grid.dtype}")
+        out.append(encode_mask(grid))
+    return out
+
+
 def _points_eval_row(row: Row, image: LoadedImage) -> Annotations | Reject:
-    """pixmo-points-eval: percent points; the per-instance masks are not kept."""
+    """pixmo-points-eval: percent points and their instance masks (benchmark hits)."""
     entry = _point_set(row, image, row.data.get("label"), row.data.get("points"), "percent",
                        "pointing")
-    return entry if isinstance(entry, Reject) else Annotations(points=[entry])
+    if isinstance(entry, Reject):
+        return entry
+    masks = _instance_masks(row, image, row.data.get("masks"), len(entry["points"]))
+    if isinstance(masks, Reject):
+        return masks
+    return Annotations(points=[{**entry, "masks": masks}])
 
 
 def _count_row(row: Row, image: LoadedImage) -> Annotations | Reject:
@@ -168,6 +196,17 @@ def _count_row(row: Row, image: LoadedImage) -> Annotations | Reject:
     entry = _point_set(row, image, row.data.get("label"), row.data.get("points"), "pixels",
                        "counting", row.data.get("count"))
     return entry if isinstance(entry, Reject) else Annotations(points=[entry])
+
+
+def _countbench_row(row: Row, image: LoadedImage) -> Annotations | Reject:
+    """CountBenchQA (vikhyatk/CountBenchQA: images embedded, no hash), the counting
+    benchmark Molmo reports: a question and the number that answers it."""
+    number = row.data.get("number")  # an int32 column: never a bool
+    if not isinstance(number, int) or number < 0:
+        return _reject(row, Reason.INVALID_RECORD, f"number: expected an integer >= 0, "
+                       f"got {number!r:.40}")
+    entry = _qa(row, row.data.get("question"), str(number), "countbenchqa")
+    return entry if isinstance(entry, Reject) else Annotations(qa=[entry])
 
 
 # --------------------------------------------------------------------------- text
@@ -264,8 +303,8 @@ SUBSETS: dict[str, Subset] = {
         Subset("pixmo-cap", ("caption", "transcripts"), _cap_row, Sha256Policy.NONE),
         Subset("pixmo-points", ("image_sha256", "points", "count", "label", "collection_method"),
                _points_row, Sha256Policy.STRICT),
-        Subset("pixmo-points-eval", ("image_sha256", "label", "points"), _points_eval_row,
-               Sha256Policy.STRICT),
+        Subset("pixmo-points-eval", ("image_sha256", "label", "points", "masks"),
+               _points_eval_row, Sha256Policy.STRICT),
         # released hashes are stale for every sampled image (pixmo.md 6): keep and flag
         Subset("pixmo-count", ("image_sha256", "count", "label"), _count_row,
                Sha256Policy.FLAG, optional_columns=("points",)),
@@ -277,6 +316,8 @@ SUBSETS: dict[str, Subset] = {
                ("image_sha256", "question", "response", "parsed_response", "alt_text", "points"),
                _point_explanations_row, Sha256Policy.STRICT),
         Subset("pixmo-docs", ("image_id", "questions"), _docs_row, Sha256Policy.NONE,
+               image_column="image"),
+        Subset("countbenchqa", ("question", "number"), _countbench_row, Sha256Policy.NONE,
                image_column="image"),
     )
 }

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from pixmo.build import BuildConfig
@@ -21,6 +22,7 @@ from pixmo.dataset.writer import ShardConfig
 from pixmo.errors import PixmoError
 from pixmo.fetch import FetchConfig
 from pixmo.images import decode_image
+from pixmo.points.masks import decode_mask
 from pixmo.release.cache import FAILURES, read_failures
 from pixmo.release.importer import ImportConfig, import_release
 from tests.http_server import LocalServer, Reply
@@ -363,14 +365,49 @@ def test_point_explanations_and_points_eval(tmp_path, server):
     assert report.rows_rejected_by_reason == {"invalid_record": 1}
     assert_ledger_closes(out, 2, parquet)
 
+    # 50 x 50 image: one mask per point, random shapes, survive the import exactly
+    rng = np.random.default_rng(5)
+    masks = [rng.random((50, 50)) < 0.3, rng.random((50, 50)) < 0.7]
     evaluation = [{"image_url": url, "image_sha256": sha(data), "label": "cup",
-                   "points": [{"x": 79.87, "y": 71.57}], "masks": [[[True, False]]]}]
+                   "points": [{"x": 79.87, "y": 71.57}, {"x": 10.0, "y": 20.0}],
+                   "masks": [m.tolist() for m in masks]},
+                  {"image_url": url, "image_sha256": sha(data), "label": "unicorn",
+                   "points": [], "masks": []},
+                  {"image_url": url, "image_sha256": sha(data), "label": "bad mask",
+                   "points": [{"x": 1.0, "y": 1.0}], "masks": [[[True, False]]]}]
     parquet = write_parquet(tmp_path / "eval.parquet", "pixmo-points-eval", evaluation)
-    import_release("pixmo-points-eval", [parquet], tmp_path / "eval", config=CONFIG)
+    report = import_release("pixmo-points-eval", [parquet], tmp_path / "eval", config=CONFIG)
+    assert report.rows_rejected_by_reason == {"invalid_record": 1}
     (sample,) = iter_samples(tmp_path / "eval")
-    assert sample.json["points"][0]["points"] == [[79.87, 71.57]]
-    assert sample.json["points"][0]["count"] == 1
+    cup, unicorn = sample.json["points"]
+    assert cup["points"] == [[79.87, 71.57], [10.0, 20.0]] and cup["count"] == 2
+    assert len(cup["masks"]) == 2
+    for stored, mask in zip(cup["masks"], masks, strict=True):
+        assert np.array_equal(decode_mask(stored), mask)
+    assert unicorn == {"label": "unicorn", "points": [], "count": 0, "masks": [],
+                       "collection_method": "pointing", "annotators": []}
+    assert_ledger_closes(tmp_path / "eval", 3, parquet)  # verify checks the sample schema
     assert server.hits["/e.jpg"] == 2  # separate output dirs keep separate caches
+
+
+def test_countbenchqa_imports_embedded_images_with_their_counts(tmp_path):
+    dogs, cats = image_bytes((9, 9, 9), fmt="PNG"), image_bytes((1, 50, 1))
+    rows = [{"image": {"bytes": dogs, "path": None}, "text": "dogs", "number": 4,
+             "question": "How many dogs are in the image?"},
+            {"image": {"bytes": cats, "path": None}, "text": "cats", "number": 7,
+             "question": "How many cats are there?"},
+            {"image": None, "text": "none", "number": 2, "question": "How many?"}]
+    parquet = write_parquet(tmp_path / "test-00000-of-00001.parquet", "countbenchqa", rows)
+    out = tmp_path / "out"
+    report = import_release("countbenchqa", [parquet], out, config=CONFIG)
+    assert report.samples == 2 and report.rows_rejected_by_reason == {"invalid_record": 1}
+    samples = {s.key: s for s in iter_samples(out)}
+    first = samples[sample_key(sha(dogs))]
+    assert first.json["qa"] == [{"question": "How many dogs are in the image?", "answer": "4",
+                                 "source": "countbenchqa"}]
+    assert first.json["image"]["source"] == "test-00000-of-00001.parquet#1"
+    assert first.files["png"] == dogs
+    assert_ledger_closes(out, 3, parquet)
 
 
 def test_a_file_of_another_subset_is_a_user_error(tmp_path):

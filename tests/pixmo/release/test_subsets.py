@@ -47,6 +47,11 @@ SCHEMAS = {
                              ("image_id", pa.string()),
                              ("questions", pa.list_(pa.struct([("question", pa.string()),
                                                                ("answer", pa.string())])))]),
+    # vikhyatk/CountBenchQA
+    "countbenchqa": pa.schema([("image", pa.struct([("bytes", pa.binary()),
+                                                    ("path", pa.string())])),
+                               ("text", pa.string()), ("question", pa.string()),
+                               ("number", pa.int32())]),
 }
 
 
@@ -114,7 +119,7 @@ def test_a_missing_released_column_names_the_file_and_columns(tmp_path):
     parquet = write_parquet(tmp_path / "cap.parquet", "pixmo-cap",
                             [{"image_url": "http://h/x.jpg", "caption": "c", "transcripts": []}])
     expected = (r"cap.parquet: missing released column\(s\) "
-                r"\['image_sha256', 'label', 'points'\] of pixmo-points-eval")
+                r"\['image_sha256', 'label', 'points', 'masks'\] of pixmo-points-eval")
     with pytest.raises(PixmoError, match=expected):
         list(read_rows(SUBSETS["pixmo-points-eval"], parquet))
     with pytest.raises(PixmoError, match="parquet file not found"):
@@ -149,7 +154,8 @@ def test_percent_points_are_kept_as_released_and_checked():
     method = annotate("pixmo-points", {"label": "x", "count": 0, "points": [],
                                        "collection_method": "clicking"})
     assert method.reason.value == "invalid_record" and "collection_method" in method.detail
-    nan = annotate("pixmo-points-eval", {"label": "x", "points": [{"x": float("nan"), "y": 1}]})
+    nan = annotate("pixmo-points-eval", {"label": "x", "points": [{"x": float("nan"), "y": 1}],
+                                         "masks": [[[True]]]})
     assert nan.reason.value == "non_finite_coordinate"
 
 
@@ -181,5 +187,44 @@ def test_point_explanations_need_parsed_response_and_matching_groups():
 
 def test_unknown_subset_lists_the_known_ones():
     with pytest.raises(PixmoError, match=r"unknown subset 'pixmo-clocks'; expected one of "
-                                         r"\['pixmo-ask-model-anything', 'pixmo-cap'"):
+                                         r"\['countbenchqa', 'pixmo-ask-model-anything'"):
         get_subset("pixmo-clocks")
+
+
+def test_points_eval_keeps_one_encoded_mask_per_point():
+    image = loaded(size=(4, 2))  # displayed 4 wide, 2 high
+    left = [[True, True, False, False], [True, False, False, False]]
+    right = [[False, False, True, True], [False, False, False, True]]
+    out = annotate("pixmo-points-eval", {"label": "Cup", "points": [
+        {"x": 20.0, "y": 30.0}, {"x": 80.0, "y": 30.0}], "masks": [left, right]}, image)
+    (entry,) = out.points
+    assert entry["masks"] == [{"height": 2, "width": 4, "counts": [0, 2, 2, 1, 3]},
+                              {"height": 2, "width": 4, "counts": [2, 2, 3, 1]}]
+    absent = annotate("pixmo-points-eval", {"label": "cat", "points": [], "masks": []}, image)
+    assert absent.points[0]["masks"] == [] and absent.points[0]["count"] == 0
+    for masks, detail in [  # detail: the start of the reject's detail
+        ([left], "masks: expected 2 (one per point)"),
+        ([left, [[True, False]]], "masks[1]: expected 2 x 4 booleans (the displayed image), "
+                                  "got shape (1, 2) of bool"),
+        ([left, [[True, False, True, False], [True]]], "masks[1]: expected 2 x 4 booleans"),
+        ([left, [[1, 0, 0, 0], [0, 0, 0, 0]]], "masks[1]: expected 2 x 4 booleans (the "
+                                                "displayed image), got shape (2, 4) of int"),
+        (None, "masks: expected 2 (one per point), got None"),
+    ]:
+        bad = annotate("pixmo-points-eval", {"label": "cup", "points": [
+            {"x": 20.0, "y": 30.0}, {"x": 80.0, "y": 30.0}], "masks": masks}, image)
+        assert isinstance(bad, Reject) and bad.reason.value == "invalid_record"
+        assert bad.detail.startswith(detail), bad.detail
+
+
+def test_countbenchqa_rows_become_a_question_and_its_count():
+    out = annotate("countbenchqa", {"question": "How many dogs are there?", "number": 4,
+                                    "text": "four dogs on a sofa"})
+    assert out.qa == [{"question": "How many dogs are there?", "answer": "4",
+                       "source": "countbenchqa"}]
+    for data, detail in [({"question": "How many?", "number": None},
+                          "number: expected an integer >= 0, got None"),
+                         ({"question": "How many?", "number": -1},
+                          "number: expected an integer >= 0, got -1"),
+                         ({"question": " ", "number": 3}, "question: missing or blank")]:
+        assert annotate("countbenchqa", data).detail == detail
