@@ -18,10 +18,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipelines.collect import add_collect
 from pixmo.command_line import command_parser, run_command
 from pixmo.errors import ConfigError, PixmoError
 
 if TYPE_CHECKING:
+    from pixmo.build import BuildConfig
     from pixmo.command_line import Subcommands
     from pixmo.speech.config import SpeechConfig
 
@@ -129,18 +131,46 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     return 0
 
 
+# options of ``pixmo build`` by the config key they set (over ``--config``'s file)
+BUILD_OPTIONS = {"raw_dir": "--raw", "name": "--name", "speech.model": "--whisper-model",
+                 "speech.device": "--device", "speech.cpu_threads": "--cpu-threads",
+                 "speech.qc.min_speech_s": "--min-speech-s",
+                 "shards.max_samples": "--shard-samples", "shards.max_bytes": "--shard-bytes"}
+
+
+def _build_config(args: argparse.Namespace) -> BuildConfig:
+    """``--config``'s file (if any) with the options given put over it; the dataset is
+    named after the output folder unless ``--name`` or the file names it."""
+    from pixmo.build import BuildConfig
+    from pixmo.config import read_yaml
+
+    overrides = {key: getattr(args, option[2:].replace("-", "_"))
+                 for key, option in BUILD_OPTIONS.items()}
+    overrides = {key: value for key, value in overrides.items() if value is not None}
+    if args.no_transcribe:
+        overrides["transcribe"] = False
+    given = read_yaml(args.config) if args.config is not None else {}
+    given = given if isinstance(given, dict) else {}
+    if "raw_dir" not in overrides and "raw_dir" not in given:
+        raise PixmoError("--raw is required (or raw_dir in --config)")
+    if "name" not in overrides and "name" not in given and args.out:
+        overrides["name"] = Path(args.out.rstrip("/")).name
+    return BuildConfig.load(args.config, overrides, BUILD_OPTIONS)
+
+
 def cmd_build(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
-    from pixmo.build import BuildConfig, input_files
+    from pixmo.build import input_files, refuse_other_config
     from pixmo.dataset.tables import read_dataset_json
-    from pixmo.dataset.writer import ShardConfig
     from pixmo.remote import Folder
 
-    cfg = BuildConfig(raw_dir=args.raw, name=args.name or Path(args.out.rstrip("/")).name,
-                      transcribe=not args.no_transcribe,
-                      speech=_speech_config(args, model=args.whisper_model),
-                      shards=ShardConfig(max_samples=args.shard_samples,
-                                         max_bytes=args.shard_bytes))
+    cfg = _build_config(args)
+    if args.print_config:
+        print(cfg.to_yaml(), end="")
+        return 0
+    if not args.out:
+        raise PixmoError("the following arguments are required: --out")
     input_files(cfg.raw_dir)  # a wrong --raw fails here, before an engine starts
+    refuse_other_config(args.out, cfg, args.mode)  # and a resume with another config
     if args.engine == "ray":
         if beam_args:
             raise PixmoError(f"unrecognized arguments for --engine ray: {' '.join(beam_args)}")
@@ -212,13 +242,17 @@ SPEECH_OPTIONS = {"QCConfig.min_speech_s": "--min-speech-s",
                   "SpeechConfig.cpu_threads": "--cpu-threads"}
 
 
-def _add_speech_options(p: argparse.ArgumentParser, min_speech_help: str) -> None:
-    """The Whisper options ``transcribe`` and ``build`` share (``SPEECH_OPTIONS``)."""
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--cpu-threads", type=int, default=1,
+def _add_speech_options(p: argparse.ArgumentParser, min_speech_help: str,
+                        defaults: bool = True) -> None:
+    """The Whisper options ``transcribe`` and ``build`` share (``SPEECH_OPTIONS``); without
+    ``defaults`` an option not given is None (the config file's value or default then)."""
+    p.add_argument("--device", default="auto" if defaults else None,
+                   choices=("auto", "cpu", "cuda"))
+    p.add_argument("--cpu-threads", type=int, default=1 if defaults else None,
                    help="threads of one Whisper model on CPU; recorded in each transcript "
                    "(more cores: more --workers)")
-    p.add_argument("--min-speech-s", type=float, default=60.0, help=min_speech_help)
+    p.add_argument("--min-speech-s", type=float, default=60.0 if defaults else None,
+                   help=min_speech_help)
 
 
 def _speech_config(args: argparse.Namespace, **fields: str | None) -> SpeechConfig:
@@ -298,9 +332,14 @@ def _add_build(sub: Subcommands) -> None:
     p = sub.add_parser("build", help="raw annotations to shards with Beam or Ray; unknown "
                        "flags go to Beam, e.g. --runner DataflowRunner --project P (a remote "
                        "runner gets the toolkit's wheel as --extra_package)")
-    p.add_argument("--raw", required=True,
-                   help="raw input directory, a path or an fsspec URL (s3://, gs://, ...)")
-    p.add_argument("--out", required=True,
+    p.add_argument("--config", default=None,
+                   help="build config YAML: any field of BuildConfig (see --print-config); "
+                   "options given here override it")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config with every default, then exit")
+    p.add_argument("--raw", default=None, help="raw input directory, a path or an fsspec "
+                   "URL (s3://, gs://, ...); or raw_dir in --config")
+    p.add_argument("--out", default=None,
                    help="output dataset directory, a path or an fsspec URL")
     p.add_argument("--engine", default="beam", choices=("beam", "ray"))
     p.add_argument("--mode", default="resume", choices=("resume", "overwrite", "extend"),
@@ -321,9 +360,9 @@ def _add_build(sub: Subcommands) -> None:
     p.add_argument("--name", default=None, help="dataset name (default: the out dir's name)")
     p.add_argument("--no-transcribe", action="store_true", help="skip caption sessions' audio")
     p.add_argument("--whisper-model", default=None, help="Whisper model name or path")
-    _add_speech_options(p, "shortest accepted speech per session (PixMo: 60)")
-    p.add_argument("--shard-samples", type=int, default=1000)
-    p.add_argument("--shard-bytes", type=int, default=1 << 30)
+    _add_speech_options(p, "shortest accepted speech per session (PixMo: 60)", defaults=False)
+    p.add_argument("--shard-samples", type=int, default=None, help="default 1000")
+    p.add_argument("--shard-bytes", type=int, default=None, help="default 1 GiB")
     p.set_defaults(handler=cmd_build, passthrough=True,
                    options={**SPEECH_OPTIONS, "ShardConfig.max_samples": "--shard-samples",
                             "ShardConfig.max_bytes": "--shard-bytes", "workers": "--workers",
@@ -333,7 +372,7 @@ def _add_build(sub: Subcommands) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser, sub = command_parser("pixmo", "Build and check PixMo-style multimodal datasets.")
     for add in (_add_dataset_commands, _add_import, _add_synth, _add_report, _add_transcribe,
-                _add_build):
+                _add_build, add_collect):
         add(sub)
     return parser
 

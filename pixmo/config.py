@@ -16,11 +16,14 @@ wording of every range error, ``Class.field`` in each.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
+import os
 import types
 import typing
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
+from pathlib import Path
 from typing import Any
 
 from pixmo.errors import ConfigError, PixmoError
@@ -46,6 +49,15 @@ def _dataclass_items(hint: Any) -> type | None:
 
 def _is_union(hint: Any) -> bool:
     return typing.get_origin(hint) in (typing.Union, types.UnionType)
+
+
+def _section(hint: Any) -> type | None:
+    """The dataclass of a ``Config`` or an optional ``Config | None`` hint, else None."""
+    if dataclasses.is_dataclass(hint):
+        return hint
+    found = [a for a in typing.get_args(hint) if dataclasses.is_dataclass(a)] \
+        if _is_union(hint) else []
+    return found[0] if len(found) == 1 else None
 
 
 def _fits(value: Any, hint: Any) -> bool:
@@ -99,8 +111,8 @@ def from_mapping(cls: type, data: Any, where: str) -> Any:
     kwargs = {}
     for name, value in checked_keys(cls, data, where).items():
         hint, path = hints[name], f"{where}.{name}"
-        if dataclasses.is_dataclass(hint) and not isinstance(value, hint):
-            value = from_mapping(hint, value, path)
+        if (section := _section(hint)) is not None and isinstance(value, dict):
+            value = from_mapping(section, value, path)
         elif (item := _dataclass_items(hint)) is not None and isinstance(value, (list, tuple)):
             value = tuple(v if isinstance(v, item) else from_mapping(item, v, f"{path}[{i}]")
                           for i, v in enumerate(value))
@@ -193,3 +205,59 @@ def check_fields(config: Any, **rules: Rule) -> None:
         if not rule.holds(value):
             raise ConfigError(f"must be {rule.wording}, got {value!r}",
                               field=f"{type(config).__name__}.{name}")
+
+
+def read_yaml(path: str | os.PathLike[str]) -> Any:
+    """What a YAML config file holds (an empty file: an empty mapping), or a one-line error
+    naming the file and, for a syntax error, the line and column."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise PixmoError(f"cannot read the config: {exc.strerror}", file=str(path)) from exc
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise PixmoError(f"invalid YAML{where}: {exc.problem}", file=str(path)) from exc
+    except yaml.YAMLError as exc:
+        raise PixmoError(f"invalid YAML: {' '.join(str(exc).split())}", file=str(path)) from exc
+    return raw if raw is not None else {}
+
+
+def load_config(cls: type, path: str | os.PathLike[str] | None,
+                overrides: Mapping[str, Any] = {}, names: Mapping[str, str] = {}) -> Any:
+    """An instance of ``cls`` from a YAML file (``path``, if any) with ``overrides``
+    (dotted keys: ``speech.qc.min_speech_s``) put over it. An error in an override's value
+    is named by ``names[key]`` (the option that gave it), one in the file's by the file and
+    key (``build.yaml, field config.shards.max_samples``)."""
+    data = read_yaml(path) if path is not None else {}
+    if not isinstance(data, dict):
+        raise PixmoError(f"must be a mapping, got {data!r}", file=None if path is None
+                         else str(path))
+    data = copy.deepcopy(data)
+    for key, value in overrides.items():
+        *parents, last = key.split(".")
+        node = data
+        for parent in parents:
+            if not isinstance(node.get(parent), dict):
+                node[parent] = {}
+            node = node[parent]
+        node[last] = value
+    try:
+        return from_mapping(cls, data, "config")
+    except PixmoError as exc:
+        key = (exc.field or "").removeprefix("config.")
+        if key in names and (key in overrides or path is None):
+            raise exc.located(field=names[key]) from exc
+        if path is None:
+            raise
+        raise exc.located(file=str(path)) from exc
+
+
+def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """The dotted keys where two plain configs (``to_plain``) differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for key in sorted(set(old) | set(new), key=str)
+                for d in differences(old.get(key), new.get(key), f"{prefix}{key}.")]
+    return [] if old == new else [prefix.rstrip(".") or "(the config)"]

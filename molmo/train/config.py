@@ -14,7 +14,16 @@ from typing import Any
 from molmo.data.config import DataConfig
 from molmo.model.config import MolmoConfig, preset
 from molmo.preprocess.config import PreprocessConfig
-from pixmo.config import above, at_least, between, check_fields, from_mapping, one_of, to_plain
+from pixmo.config import (
+    above,
+    at_least,
+    between,
+    check_fields,
+    from_mapping,
+    load_config,
+    one_of,
+    to_plain,
+)
 from pixmo.errors import ConfigError, PixmoError
 
 STRATEGIES = ("ddp", "fsdp")
@@ -238,29 +247,11 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        if isinstance(data, dict) and isinstance(data.get("lora"), dict):  # an optional section
-            data = {**data, "lora": from_mapping(LoraConfig, data["lora"], "config.lora")}
         return from_mapping(cls, data, "config")
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
-        import yaml
-
-        try:
-            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise PixmoError(f"cannot read the config: {exc.strerror}", file=str(path)) from exc
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise PixmoError(f"invalid YAML{where}: {exc.problem}", file=str(path)) from exc
-        except yaml.YAMLError as exc:
-            raise PixmoError(f"invalid YAML: {' '.join(str(exc).split())}",
-                             file=str(path)) from exc
-        try:
-            return cls.from_dict(raw if raw is not None else {})
-        except PixmoError as exc:
-            raise exc.located(file=str(path)) from exc
+        return load_config(cls, path)
 
     def to_dict(self) -> dict[str, Any]:
         return to_plain(self)

@@ -333,7 +333,7 @@ def run(cfg: build.BuildConfig, out_dir: str, beam_args: Sequence[str] = (),
         if workers > 1:
             stack.enter_context(pool.shared_workers())
         files = build.input_files(cfg.raw_dir)
-        previous = build.prepare_output(out_dir, mode)
+        previous = build.prepare_output(out_dir, mode, cfg)
         spills = (stack.enter_context(shuffle.SpillFolder(shuffle_dir))
                   if runs_locally(beam_args) else None)
         p = beam.Pipeline(options=PipelineOptions(options))

@@ -197,7 +197,7 @@ def _build(cfg: build.BuildConfig, out_dir: str, workers: int, actor: Mapping[st
     """The graph, in groups of about ``GROUP_BYTES`` of input each (at least two per
     CPU), then ``finish`` on the counts Ray summed and the shards' stats."""
     files = build.input_files(cfg.raw_dir)
-    previous = build.prepare_output(out_dir, mode)
+    previous = build.prepare_output(out_dir, mode, cfg)
     raw = remote.Folder(cfg.raw_dir)
     groups = max(2 * int(ray.cluster_resources().get("CPU", 1)),
                  -(-sum(raw.size(f) for f in files) // GROUP_BYTES))

@@ -9,11 +9,18 @@ keep a shard, finish). ``parts`` are the types that travel between workers.
 
 from pixmo.build.config import BuildConfig
 from pixmo.build.images import resolve_image
-from pixmo.build.output import Previous, finish, prepare_output, write_or_keep
+from pixmo.build.output import (
+    Previous,
+    finish,
+    prepare_output,
+    refuse_other_config,
+    write_or_keep,
+)
 from pixmo.build.parts import ImagePart, Keyed, Packed, PlannedSample
 from pixmo.build.stages import Annotator, check_record, input_files, join_sample, plan, read_raw
 from pixmo.dataset.cutting import ShardPlan
 
 __all__ = ["Annotator", "BuildConfig", "ImagePart", "Keyed", "Packed", "PlannedSample",
            "Previous", "ShardPlan", "check_record", "finish", "input_files", "join_sample",
-           "plan", "prepare_output", "read_raw", "resolve_image", "write_or_keep"]
+           "plan", "prepare_output", "read_raw", "refuse_other_config", "resolve_image",
+           "write_or_keep"]

@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 MODES = ("resume", "overwrite", "extend")
 REJECT_RUNS = f"{STAGING}/rejects"
+BUILD_CONFIG = f"{STAGING}/build_config.json"  # the config of a run not yet finished
 MAX_OPEN_RUNS = 256  # runs merged at once; more are merged in rounds
 
 
@@ -95,7 +96,8 @@ class Previous:
         return max(self.base) + 1 if self.base else 0
 
 
-def prepare_output(out_dir: str | os.PathLike[str], mode: str) -> Previous:
+def prepare_output(out_dir: str | os.PathLike[str], mode: str,
+                   cfg: BuildConfig | None = None) -> Previous:
     """Make ``out_dir`` (a path or URL) ready for a build.
 
     ``overwrite`` removes an earlier build. ``resume`` (the default) keeps
@@ -105,12 +107,16 @@ def prepare_output(out_dir: str | os.PathLike[str], mode: str) -> Previous:
     what an interrupted extend committed beyond the shards, manifest rows
     and rejects its dataset.json accounts for is treated as in ``resume``.
     Except in ``extend``, dataset.json goes first: until the build has
-    finished again the folder is not a finished dataset.
+    finished again the folder is not a finished dataset. With ``cfg``, a resumed build
+    whose config differs from the one the earlier run recorded is refused
+    (``BuildConfig.refuse_other``), and this run records its own.
     """
     if mode not in MODES:
         raise PixmoError(f"mode must be one of {', '.join(MODES)}, got {mode!r}",
                          field="mode")
     out = remote.Folder(os.fspath(out_dir))
+    if cfg is not None:
+        refuse_other_config(out_dir, cfg, mode)
     if mode != "extend":
         out.remove(DATASET_JSON)
     if mode == "overwrite":
@@ -121,6 +127,8 @@ def prepare_output(out_dir: str | os.PathLike[str], mode: str) -> Previous:
     out.makedirs(SHARDS_DIR)
     for leftover in out.glob(f"{SHARDS_DIR}/*{PARTIAL_SUFFIX}"):  # killed writers
         out.remove(leftover)
+    if cfg is not None and mode != "extend":
+        out.write_bytes(BUILD_CONFIG, json_bytes(cfg.to_json()))
     committed = {s.index: s for s in committed_shards(out_dir)}
     marked = {f"{SHARDS_DIR}/{s.shard}" for s in committed.values()}
     for tar in out.glob(f"{SHARDS_DIR}/*.tar"):
@@ -140,6 +148,23 @@ def prepare_output(out_dir: str | os.PathLike[str], mode: str) -> Previous:
                     rejects=description["counts"].get("rejects"),
                     ledger=description.get("ledger", []),
                     failures=description.get("failures_by_reason", {}))
+
+
+def refuse_other_config(out_dir: str | os.PathLike[str], cfg: BuildConfig, mode: str) -> None:
+    """In ``resume`` mode, refuse a config other than the one an earlier run recorded:
+    a finished one's in dataset.json, an interrupted one's in the staging folder."""
+    out = remote.Folder(os.fspath(out_dir))
+    if mode != "resume":
+        return
+    if out.is_file(DATASET_JSON):
+        with out.local_copy(DATASET_JSON) as path:
+            recorded = read_dataset_json(path).get("build_config")
+    elif out.is_file(BUILD_CONFIG):
+        recorded = json.loads(out.read_bytes(BUILD_CONFIG))
+    else:
+        return
+    if recorded is not None:
+        cfg.refuse_other(recorded, out.url)
 
 
 def _keys_name(index: int) -> str:

@@ -1,0 +1,101 @@
+"""``pixmo build --config build.yaml`` and ``--print-config``: every ``BuildConfig`` field from
+the file, options over it, one-line errors naming the key, and a resumed build that refuses
+a config other than the one its earlier run recorded."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from pipelines.cli import main
+from pixmo.build import BuildConfig, prepare_output
+from pixmo.dataset.tables import read_dataset_json
+from tests.one_line import assert_one_line
+from tests.pixmo.build.test_resume import make_points_raw
+
+
+def _printed(argv: list[str], capsys) -> dict:
+    assert main(["build", *argv, "--print-config"]) == 0
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def test_print_config_spells_out_every_default(tmp_path, capsys):
+    printed = _printed(["--raw", str(tmp_path), "--out", str(tmp_path / "ds")], capsys)
+    assert printed == BuildConfig(raw_dir=str(tmp_path), name="ds").to_json()
+    assert printed["shards"]["max_samples"] == 1000 and printed["captions"]["method"] == "cleanup"
+
+
+def test_every_field_reads_back_from_a_file_and_options_win(tmp_path, capsys):
+    resolved = BuildConfig(raw_dir="raw").to_json()
+    resolved["name"] = "from-file"
+    resolved["shards"]["max_samples"] = 5
+    resolved["speech"]["qc"]["min_speech_s"] = 30.0
+    config = tmp_path / "build.yaml"
+    config.write_text(yaml.safe_dump(resolved))
+    assert _printed(["--config", str(config)], capsys) == resolved  # every field, as given
+    printed = _printed(["--config", str(config), "--shard-samples", "7", "--raw", "other",
+                        "--out", str(tmp_path / "ds"), "--no-transcribe"], capsys)
+    assert (printed["shards"]["max_samples"], printed["raw_dir"], printed["transcribe"]) == (
+        7, "other", False)
+    assert printed["name"] == "from-file"  # the file names it; --out does not rename it
+    assert printed["speech"]["qc"]["min_speech_s"] == 30.0
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("captions: {colour: red}", "{config}, field config.captions: unknown keys ['colour']"),
+    ("shards: {max_samples: 0}", "{config}: config.shards.max_samples must be >= 1, got 0"),
+    ("speech: {qc: {min_speech_s: -1}}",
+     "{config}: config.speech.qc.min_speech_s must be >= 0, got -1"),
+    ("shards: {max_samples: many}",
+     "{config}: config.shards.max_samples must be int, got 'many'"),
+    ("captions: {method: gpt}", "{config}: config.captions.method must be one of ('cleanup'"),
+    ("shards: [1, 2", "{config}: invalid YAML at line"),
+    ("[1, 2]", "{config}: must be a mapping, got [1, 2]"),
+    ("name: x", "--raw is required"),
+])
+def test_a_bad_file_is_one_line_naming_the_key(tmp_path, capsys, text, says):
+    config = tmp_path / "build.yaml"
+    config.write_text(text + "\n")
+    argv = ["build", "--config", str(config), "--out", str(tmp_path / "out")]
+    if "raw" not in says:
+        argv += ["--raw", str(tmp_path)]
+    assert main(argv) == 2
+    assert_one_line(capsys.readouterr().err, "pixmo", "build", says.format(config=config))
+
+
+def test_an_option_over_the_file_is_named_by_the_option(tmp_path, capsys):
+    config = tmp_path / "build.yaml"
+    config.write_text("shards: {max_samples: 5}\n")
+    assert main(["build", "--config", str(config), "--raw", str(tmp_path), "--out",
+                 str(tmp_path / "out"), "--shard-samples", "0"]) == 2
+    assert_one_line(capsys.readouterr().err, "pixmo", "build",
+                    "--shard-samples must be >= 1, got 0")
+
+
+def test_a_resumed_build_refuses_another_config(tmp_path, capsys):
+    raw, out = make_points_raw(tmp_path / "raw", 3), tmp_path / "out"
+    args = ["build", "--raw", str(raw), "--out", str(out), "--no-transcribe"]
+    assert main([*args, "--shard-samples", "2"]) == 0
+    capsys.readouterr()
+    before = (out / "dataset.json").read_bytes()
+    assert main([*args, "--shard-samples", "3", "--name", "other"]) == 2
+    assert_one_line(capsys.readouterr().err, "pixmo", "build",
+                    f"{out}: was built with another config (name, shards.max_samples differ)")
+    assert (out / "dataset.json").read_bytes() == before  # refused before anything changed
+    assert main([*args, "--shard-samples", "2"]) == 0  # the same config resumes
+    assert main([*args, "--shard-samples", "3", "--mode", "overwrite"]) == 0
+    assert read_dataset_json(out / "dataset.json")["build_config"]["shards"]["max_samples"] == 3
+
+
+def test_an_interrupted_build_records_its_config_for_the_resume(tmp_path):
+    """No dataset.json yet: the config the interrupted run staged is the one compared."""
+    out = tmp_path / "out"
+    prepare_output(out, "resume", BuildConfig(raw_dir="raw"))
+    assert not (out / "dataset.json").exists()
+    with pytest.raises(ValueError, match=r"another config \(captions.duplicate_overlap, "
+                       r"transcribe differ\)"):
+        prepare_output(out, "resume", BuildConfig.load(None, {
+            "raw_dir": "raw", "transcribe": False, "captions.duplicate_overlap": 0.5}))
+    prepare_output(out, "resume", BuildConfig(raw_dir="raw"))
+    prepare_output(out, "overwrite", BuildConfig(raw_dir="other"))
+    prepare_output(out, "resume", BuildConfig(raw_dir="other"))
