@@ -7,7 +7,7 @@ parameters only, set to None after each step; AdamW's two fp32 moments for train
 FSDP over N devices divides parameters, gradients and moments by N and holds, in the compute
 dtype, one unsharded block plus the next one prefetched, and the root's parameters (those
 outside the blocks: embeddings, LM head, connector...), which FSDP2 keeps unsharded from the
-forward to the backward pass (the FSDP rows are not measured: the tests measure one process).
+forward to the backward pass (the tests measure this in two real processes, FSDP2 over gloo).
 LoRA (peft) leaves the base frozen: its gradients and moments exist for the adapters only.
 
 The step's peak is the larger of two moments: the start of the backward pass (parameters,

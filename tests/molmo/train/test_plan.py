@@ -2,9 +2,14 @@
 ``train_step``, AdamW, clipping, LoRA through peft, activation checkpointing) of the tiny,
 small and tiny-moe presets on CPU, their peak of live tensor bytes measured, the plan within 15%.
 
+The FSDP rows are measured the same way in two real gloo processes (FSDP2 over 2 devices).
+
 How the peak is measured: a ``TorchDispatchMode`` sees every tensor every op returns (forward,
-backward, recomputation, optimizer); each new storage is counted until a weakref finalizer sees
-it freed, with the parameters counted from the start. That is the number
+backward, recomputation, optimizer); each new storage is held by a weak reference until a
+finalizer sees it freed, with the parameters counted from the start, and after every op the
+live bytes are the sum of those storages' current sizes (FSDP2 frees an unsharded parameter by
+resizing its storage to 0 and all-gathers into it again later, so a storage's size changes
+without a new tensor; a DTensor counts its local shard). That is the number
 ``torch.cuda.max_memory_allocated`` reports on a GPU (live tensor bytes, not the allocator's
 cache), exactly and without noise: process RSS would add the allocator's and torch's own
 buffers (tens of MiB against a tiny model's ~10 MiB), tracemalloc sees no torch allocation.
@@ -12,13 +17,19 @@ buffers (tens of MiB against a tiny model's ~10 MiB), tracemalloc sees no torch 
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+import socket
 import types
 import weakref
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+import torch.multiprocessing as mp
+from torch.distributed.tensor import DTensor
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
@@ -26,7 +37,7 @@ from molmo.cli import main
 from molmo.data.slots import BatchInfo
 from molmo.model.molmo import Molmo
 from molmo.train import lora, parallel
-from molmo.train.config import TrainConfig
+from molmo.train.config import ParallelConfig, TrainConfig
 from molmo.train.loop import build_model, train_step
 from molmo.train.metrics import FlopModel
 from molmo.train.optim import build_optimizer, freeze
@@ -40,33 +51,38 @@ SMALL = {"vision": {"image_size": 112}}
 
 
 class PeakBytes(TorchDispatchMode):
-    """Live tensor bytes (each storage once) and their peak, from ``tensors`` on."""
+    """Live tensor bytes (each storage once, at its current size) and their peak, from
+    ``tensors`` on."""
 
     def __init__(self, tensors: list[torch.Tensor]) -> None:
         super().__init__()
-        self.live: dict[int, int] = {}
-        self.now = self.peak = 0
+        self.live: dict[int, weakref.ref] = {}
+        self.peak = 0
         for t in tensors:
             self._count(t)
+        self._measure()
+
+    @property
+    def now(self) -> int:
+        return sum(s.nbytes() for ref in list(self.live.values()) if (s := ref()) is not None)
 
     def _count(self, t: torch.Tensor) -> None:
-        storage = t.untyped_storage()
+        storage = (t.to_local() if isinstance(t, DTensor) else t).untyped_storage()
         key = id(storage)
         if key in self.live or not storage.nbytes():
             return
-        self.live[key] = storage.nbytes()
-        self.now += storage.nbytes()
-        self.peak = max(self.peak, self.now)
-        weakref.finalize(storage, self._free, key)
+        self.live[key] = weakref.ref(storage)
+        weakref.finalize(storage, self.live.pop, key, None)
 
-    def _free(self, key: int) -> None:
-        self.now -= self.live.pop(key)
+    def _measure(self) -> None:
+        self.peak = max(self.peak, self.now)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         out = func(*args, **(kwargs or {}))
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor) and t.device.type == "cpu":
                 self._count(t)
+        self._measure()
         return out
 
 
@@ -101,20 +117,20 @@ def micro_batch(model: Molmo, cfg: TrainConfig) -> tuple[dict[str, torch.Tensor]
     return batch, BatchInfo(0, ("k",) * b, ("ds",) * b, (False,) * b, {})
 
 
-def measured_peak(cfg: TrainConfig, steps: int = 2) -> int:
-    """Peak live bytes over ``steps`` real training steps, built as ``loop.build`` does."""
+def measured_peak(cfg: TrainConfig, world: parallel.World | None = None, steps: int = 2) -> int:
+    """Peak live bytes over ``steps`` real training steps, built as ``loop.build`` does
+    (in ``world``'s process group: FSDP2 when the config says so)."""
+    world = world or parallel.World(0, 0, 1, torch.device("cpu"), False)
     torch.manual_seed(0)
     model = build_model(cfg.model)
     if cfg.lora is not None:
         lora.apply(model, cfg.lora)
     freeze(model, cfg.optim)
-    if cfg.parallel.activation_checkpointing:
-        parallel.checkpoint_blocks(model)
+    wrapped = parallel.wrap(model, cfg.parallel, world)
     optimizer = build_optimizer(model, cfg.optim)
-    run = types.SimpleNamespace(cfg=cfg, world=parallel.World(0, 0, 1, torch.device("cpu"),
-                                                              False),
-                                model=model, optimizer=optimizer, flops=FlopModel.of(model),
-                                loader=None, compute_dtype=torch.float32)
+    run = types.SimpleNamespace(cfg=cfg, world=world, model=wrapped, optimizer=optimizer,
+                                flops=FlopModel.of(model), loader=None,
+                                compute_dtype=torch.float32)
     with PeakBytes([*model.parameters(), *model.buffers()]) as tracker:
         for step in range(1, steps + 1):
             train_step(run, [micro_batch(model, cfg)], step)  # type: ignore[arg-type]
@@ -140,6 +156,43 @@ def test_plan_within_15_percent_of_measured_peak(preset, overrides, seq_len, lor
     assert abs(planned - measured) <= TOLERANCE * measured, (planned, measured)
 
 
+FSDP_CASES = [("tiny", TINY, 256, False), ("small", SMALL, 128, True)]
+
+
+def _fsdp_worker(rank: int, port: int, out: str) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    sharded = ParallelConfig(strategy="fsdp", device="cpu")
+    world = parallel.init(sharded)
+    rows = []
+    for preset, overrides, seq_len, checkpointing in FSDP_CASES:
+        cfg = config(preset, overrides, 2, seq_len, checkpointing=checkpointing)
+        cfg = dataclasses.replace(cfg, parallel=dataclasses.replace(
+            cfg.parallel, strategy="fsdp"))
+        measured = measured_peak(cfg, world)
+        rows.append({"measured": measured, "planned": plan(cfg, mode="fsdp", devices=2,
+                                                           gpu=False).peak})
+    parallel.close()
+    Path(out, f"rank{rank}.json").write_text(json.dumps(rows))
+
+
+def test_fsdp_plan_within_15_percent_of_measured_peak_on_two_ranks(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_fsdp_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for i, (preset, overrides, seq_len, checkpointing) in enumerate(FSDP_CASES):
+        one_process = measured_peak(config(preset, overrides, 2, seq_len,
+                                           checkpointing=checkpointing))
+        for rank, rows in enumerate(ranks):
+            row = rows[i]
+            assert abs(row["planned"] - row["measured"]) <= TOLERANCE * row["measured"], \
+                (preset, rank, row)
+            assert row["measured"] < one_process  # the sharding is real
+
+
 def test_the_tracker_counts_live_bytes():
     x = torch.zeros(1000)
     with PeakBytes([x]) as tracker:
@@ -148,7 +201,13 @@ def test_the_tracker_counts_live_bytes():
         assert tracker.now == 3 * 4000
         del y, z
         assert tracker.now == 4000
-    assert tracker.peak == 3 * 4000
+        w = x * 3  # FSDP2 frees by resizing a storage to 0 and refills it the same way
+        w.untyped_storage().resize_(0)
+        assert tracker.now == 4000
+        w.untyped_storage().resize_(8000)
+        _ = x + 0
+        assert tracker.now == 4000 + 8000 + 4000  # x, w refilled, x + 0
+    assert tracker.peak == 4000 + 8000 + 4000
 
 
 def test_parts_of_the_plan():
