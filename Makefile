@@ -17,17 +17,19 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[all]'
 	touch $(STAMP)
 
-# System packages the suite needs (the report test renders in headless Chromium):
-# installed from Debian's packages when missing and root, else one line and stop.
-SYSTEM_PACKAGES := chromium
+# System packages the suite needs (the report test renders in headless Chromium; the
+# pixmo collect test drives it through chromedriver): installed from Debian's packages
+# when missing and root, else one line and stop.
+SYSTEM_PACKAGES := chromium chromium-driver
 
 system:
-	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	@{ command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; } && \
+	command -v chromedriver >/dev/null 2>&1 || \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 	    apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; \
 	else \
-	  echo "make test needs Chromium; as root: apt-get install -y --no-install-recommends $(SYSTEM_PACKAGES)" >&2; \
+	  echo "make test needs Chromium and chromedriver; as root: apt-get install -y --no-install-recommends $(SYSTEM_PACKAGES)" >&2; \
 	  exit 1; \
 	fi
 

@@ -23,6 +23,8 @@ def test_wheel_ships_schemas_and_console_scripts(tmp_path):
     for schema in SCHEMA_NAMES:
         assert f"pixmo/schemas/{schema}.json" in names
     assert {"pixmo/dataset/writer.py", "pipelines/cli.py", "molmo/__init__.py"} <= names
+    assert {f"pixmo/collect/static/{name}" for name in ("index.html", "app.js", "style.css")
+            } <= names  # the collect app's page
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "pixmo = pipelines.cli:main" in text

@@ -1,0 +1,112 @@
+"""The collection without HTTP: which images are offered (and which not, with why), records
+valid against their schemas, a redo after a transcript QC refused, and the state read back
+from the files after a restart."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from pixmo.collect.collector import CollectError, Collector
+from pixmo.collect.config import CollectConfig
+from pixmo.errors import PixmoError
+from pixmo.images import ImageConfig
+from pixmo.raw import RawRecord, read_records
+from pixmo.schema import check
+from tests.collect_raw import SHORT_S, SPEECH_CLIP, jsonl, make_raw
+
+CLIP = SPEECH_CLIP.read_bytes()
+
+
+def silent_wav(seconds: float) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, np.zeros(int(seconds * 16000), np.float32), 16000, format="WAV")
+    return buf.getvalue()
+
+
+def test_images_offered_and_those_not(tmp_path):
+    raw = make_raw(tmp_path / "raw", images=1)
+    (raw / "images/notes.txt").write_text("not an image")
+    (raw / "images/broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(40))
+    (raw / "images/sub").mkdir()
+    (raw / "images/000.png").rename(raw / "images/sub/000.png")
+    c = Collector(raw, CollectConfig(images=ImageConfig(max_pixels=320 * 240)), lambda: 0.0,
+                  transcribe=False)
+    assert sorted(c.images) == ["sub/000.png", "turned.jpg"]
+    turned = c.images["turned.jpg"]
+    assert (turned.width, turned.height, turned.orientation) == (320, 240, 6)
+    assert [line.split(":")[0] for line in c.skipped] == ["images/broken.png",
+                                                          "images/notes.txt"]
+    c.close()
+    with pytest.raises(PixmoError, match="no images/ folder"):
+        Collector(tmp_path, CollectConfig(), lambda: 0.0, transcribe=False)
+
+
+def test_records_are_what_pixmo_build_reads(tmp_path):
+    raw = make_raw(tmp_path / "raw", images=0)
+    c = Collector(raw, CollectConfig(min_speech_s=SHORT_S), lambda: 0.0, transcribe=False)
+    cap = c.next_task("ann")
+    assert c.submit_caption("ann", cap["task_id"], CLIP)[0] == 201
+    pts = c.next_task("ann")
+    body = {"task_id": pts["task_id"], "label": "sun", "units": "pixels",
+            "points": [{"x": 1, "y": 2}, {"x": 319, "y": 239.5}]}
+    assert c.submit_points("ann", body)[0] == 201
+    c.close()
+    for name, schema in (("captions.jsonl", "caption_session"),
+                         ("points.jsonl", "point_annotation")):
+        rows = list(read_records(raw / name, "test"))
+        assert len(rows) == 1 and isinstance(rows[0], RawRecord)
+        assert check(schema, rows[0].data) is None
+    assert (raw / jsonl(raw / "captions.jsonl")[0]["audio"]).read_bytes() == CLIP
+
+
+def test_a_recording_qc_refuses_is_redone_as_a_new_session(tmp_path):
+    raw = make_raw(tmp_path / "raw", images=0)
+    c = Collector(raw, CollectConfig(min_speech_s=SHORT_S), lambda: 0.0)
+    tid = c.next_task("ann")["task_id"]
+    assert c.submit_caption("ann", tid, silent_wav(6.0))[0] == 201
+    c.worker.wait_idle()
+    said = c.transcript("ann", tid)
+    assert (said["status"], said["reason"], said["redo"]) == ("rejected", "silence", True)
+    assert c.next_task("ann")["task_id"] == tid  # handed back to her
+    status, record = c.submit_caption("ann", tid, CLIP)
+    assert (status, record["session_id"], record["audio"]) == (201, f"{tid}-r2",
+                                                               f"audio/{tid}-r2.ogg")
+    c.worker.wait_idle()
+    assert c.transcript("ann", tid)["status"] == "done"
+    with pytest.raises(CollectError) as err:
+        c.transcript("bob", tid)
+    assert err.value.status == 404
+    c.close()
+    again = Collector(raw, CollectConfig(min_speech_s=SHORT_S), lambda: 0.0, transcribe=False)
+    assert again.submit_caption("ann", tid, CLIP) == (200, record)
+    assert again.board.progress("ann") == {"done": 1, "left": 1}
+    again.close()
+
+
+def test_a_restart_knows_what_is_done_and_who_saw_what(tmp_path):
+    raw = make_raw(tmp_path / "raw", images=1)
+    c = Collector(raw, CollectConfig(min_speech_s=SHORT_S, speakers_per_image=2),
+                  lambda: 0.0, transcribe=False)
+    tid = c.next_task("ann")["task_id"]
+    _, record = c.submit_caption("ann", tid, CLIP)
+    c.close()
+    with open(raw / "captions.jsonl", "a") as fh:  # a session made outside the app
+        fh.write('{"image": "images/turned.jpg", "audio": "x.ogg", "annotator": "ann", '
+                 '"session_id": "elsewhere"}\n{"torn')
+    c = Collector(raw, CollectConfig(min_speech_s=SHORT_S, speakers_per_image=2),
+                  lambda: 0.0, transcribe=False)
+    assert [r.dropped_bytes for r in c.repairs] == [6]
+    assert c.submit_caption("ann", tid, CLIP) == (200, record)
+    kinds = []
+    while (t := c.next_task("ann")) is not None:
+        kinds.append((t["kind"], t["image"]))
+        c.board.finish(t["task_id"], "ann", {})
+    assert kinds == [("points", "images/000.png"), ("points", "images/turned.jpg")]
+    with pytest.raises(CollectError) as err:
+        c.submit_caption("bob", tid, CLIP)
+    assert err.value.status == 409
+    c.close()
