@@ -151,9 +151,33 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from molmo.eval.heldout import evaluate_run
 
+    if args.benchmark is not None:
+        return _eval_benchmark(args)
+
     result = evaluate_run(args.config, checkpoint=args.checkpoint, out_dir=args.out,
                           device=args.device)
     print(json.dumps(result, indent=2))
+    return 0
+
+
+def _eval_benchmark(args: argparse.Namespace) -> int:
+    """``eval --benchmark NAME DATASET --checkpoint DIR``: a published benchmark."""
+    import os
+
+    from molmo.eval.benchmarks import table
+    from molmo.eval.runner import BenchmarkConfig, evaluate_benchmark
+
+    if args.checkpoint is None:
+        raise PixmoError("required with --benchmark", field="--checkpoint")
+    out = args.out or os.path.join(args.checkpoint, "eval", args.benchmark)
+    cfg = BenchmarkConfig(args.benchmark, args.config, args.checkpoint, out,
+                          batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                          limit=args.limit)
+    summary = evaluate_benchmark(cfg, device=args.device, dtype=args.dtype,
+                                 tokenizer=args.tokenizer)
+    if summary is not None:  # rank 0
+        print(table(summary))
+        print(f"wrote {out}/predictions.jsonl and summary.json", file=sys.stderr)
     return 0
 
 
@@ -177,6 +201,21 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                    "--inputs: the JSON lines (written as OUT.partial, renamed when done)")
     p.set_defaults(handler=cmd_predict,
                    options={"GenerationConfig.max_new_tokens": "--max-new-tokens"})
+
+
+def _add_benchmark(p: argparse.ArgumentParser) -> None:
+    """``eval --benchmark`` and the options only it reads."""
+    from molmo.eval.benchmarks import BENCHMARKS, MAX_NEW_TOKENS
+
+    p.add_argument("--benchmark", choices=sorted(BENCHMARKS), default=None,
+                   help="score as the Molmo paper does (official prompts and metrics)")
+    p.add_argument("--batch-size", type=int, default=8, help="--benchmark: answers generated "
+                   "together")
+    p.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS)
+    p.add_argument("--limit", type=int, default=None, help="--benchmark: the first N questions")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
+                   help="--benchmark: default float32 on CPU, bfloat16 on CUDA")
+    p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: checkpoint)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -218,12 +257,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="bytes as JSON")
     p.set_defaults(handler=cmd_plan)
 
-    p = sub.add_parser("eval", help="pointing F1 and counting accuracy on held-out shards")
-    p.add_argument("config", help="the training YAML (its eval section names the data)")
+    p = sub.add_parser("eval", help="pointing F1 and counting accuracy on held-out shards, "
+                       "or a published benchmark (--benchmark, also under torchrun)")
+    p.add_argument("config", help="the training YAML (its eval section names the data); with "
+                   "--benchmark, the dataset `pixmo import` wrote")
     p.add_argument("--checkpoint", default=None, help="model directory (default RUN_DIR/model)")
-    p.add_argument("--out", default=None, help="output folder (default RUN_DIR/eval/final)")
+    p.add_argument("--out", default=None, help="output folder (default RUN_DIR/eval/final; "
+                   "--benchmark: CHECKPOINT/eval/BENCHMARK, resumed when rerun)")
     _add_device(p)
-    p.set_defaults(handler=cmd_eval)
+    _add_benchmark(p)
+    p.set_defaults(handler=cmd_eval, options={
+        f"BenchmarkConfig.{name}": f"--{name.replace('_', '-')}"
+        for name in ("batch_size", "max_new_tokens", "limit")})
     return parser
 
 
