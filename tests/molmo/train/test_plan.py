@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 import torch
 import torch.multiprocessing as mp
+import yaml
 from torch.distributed.tensor import DTensor
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
@@ -41,7 +42,7 @@ from molmo.train.config import ParallelConfig, TrainConfig
 from molmo.train.loop import build_model, train_step
 from molmo.train.metrics import FlopModel
 from molmo.train.optim import build_optimizer, freeze
-from molmo.train.plan import largest_batch, model_config, parse_size, plan
+from molmo.train.plan import largest_batch, model_config, parse_size, plan, plans, render
 
 TOLERANCE = 0.15
 LORA = {"rank": 4, "alpha": 8}
@@ -269,3 +270,20 @@ def test_cli_table_json_and_errors(tmp_path, capsys):
     assert err == ["molmo plan: field --gpu-memory: not a memory size: '80XB' (e.g. 80GiB)"]
     assert main(["plan", str(path), "--devices", "0"]) == 2
     assert "--devices" in capsys.readouterr().err
+
+
+def test_the_fine_tuning_guide_shows_what_molmo_plan_prints():
+    """README's guide quotes ``molmo plan`` on its two configs (same table for both); the
+    released model's architecture is the ``molmo-7b-d`` preset, so no weights are needed."""
+    root = Path(__file__).resolve().parents[3]
+    readme = (root / "README.md").read_text()
+    guide = readme[readme.index("### Fine-tune Molmo-7B-D on your data"):]
+    quoted = guide[guide.index("     mode  act.ckpt"):].split("```")[0].splitlines()
+    for name in ("molmo-7b-d-lora", "molmo-7b-d-fsdp"):
+        data = yaml.safe_load((root / "configs" / f"{name}.yaml").read_text())
+        assert data["model"] == {"checkpoint": "checkpoints/Molmo-7B-D-0924"}
+        data["model"] = {"preset": "molmo-7b-d", "tokenizer": "unused"}
+        cfg = TrainConfig.from_dict(data)
+        table = render(cfg, plans(cfg, devices=8, gpu_memory=parse_size("80GiB")))
+        assert [line.strip() for line in table.splitlines()[1:]] == \
+            [line.strip() for line in quoted if line.strip()], name
