@@ -179,8 +179,10 @@ def gather(cfg: BenchmarkConfig, asked: Sequence[Question]) -> dict[str, Any]:
 def evaluate_benchmark(cfg: BenchmarkConfig, *, device: str = "cpu", dtype: str | None = None,
                        tokenizer: str | None = None) -> dict[str, Any] | None:
     """``molmo eval --benchmark``: load the checkpoint (under torchrun: one copy per rank, on
-    its own GPU when ``device`` is cuda), run the benchmark, tear the process group down."""
+    its own GPU when ``device`` is cuda), run the benchmark, and tear down the process group
+    if this call set it up."""
     import torch
+    import torch.distributed as dist
 
     from molmo.predict import DTYPES, Predictor
     from molmo.train import parallel
@@ -188,6 +190,7 @@ def evaluate_benchmark(cfg: BenchmarkConfig, *, device: str = "cpu", dtype: str 
 
     if not (Path(cfg.checkpoint) / "config.json").is_file():
         raise PixmoError("no model here (config.json missing)", file=cfg.checkpoint)
+    owned = "WORLD_SIZE" in os.environ and not dist.is_initialized()
     if "WORLD_SIZE" in os.environ:
         world = parallel.init(ParallelConfig(device="cuda" if device.startswith("cuda")
                                              else "cpu"))
@@ -200,4 +203,5 @@ def evaluate_benchmark(cfg: BenchmarkConfig, *, device: str = "cpu", dtype: str 
         ok = True
         return summary
     finally:
-        parallel.close(wait=ok)
+        if owned:
+            parallel.close(wait=ok)
