@@ -3,10 +3,12 @@
 PixMo had Claude rewrite the spoken transcripts: with one transcript it
 cleaned it up, with several it merged them. Here the default is a
 deterministic clean-up (no model, same output every run); the LLM rewrite goes
-through any OpenAI-compatible chat-completions endpoint (vLLM, llama.cpp,
-hosted), with both prompts configurable, requests bounded and retried by the
-toolkit's one HTTP client (``pixmo.fetch``) and an on-disk cache keyed by the
-request, so a re-run sends nothing.
+to any OpenAI-compatible chat-completions endpoint (vLLM, llama.cpp, Ollama,
+hosted) or to a local Hugging Face model in this process (``hf:DIR``), through
+``pixmo.llm``: both prompts configurable, up to ``concurrency`` requests at once
+(prompts per batch, locally), and a cache keyed by the request, so a re-run
+sends nothing. Each caption records what made it: method, model, prompt
+version and sampling settings, all of which the cache key covers.
 
 This stage only adds a caption: the raw transcripts stay in the sample. So a
 caption it cannot write (the endpoint down, every retry timed out) rejects no
@@ -16,19 +18,19 @@ input record: the sample keeps its transcripts and records a
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from pixmo.atomic import atomic_write_bytes
+from pixmo import llm as models
 from pixmo.config import above, at_least, between, check_fields, finite, one_of
-from pixmo.errors import ConfigError, PixmoError
-from pixmo.fetch import FetchConfig, FetchError, fetch_bytes
+from pixmo.errors import ConfigError
+from pixmo.fetch import FetchConfig
 from pixmo.rejects import Reason
 from pixmo.remote import is_http
 
@@ -50,26 +52,34 @@ CLEAN_PROMPT = (
     "say. Reply with the caption only.\n\nTranscript:\n{transcript}"
 )
 MERGE_PROMPT = (
-    "Below are several transcripts of different people describing the same image aloud. "
-    "Write one detailed caption of the image, about 200 words, that combines every detail "
-    "they mention without repeating anything and without adding details none of them "
-    "mention. Reply with the caption only.\n\n{transcripts}"
+    "Below are transcripts of different people describing the same image aloud while "
+    "looking at it. Write one detailed caption of the image that combines everything they "
+    "describe: what the image shows at first glance, the objects and how many of each, any "
+    "text and what it says, where things are, small details, the background, and the style "
+    "and colours. State each detail once. Use only what the transcripts say: add no object, "
+    "count, colour, text or interpretation that none of them states, and where they "
+    "disagree, keep what they agree on or say that it is unclear. Leave out filler words, "
+    "false starts and remarks about the task. Reply with the caption only.\n\n{transcripts}"
 )
 
 
 @dataclass(frozen=True)
 class CaptionLLMConfig:
-    """The OpenAI-compatible chat endpoint that rewrites transcripts into captions
-    (not the model that ``molmo`` trains). ``base_url`` ends before
-    ``/chat/completions`` (e.g. ``http://127.0.0.1:8000/v1``). ``clean_prompt``
-    must contain ``{transcript}``, ``merge_prompt`` ``{transcripts}``. Requests
-    have ``pixmo.fetch``'s limits: ``timeout_s`` per attempt, ``retries`` after the
-    first, waiting ``backoff_s`` doubled each time up to ``FetchConfig.backoff_cap_s``
-    (or the server's Retry-After, up to ``FetchConfig.retry_after_cap_s``)."""
+    """The language model that rewrites transcripts into captions (not the model that
+    ``molmo`` trains): ``base_url`` is an OpenAI-compatible endpoint, ending before
+    ``/chat/completions`` (``http://127.0.0.1:8000/v1``), serving ``model``, with the API
+    key, if any, in the environment variable ``api_key_env``; or ``hf:DIR``, a
+    transformers causal LM in a local directory, run greedily in the build's workers on
+    ``device``. ``clean_prompt`` must contain ``{transcript}``, ``merge_prompt``
+    ``{transcripts}``. Requests have ``pixmo.fetch``'s limits: ``timeout_s`` per attempt,
+    ``retries`` after the first, waiting ``backoff_s`` doubled each time up to
+    ``FetchConfig.backoff_cap_s`` (or the server's Retry-After, up to
+    ``FetchConfig.retry_after_cap_s``). ``cache_dir``: where replies are kept (a path or
+    URL; a build's default is ``OUT/caption_cache``)."""
 
     base_url: str
-    model: str
-    api_key: str | None = None
+    model: str = ""
+    api_key_env: str = "PIXMO_CAPTION_API_KEY"
     clean_prompt: str = CLEAN_PROMPT
     merge_prompt: str = MERGE_PROMPT
     system_prompt: str | None = None
@@ -79,18 +89,33 @@ class CaptionLLMConfig:
     retries: int = 3
     backoff_s: float = 2.0
     max_response_bytes: int = 1 << 20
+    device: str = "auto"
     cache_dir: str | None = None
 
     def __post_init__(self) -> None:
-        if not is_http(self.base_url):
-            raise ConfigError(f"must be http(s), got {self.base_url!r}",
+        if not (is_http(self.base_url) or self.local):
+            raise ConfigError(f"must be http(s) or hf:DIR, got {self.base_url!r}",
                               field="CaptionLLMConfig.base_url")
+        if not self.local and not self.model:
+            raise ConfigError("is required for an endpoint (the name of the model it serves)",
+                              field="CaptionLLMConfig.model")
+        if self.local and self.temperature != 0:
+            raise ConfigError(f"must be 0 for an hf: model (greedy), got {self.temperature}",
+                              field="CaptionLLMConfig.temperature")
         if "{transcript}" not in self.clean_prompt:
             raise ConfigError("must contain {transcript}", field="CaptionLLMConfig.clean_prompt")
         if "{transcripts}" not in self.merge_prompt:
             raise ConfigError("must contain {transcripts}", field="CaptionLLMConfig.merge_prompt")
         check_fields(self, timeout_s=finite(above(0)), retries=at_least(0),
-                     backoff_s=finite(at_least(0)), max_response_bytes=at_least(1))
+                     backoff_s=finite(at_least(0)), max_response_bytes=at_least(1),
+                     temperature=finite(at_least(0)), max_tokens=at_least(1),
+                     device=one_of(("auto", "cpu", "cuda")))
+
+    @property
+    def local(self) -> str | None:
+        """The model directory of ``hf:DIR``, else None."""
+        return self.base_url[len(models.HF):] or None if self.base_url.startswith(models.HF) \
+            else None
 
     @property
     def fetch(self) -> FetchConfig:
@@ -98,18 +123,40 @@ class CaptionLLMConfig:
         return FetchConfig(timeout_s=self.timeout_s, max_bytes=self.max_response_bytes,
                            retries=self.retries, backoff_base_s=self.backoff_s)
 
+    def chat_model(self, concurrency: int,
+                   sleep: Callable[[float], object] = time.sleep) -> models.ChatModel:
+        """The model this config names: ``concurrency`` requests at once (an endpoint)
+        or prompts per batch (a local model)."""
+        if self.local:
+            return models.LocalModel(self.local, concurrency, self.device)
+        fetch = dataclasses.replace(self.fetch, per_host_concurrency=concurrency)
+        return models.Endpoint(self.base_url, self.model, fetch, concurrency,
+                               self.api_key_env, sleep)
+
+    def prompt_version(self, transcripts: int) -> str:
+        """The prompt for ``transcripts`` transcripts: ``clean:`` (one) or ``merge:`` and
+        12 hex of the system prompt and the template."""
+        kind, template = ("clean", self.clean_prompt) if transcripts == 1 else \
+            ("merge", self.merge_prompt)
+        text = json.dumps([self.system_prompt, template])
+        return f"{kind}:{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
 
 @dataclass(frozen=True)
 class CaptionConfig:
+    """``concurrency``: LLM requests in flight at once, or prompts per batch for an
+    ``hf:`` model (a setting of speed: captions are the same whatever it is)."""
+
     method: str = "cleanup"
     llm: CaptionLLMConfig | None = None
     fillers: tuple[str, ...] = DEFAULT_FILLERS
     filler_phrases: tuple[str, ...] = DEFAULT_FILLER_PHRASES
     # sentences sharing at least this fraction of words count as the same sentence
     duplicate_overlap: float = 0.75
+    concurrency: int = 8
 
     def __post_init__(self) -> None:
-        check_fields(self, method=one_of(METHODS),
+        check_fields(self, method=one_of(METHODS), concurrency=at_least(1),
                      duplicate_overlap=between(0, 1, open_low=True))
         if self.method == "llm" and self.llm is None:
             raise ConfigError("is required when method is 'llm'", field="CaptionConfig.llm")
@@ -123,11 +170,17 @@ class Caption:
     method: str
     model: str | None = None
     session_ids: tuple[str, ...] = ()
+    prompt: str | None = None  # ``CaptionLLMConfig.prompt_version``
+    sampling: tuple[tuple[str, float], ...] = ()  # (setting, value) pairs
 
     def to_record(self) -> dict[str, Any]:
         record: dict[str, Any] = {"text": self.text, "method": self.method}
         if self.model is not None:
             record["model"] = self.model
+        if self.prompt is not None:
+            record["prompt"] = self.prompt
+        if self.sampling:
+            record["sampling"] = dict(self.sampling)
         if self.session_ids:
             record["session_ids"] = list(self.session_ids)
         return record
@@ -235,104 +288,64 @@ def merge_transcripts(texts: Sequence[str], cfg: CaptionConfig | None = None) ->
 # ---------------------------------------------------------------- LLM rewrite
 
 
-class LLMClient:
-    """Chat completions through ``pixmo.fetch`` (bounded time and response size,
-    retries with backoff), with a request-keyed cache."""
-
-    def __init__(self, cfg: CaptionLLMConfig,
-                 sleep: Callable[[float], object] = time.sleep) -> None:
-        self.cfg = cfg
-        self.url = cfg.base_url.rstrip("/") + "/chat/completions"
-        self.sleep = sleep
-
-    def _body(self, prompt: str) -> dict[str, Any]:
-        messages = [{"role": "user", "content": prompt}]
-        if self.cfg.system_prompt:
-            messages.insert(0, {"role": "system", "content": self.cfg.system_prompt})
-        return {"model": self.cfg.model, "messages": messages,
-                "temperature": self.cfg.temperature, "max_tokens": self.cfg.max_tokens}
-
-    def _cache_path(self, body: dict[str, Any]) -> Path | None:
-        if self.cfg.cache_dir is None:
-            return None
-        key = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-        return Path(self.cfg.cache_dir) / key[:2] / f"{key}.json"
-
-    def complete(self, prompt: str) -> str:
-        """The reply's text. Raises a retryable ``FetchError`` once the retries
-        are spent and ``PixmoError`` on a reply no retry can fix (4xx, malformed
-        JSON, too large)."""
-        body = self._body(prompt)
-        cache = self._cache_path(body)
-        if cache is not None and cache.is_file():
-            return json.loads(cache.read_text(encoding="utf-8"))["content"]
-        content = self._post(body)
-        if cache is not None:
-            entry = {"request": body, "content": content}
-            atomic_write_bytes(cache, json.dumps(entry, ensure_ascii=False).encode("utf-8"))
-        return content
-
-    def _post(self, body: dict[str, Any]) -> str:
-        headers = {"Content-Type": "application/json"}
-        if self.cfg.api_key:
-            headers["Authorization"] = f"Bearer {self.cfg.api_key}"
-        try:
-            raw = fetch_bytes(self.url, self.cfg.fetch, data=json.dumps(body).encode("utf-8"),
-                              headers=headers, sleep=self.sleep)
-        except FetchError as e:
-            if e.retryable or e.status is None:
-                raise
-            raise PixmoError(f"chat endpoint answered {e.reason}", file=self.url) from e
-        try:
-            content = json.loads(raw)["choices"][0]["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError) as e:
-            raise PixmoError(f"reply is not a chat completion: {raw[:200]!r}",
-                             file=self.url) from e
-        if not isinstance(content, str):
-            raise PixmoError(f"reply content is {type(content).__name__}, not text", file=self.url)
-        return content.strip()
-
-    def failure(self, error: FetchError) -> str:
-        """A caption failure's detail for a request that kept failing."""
-        what = (f"HTTP {error.status}" if error.status is not None
-                else f"no answer within {self.cfg.timeout_s} s: {error.reason}")
-        return f"{what} after {self.cfg.retries} retries"
-
-
 class CaptionWriter:
-    """The caption stage: the transcript records of one image in, one
-    ``Caption`` (or a ``CaptionFailure``) out."""
+    """The caption stage: the transcript records of an image in, one ``Caption`` (or a
+    ``CaptionFailure``) out; ``many`` takes many images at once (concurrent requests, or
+    a batch for a local model). ``cache_dir`` is where replies are kept unless the
+    config names a place."""
 
     def __init__(self, cfg: CaptionConfig | None = None,
-                 sleep: Callable[[float], object] = time.sleep) -> None:
+                 sleep: Callable[[float], object] = time.sleep,
+                 cache_dir: str | None = None) -> None:
         self.cfg = cfg or CaptionConfig()
-        self.client = LLMClient(self.cfg.llm, sleep) if self.cfg.method == "llm" else None
+        llm = self.cfg.llm
+        self.model = llm.chat_model(self.cfg.concurrency, sleep) \
+            if self.cfg.method == "llm" and llm is not None else None
+        self.cache = models.ReplyCache(llm.cache_dir or cache_dir if llm else None)
 
     def __call__(self, transcripts: Sequence[Mapping[str, Any]]) -> Caption | CaptionFailure:
-        texts = [t["text"] for t in transcripts if t.get("text", "").strip()]
-        session_ids = tuple(t["session_id"] for t in transcripts if t.get("session_id"))
+        return self.many([transcripts])[0]
+
+    def many(self, images: Sequence[Sequence[Mapping[str, Any]]]
+             ) -> list[Caption | CaptionFailure]:
+        texts = [[t["text"] for t in ts if t.get("text", "").strip()] for ts in images]
+        sessions = [tuple(t["session_id"] for t in ts if t.get("session_id")) for ts in images]
+        if self.model is None:
+            replies: list[models.Reply] = [merge_transcripts(t, self.cfg) if t else ""
+                                           for t in texts]
+        else:
+            asked = [i for i, t in enumerate(texts) if t]
+            answers = models.answer(self.model, self.cache,
+                                    [self._request(texts[i]) for i in asked])
+            replies = [""] * len(texts)
+            for i, reply in zip(asked, answers, strict=True):
+                replies[i] = reply
+        return [self._caption(t, r, s) for t, r, s in zip(texts, replies, sessions, strict=True)]
+
+    def _caption(self, texts: list[str], reply: models.Reply, session_ids: tuple[str, ...]
+                 ) -> Caption | CaptionFailure:
         if not texts:
             return CaptionFailure(Reason.CAPTION_FAILED, "no transcript text", session_ids)
-        if self.client is None:
-            text = merge_transcripts(texts, self.cfg)
-            model = None
-        else:
-            try:
-                text = self.client.complete(self._prompt(texts))
-            except FetchError as e:
-                if not e.retryable:
-                    raise
-                return CaptionFailure(Reason.CAPTION_FAILED, self.client.failure(e), session_ids)
-            model = self.cfg.llm.model
-        if not text.strip():
+        if not isinstance(reply, str):
+            detail = self.model.failure(reply) if isinstance(self.model, models.Endpoint) \
+                else reply.reason
+            return CaptionFailure(Reason.CAPTION_FAILED, detail, session_ids)
+        if not reply.strip():
             return CaptionFailure(Reason.CAPTION_FAILED, "caption is empty", session_ids)
-        return Caption(text=text.strip(), method=self.cfg.method, model=model,
-                       session_ids=session_ids)
+        if self.model is None:
+            return Caption(text=reply.strip(), method="cleanup", session_ids=session_ids)
+        llm = self.cfg.llm
+        return Caption(text=reply.strip(), method="llm", model=self.model.name,
+                       session_ids=session_ids, prompt=llm.prompt_version(len(texts)),
+                       sampling=(("temperature", llm.temperature),
+                                 ("max_tokens", llm.max_tokens)))
 
-    def _prompt(self, texts: list[str]) -> str:
+    def _request(self, texts: list[str]) -> dict[str, Any]:
         llm = self.cfg.llm
         if len(texts) == 1:
-            return llm.clean_prompt.replace("{transcript}", texts[0])
-        joined = "\n\n".join(f"Transcript {i}:\n{t}" for i, t in enumerate(texts, 1))
-        return llm.merge_prompt.replace("{transcripts}", joined)
-
+            prompt = llm.clean_prompt.replace("{transcript}", texts[0])
+        else:
+            joined = "\n\n".join(f"Transcript {i}:\n{t}" for i, t in enumerate(texts, 1))
+            prompt = llm.merge_prompt.replace("{transcripts}", joined)
+        return models.request(self.model.name, prompt, llm.system_prompt, llm.temperature,
+                              llm.max_tokens)

@@ -51,6 +51,7 @@ from pixmo.rejects import Reject
 BOOKS, SIZES = "books", "sizes"  # side outputs: to finish, to the shard plan
 READ, ACCEPTED, FAILED, WRITTEN, SECONDS = "read", "accepted", "failed", "written", "seconds"
 RUN_REJECTS = 10_000  # a bundle with more rejects stages them in runs of this many
+JOIN_BATCH = 32  # content hashes joined (and captioned) together, at least
 STAGES = (("read", "records"), ("image", "images"), ("annotate", "records"),
           ("join", "samples"), ("write", "shards"))
 
@@ -192,37 +193,50 @@ class _Image(_Pooled):
 class _Join(_Stage):
     """One sample per content hash, planned for its shard; counts the records
     it accepts per input file, and its samples' failures by reason, once per
-    bundle."""
+    bundle. Hashes are joined in batches of ``JOIN_BATCH`` so their captions are
+    written together (``captions.concurrency`` requests at once, or a local model's
+    batches); the caption writer, with a local model loaded, is built once per
+    worker in ``setup``."""
 
     def __init__(self, cfg: build.BuildConfig, out_dir: str, previous: build.Previous,
                  sizes: bool) -> None:
         super().__init__(out_dir)
         self.cfg, self.previous, self.sizes = cfg, previous, sizes
 
+    def setup(self) -> None:
+        self.writer = build.caption_writer(self.cfg, self.out_dir)
+
     def start_bundle(self) -> None:
         super().start_bundle()
         self.accepted: Counter[str] = Counter()
         self.failed: Counter[str] = Counter()
+        self.pending: list[tuple[list[Any], list[Any]]] = []
 
     def process(self, element: tuple[str, Iterable[build.Packed]]) -> Iterator[Any]:
-        start = time.perf_counter()
         parts = [build.ImagePart.unpack(p) for p in element[1]]
-        out = build.join_sample([p.image for p in parts],
-                                [a for p in parts for a in p.annotations], self.cfg,
-                                self.previous)
-        if isinstance(out, list):
-            self.reject(out)
-            self.timed("join", time.perf_counter() - start, 0)
-            return
-        self.accepted.update(s["file"] for s in out.json["sources"])
-        self.failed.update(f["reason"] for f in out.json.get("failures", ()))
-        planned = build.plan(out)
-        self.timed("join", time.perf_counter() - start)
-        if self.sizes:
-            yield beam.pvalue.TaggedOutput(SIZES, (planned.key, planned.size))
-        yield planned.key, planned.pack()
+        self.pending.append(([p.image for p in parts],
+                             [a for p in parts for a in p.annotations]))
+        if len(self.pending) >= max(JOIN_BATCH, 2 * self.cfg.captions.concurrency):
+            yield from self._join()
+
+    def _join(self) -> Iterator[Any]:
+        start, pending, self.pending = time.perf_counter(), self.pending, []
+        outs = build.join_samples(pending, self.cfg, self.previous, self.writer)
+        for out in outs:
+            if isinstance(out, list):
+                self.reject(out)
+                continue
+            self.accepted.update(s["file"] for s in out.json["sources"])
+            self.failed.update(f["reason"] for f in out.json.get("failures", ()))
+            planned = build.plan(out)
+            if self.sizes:
+                yield beam.pvalue.TaggedOutput(SIZES, (planned.key, planned.size))
+            yield planned.key, planned.pack()
+        self.timed("join", time.perf_counter() - start,
+                   sum(not isinstance(out, list) for out in outs))
 
     def finish_bundle(self) -> Iterator[Any]:
+        yield from _windowed(self._join())
         yield from super().finish_bundle()
         yield from _windowed(_book(ACCEPTED, item) for item in self.accepted.items())
         yield from _windowed(_book(FAILED, item) for item in self.failed.items())

@@ -130,9 +130,18 @@ def _samples(cfg: build.BuildConfig, out_dir: str, files: Sequence[str],
             fn_constructor_kwargs={"cfg": cfg, "out_dir": out_dir, "groups": groups},
             batch_size=1, batch_format="pyarrow", concurrency=workers,
             num_cpus=actor["num_cpus"], num_gpus=actor["num_gpus"] or None)
-    return _regroup(parts, groups).map_batches(
-        blocks.join, batch_size=None, batch_format="pyarrow",
-        fn_kwargs={"cfg": cfg, "previous": previous, "out_dir": out_dir}).materialize()
+    llm = cfg.captions.llm if cfg.captions.method == "llm" else None
+    if llm is not None and llm.local:  # a local caption model: loaded once per actor
+        joined = _regroup(parts, groups).map_batches(
+            blocks.Join, fn_constructor_kwargs={"cfg": cfg, "previous": previous,
+                                                "out_dir": out_dir},
+            batch_size=None, batch_format="pyarrow", concurrency=workers, num_cpus=0,
+            num_gpus=actor["num_gpus"] or None)
+    else:
+        joined = _regroup(parts, groups).map_batches(
+            blocks.join, batch_size=None, batch_format="pyarrow",
+            fn_kwargs={"cfg": cfg, "previous": previous, "out_dir": out_dir})
+    return joined.materialize()
 
 
 def _totals(samples: ray.data.Dataset) -> defaultdict[str, Counter[str]]:

@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 from pixmo import build
 from pixmo.build.output import stage_rejects
 from pixmo.build.parts import pack_fields, unpack_fields
+from pixmo.captions import CaptionWriter
 from pixmo.dataset.cutting import partition_of
 from pixmo.images import LoadedImage
 from pixmo.rejects import Reject
@@ -184,20 +185,25 @@ class Transcribe:
                          time.perf_counter(), books(table))
 
 
+@lru_cache(maxsize=1)
+def _caption_writer(cfg: build.BuildConfig, out_dir: str) -> CaptionWriter:
+    return build.caption_writer(cfg, out_dir)
+
+
 def join(table: pa.Table, cfg: build.BuildConfig, previous: build.Previous,
-         out_dir: str) -> pa.Table:
+         out_dir: str, writer: CaptionWriter | None = None) -> pa.Table:
     """One planned sample per content hash of a range, in key order, and their
     (key, size); book rows of records accepted per file, failures per reason and
-    samples made."""
+    samples made. The range's captions are written together (``join_samples``)."""
     start, by_hash = time.perf_counter(), defaultdict(list)
     for packed in items(table, PARTS):
         part = build.ImagePart.unpack(packed)
         by_hash[part.image.sha256].append(part)
+    groups = [([p.image for p in by_hash[h]], [a for p in by_hash[h] for a in p.annotations])
+              for h in sorted(by_hash)]
+    outs = build.join_samples(groups, cfg, previous, writer or _caption_writer(cfg, out_dir))
     planned, rejects, accepted, failed = [], [], Counter(), Counter()
-    for sha256 in sorted(by_hash):
-        parts = by_hash[sha256]
-        sample = build.join_sample([p.image for p in parts],
-                                   [a for p in parts for a in p.annotations], cfg, previous)
+    for sample in outs:
         if isinstance(sample, list):
             rejects += sample
             continue
@@ -215,6 +221,18 @@ def join(table: pa.Table, cfg: build.BuildConfig, previous: build.Previous,
     rows.book(SAMPLES, {"": len(planned)})
     rows.book(SECONDS, {STAGES[1]: time.perf_counter() - start})
     return rows.table(books(table))
+
+
+class Join:
+    """The join as an actor, for captions from a local model (``hf:DIR``): the model is
+    loaded once, here, and used for every block the actor joins."""
+
+    def __init__(self, cfg: build.BuildConfig, previous: build.Previous, out_dir: str) -> None:
+        self.cfg, self.previous, self.out_dir = cfg, previous, out_dir
+        self.writer = build.caption_writer(cfg, out_dir)
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        return join(table, self.cfg, self.previous, self.out_dir, self.writer)
 
 
 def by_partition(table: pa.Table, parts: int) -> pa.Table:

@@ -17,10 +17,19 @@ from pixmo.build.output import (
     write_or_keep,
 )
 from pixmo.build.parts import ImagePart, Keyed, Packed, PlannedSample
-from pixmo.build.stages import Annotator, check_record, input_files, join_sample, plan, read_raw
+from pixmo.build.stages import (
+    Annotator,
+    caption_writer,
+    check_record,
+    input_files,
+    join_sample,
+    join_samples,
+    plan,
+    read_raw,
+)
 from pixmo.dataset.cutting import ShardPlan
 
 __all__ = ["Annotator", "BuildConfig", "ImagePart", "Keyed", "Packed", "PlannedSample",
-           "Previous", "ShardPlan", "check_record", "finish", "input_files", "join_sample",
-           "plan", "prepare_output", "read_raw", "refuse_other_config", "resolve_image",
-           "write_or_keep"]
+           "Previous", "ShardPlan", "caption_writer", "check_record", "finish", "input_files",
+           "join_sample", "join_samples", "plan", "prepare_output", "read_raw",
+           "refuse_other_config", "resolve_image", "write_or_keep"]

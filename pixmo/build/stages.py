@@ -8,7 +8,8 @@ Every stage is a plain function of records, so the Beam and Ray pipelines in
 3. ``resolve_image``   one image ref -> ``LoadedImage`` | rejects for every record naming it
                        (``pixmo.build.images``)
 4. ``Annotator``       record + its image -> ``Annotation`` (transcript or points) | ``Reject``
-5. ``join_sample``     everything about one content hash -> ``ShardSample`` -> ``plan``
+5. ``join_samples``    everything about each content hash -> ``ShardSample`` -> ``plan``
+                       (captions written for many hashes at once: ``caption_writer``)
 6. ``ShardPlan`` / ``ShardCutter`` (``pixmo.dataset.cutting``), then ``write_or_keep``
    and ``finish`` (``pixmo.build.output``)
 
@@ -33,7 +34,7 @@ from pixmo import remote
 from pixmo.build.config import BuildConfig
 from pixmo.build.output import Previous, exclude_known
 from pixmo.build.parts import Annotation, ImagePart, Keyed, PlannedSample
-from pixmo.captions import CaptionFailure, CaptionWriter
+from pixmo.captions import Caption, CaptionFailure, CaptionWriter
 from pixmo.dataset.cutting import tar_bytes
 from pixmo.dataset.format import ShardSample, json_bytes
 from pixmo.dataset.samples import ImageAnnotations, build_sample, merge_images
@@ -48,6 +49,7 @@ from pixmo.schema import check
 log = logging.getLogger(__name__)
 
 KINDS = {"captions": "caption_session", "points": "point_annotation"}
+CAPTION_CACHE = "caption_cache"  # in the output folder: the LLM's replies by request
 
 
 def input_files(raw_dir: str | os.PathLike[str]) -> list[str]:
@@ -147,37 +149,63 @@ class Annotator:
         return ImagePart(image, tuple(annotations)), rejects
 
 
+def caption_writer(cfg: BuildConfig, out_dir: str | None = None) -> CaptionWriter:
+    """The build's caption writer (an LLM's replies cached in ``out_dir/caption_cache``
+    unless the config names a cache). Holds a local model once loaded, so engines build
+    it once per worker."""
+    cache = f"{out_dir.rstrip('/')}/{CAPTION_CACHE}" if out_dir is not None else None
+    return CaptionWriter(cfg.captions, cache_dir=cache)
+
+
 def join_image(images: Sequence[LoadedImage], annotations: Sequence[Annotation],
-               cfg: BuildConfig) -> ShardSample:
-    """The sample of one content hash: merged points, transcripts and their
-    caption, or the caption's failure (the transcripts are kept either way)."""
-    image = merge_images(images)
-    transcripts = [a.transcript for a in annotations if a.transcript is not None]
-    captions, failures = [], []
-    if transcripts:
-        caption = CaptionWriter(cfg.captions)(
-            sorted(transcripts, key=lambda t: (t.get("session_id", ""), t["text"])))
+               cfg: BuildConfig, writer: CaptionWriter | None = None) -> ShardSample:
+    """The sample of one content hash (``join_images`` of one)."""
+    return join_images([(images, annotations)], cfg, writer or caption_writer(cfg))[0]
+
+
+def join_images(groups: Sequence[tuple[Sequence[LoadedImage], Sequence[Annotation]]],
+                cfg: BuildConfig, writer: CaptionWriter) -> list[ShardSample]:
+    """The sample of each content hash: merged points, transcripts and their caption, or
+    the caption's failure (the transcripts are kept either way). The captions of all
+    ``groups`` are written together (``CaptionWriter.many``)."""
+    transcripts = [sorted((a.transcript for a in annotations if a.transcript is not None),
+                          key=lambda t: (t.get("session_id", ""), t["text"]))
+                   for _, annotations in groups]
+    asked = [i for i, t in enumerate(transcripts) if t]
+    captions = dict(zip(asked, writer.many([transcripts[i] for i in asked]), strict=True))
+    samples = []
+    for i, (images, parts) in enumerate(groups):
+        image = merge_images(images)
+        caption, failures = captions.get(i), []
         if isinstance(caption, CaptionFailure):
             log.warning("no caption for %s: %s", image.source, caption.detail)
             failures.append(caption.to_record())
-        else:
-            captions.append(caption.to_record())
-    point_sets = merge_annotations([a.points for a in annotations if a.points is not None],
-                                   cfg.points)
-    return build_sample(ImageAnnotations(
-        image=image, transcripts=transcripts, captions=captions,
-        points=[p.to_json() for p in point_sets], qa=[],
-        sources=[(a.source, a.record) for a in annotations], failures=failures))
+        point_sets = merge_annotations([a.points for a in parts if a.points is not None],
+                                       cfg.points)
+        samples.append(build_sample(ImageAnnotations(
+            image=image, transcripts=transcripts[i],
+            captions=[caption.to_record()] if isinstance(caption, Caption) else [],
+            points=[p.to_json() for p in point_sets], qa=[],
+            sources=[(a.source, a.record) for a in parts], failures=failures)))
+    return samples
+
+
+def join_samples(groups: Sequence[tuple[Sequence[LoadedImage], Sequence[Annotation]]],
+                 cfg: BuildConfig, previous: Previous, writer: CaptionWriter
+                 ) -> list[ShardSample | list[Reject]]:
+    """For each content hash, its sample, or rejects (extend mode: an image the dataset
+    holds already); no sample (an empty list) when every record naming these bytes was
+    rejected."""
+    joined = iter(join_images([g for g in groups if g[1]], cfg, writer))
+    return [exclude_known(next(joined), previous) if parts else [] for _, parts in groups]
 
 
 def join_sample(images: Sequence[LoadedImage], annotations: Sequence[Annotation],
-                cfg: BuildConfig, previous: Previous) -> ShardSample | list[Reject]:
-    """The sample of one content hash, or rejects (extend mode: an image the
-    dataset holds already); no sample (an empty list) when every record naming
-    these bytes was rejected."""
-    if not annotations:
-        return []
-    return exclude_known(join_image(images, annotations, cfg), previous)
+                cfg: BuildConfig, previous: Previous, writer: CaptionWriter | None = None
+                ) -> ShardSample | list[Reject]:
+    """``join_samples`` of one content hash."""
+    return join_samples([(images, annotations)], cfg, previous,
+                        writer or caption_writer(cfg))[0]
 
 
 def plan(sample: ShardSample) -> PlannedSample:

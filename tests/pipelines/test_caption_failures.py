@@ -179,8 +179,11 @@ def test_rerun_with_the_endpoint_back_writes_the_caption(beam_build, tmp_path, s
     assert verify(out) == []
     a = _samples(out)["images/a.png"]
     assert "failures" not in a
-    assert a["captions"] == [{"text": "A red square.", "method": "llm",
-                              "model": "qwen2.5-7b-instruct", "session_ids": ["s-1"]}]
+    (caption,) = a["captions"]
+    assert caption == {"text": "A red square.", "method": "llm", "model": "qwen2.5-7b-instruct",
+                       "session_ids": ["s-1"], "prompt": caption["prompt"],
+                       "sampling": {"temperature": 0.0, "max_tokens": 600}}
+    assert caption["prompt"].startswith("clean:")
     description = read_dataset_json(out / "dataset.json")
     assert description["counts"]["failures"] == 0 and description["failures_by_reason"] == {}
     assert description["ledger"] == LEDGER

@@ -4,7 +4,9 @@ merging several transcripts, and the LLM writer against a real HTTP server on
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,6 +15,8 @@ import fastjsonschema
 import pytest
 
 from pixmo.captions import (
+    CLEAN_PROMPT,
+    Caption,
     CaptionConfig,
     CaptionFailure,
     CaptionLLMConfig,
@@ -21,7 +25,7 @@ from pixmo.captions import (
     merge_transcripts,
     split_sentences,
 )
-from pixmo.errors import PixmoError
+from pixmo.config import to_plain
 from pixmo.rejects import Reason
 from pixmo.schema import load_schema
 from tests.paths import SPEECH
@@ -131,6 +135,10 @@ class ChatServer:
         self.script: list[tuple] = []
         self.requests: list[dict] = []
         self.release = threading.Event()
+        self.barrier: threading.Barrier | None = None  # answers wait until its parties do
+        self.echo = False  # answer "Caption of: " and the prompt's last line
+        self.in_flight = self.most_in_flight = 0
+        self.lock = threading.Lock()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -139,6 +147,21 @@ class ChatServer:
                 server.requests.append({"path": self.path, "body": body,
                                         "auth": self.headers.get("Authorization")})
                 action = server.script.pop(0) if server.script else ("ok", "A default caption.")
+                if server.echo:
+                    prompt = body["messages"][-1]["content"]
+                    action = ("ok", "Caption of: " + prompt.splitlines()[-1])
+                with server.lock:
+                    server.in_flight += 1
+                    server.most_in_flight = max(server.most_in_flight, server.in_flight)
+                try:
+                    if server.barrier is not None:
+                        server.barrier.wait()
+                    self.answer(action, body)
+                finally:
+                    with server.lock:
+                        server.in_flight -= 1
+
+            def answer(self, action: tuple, body: dict) -> None:
                 if action[0] == "status":
                     self.send_error(action[1])
                     return
@@ -187,14 +210,18 @@ def llm_writer(server: ChatServer, sleeps: list[float] | None = None, **fields) 
                          sleep=(sleeps.append if sleeps is not None else time.sleep))
 
 
-def test_llm_clean_prompt_for_one_transcript(server, caption_schema):
+def test_llm_clean_prompt_for_one_transcript(server, caption_schema, monkeypatch):
     server.script = [("ok", "  A sunny kitchen with a wooden table.  ")]
-    writer = llm_writer(server, api_key="sk-local", system_prompt="You write captions.")
+    monkeypatch.setenv("MY_KEY", "sk-local")
+    writer = llm_writer(server, api_key_env="MY_KEY", system_prompt="You write captions.")
     caption = writer([{"text": "um a sunny kitchen", "session_id": "s-1"}])
     record = caption.to_record()
     caption_schema(record)
+    version = hashlib.sha256(json.dumps(["You write captions.", CLEAN_PROMPT]).encode())
     assert record == {"text": "A sunny kitchen with a wooden table.", "method": "llm",
-                      "model": "qwen2.5-7b-instruct", "session_ids": ["s-1"]}
+                      "model": "qwen2.5-7b-instruct", "session_ids": ["s-1"],
+                      "prompt": f"clean:{version.hexdigest()[:12]}",
+                      "sampling": {"temperature": 0.0, "max_tokens": 600}}
     (request,) = server.requests
     assert request["path"] == "/v1/chat/completions" and request["auth"] == "Bearer sk-local"
     body = request["body"]
@@ -202,6 +229,17 @@ def test_llm_clean_prompt_for_one_transcript(server, caption_schema):
     assert body["messages"][0] == {"role": "system", "content": "You write captions."}
     assert body["messages"][1]["role"] == "user"
     assert body["messages"][1]["content"].endswith("Transcript:\num a sunny kitchen")
+
+
+def test_the_api_key_is_never_in_the_config(server, monkeypatch):
+    """Only the variable's name is a setting (recorded in dataset.json); unset, no header."""
+    monkeypatch.delenv("PIXMO_CAPTION_API_KEY", raising=False)
+    writer = llm_writer(server)
+    assert "sk-" not in json.dumps(to_plain(writer.cfg))
+    writer([{"text": "a red car"}])
+    monkeypatch.setenv("PIXMO_CAPTION_API_KEY", "sk-env")
+    llm_writer(server)([{"text": "a blue bus"}])
+    assert [r["auth"] for r in server.requests] == [None, "Bearer sk-env"]
 
 
 def test_llm_merge_prompt_for_several_transcripts(server):
@@ -248,20 +286,26 @@ def test_llm_timeouts_become_a_failure(server):
     assert len(server.requests) == 2
 
 
-def test_llm_client_errors_are_not_retried(server):
+def test_llm_client_errors_are_failures_not_retried(server):
     server.script = [("status", 401)]
-    with pytest.raises(PixmoError, match=r"/v1/chat/completions: chat endpoint answered HTTP 401"):
-        llm_writer(server, [])([{"text": "a red car"}])
+    failure = llm_writer(server, [])([{"text": "a red car", "session_id": "s-2"}])
+    assert failure == CaptionFailure(Reason.CAPTION_FAILED,
+                                     "chat endpoint answered HTTP 401 Unauthorized",
+                                     ("s-2",))
     server.script = [("raw", b"<html>not json</html>")]
-    with pytest.raises(PixmoError, match="reply is not a chat completion"):
-        llm_writer(server, [])([{"text": "a red car"}])
-    assert len(server.requests) == 2
+    failure = llm_writer(server, [])([{"text": "a red car"}])
+    assert failure.detail == "reply is not a chat completion: b'<html>not json</html>'"
+    server.script = [("raw", json.dumps({"choices": [{"message": {"content": 7}}]}).encode())]
+    assert llm_writer(server, [])([{"text": "a red car"}]).detail == \
+        "reply content is int, not text"
+    assert len(server.requests) == 3
 
 
-def test_llm_oversized_reply_is_refused_without_retry(server):
+def test_llm_oversized_reply_is_a_failure_without_retry(server):
     server.script = [("ok", "x" * 5000)]
-    with pytest.raises(PixmoError, match="body of 5[0-9]{3} bytes exceeds max_bytes 1000"):
-        llm_writer(server, [], max_response_bytes=1000)([{"text": "a red car"}])
+    failure = llm_writer(server, [], max_response_bytes=1000)([{"text": "a red car"}])
+    assert failure.reason is Reason.CAPTION_FAILED
+    assert re.fullmatch(r"body of 5[0-9]{3} bytes exceeds max_bytes 1000", failure.detail)
     assert len(server.requests) == 1
 
 
@@ -322,3 +366,56 @@ def test_llm_requests_use_the_fetch_limits():
     fetch = llm.fetch
     assert (fetch.timeout_s, fetch.retries, fetch.backoff_base_s, fetch.max_bytes) == (
         7.0, 4, 0.25, 99)
+
+
+def test_many_images_are_asked_concurrently_in_order(server):
+    """Six requests wait at the server until all six are there: only a client with six in
+    flight at once (beyond ``pixmo.fetch``'s default of four per host) gets answers."""
+    server.echo = True
+    server.barrier = threading.Barrier(6, timeout=20)
+    llm = CaptionLLMConfig(base_url=server.url, model="m", retries=0)
+    writer = CaptionWriter(CaptionConfig(method="llm", llm=llm, concurrency=6))
+    images = [[{"text": f"a car number {i}", "session_id": f"s-{i}"}] for i in range(13)]
+    images[3] = [{"text": "  "}]  # nothing to ask: 12 requests, two rounds of six
+    captions = writer.many(images)
+    assert [c.text for c in captions if isinstance(c, Caption)] == [
+        f"Caption of: a car number {i}" for i in range(13) if i != 3]
+    assert captions[3].detail == "no transcript text"
+    assert [c.session_ids for c in captions if isinstance(c, Caption)][:2] == [("s-0",),
+                                                                               ("s-1",)]
+    assert len(server.requests) == 12 and server.most_in_flight == 6
+
+
+def test_one_at_a_time_when_concurrency_is_one(server):
+    server.echo = True
+    llm = CaptionLLMConfig(base_url=server.url, model="m", retries=0)
+    writer = CaptionWriter(CaptionConfig(method="llm", llm=llm, concurrency=1))
+    writer.many([[{"text": f"car {i}"}] for i in range(5)])
+    assert len(server.requests) == 5 and server.most_in_flight == 1
+
+
+def test_a_change_of_model_or_sampling_asks_again(server, tmp_path):
+    cache = str(tmp_path / "cache")
+    image = [{"text": "a red car"}, {"text": "a red car on a road"}]
+    records = [llm_writer(server, [], cache_dir=cache, **fields)(image).to_record()
+               for fields in ({}, {}, {"model": "other"}, {"max_tokens": 50},
+                              {"temperature": 0.7}, {"system_prompt": "Be brief."})]
+    assert len(server.requests) == 5  # the second is the first's, from the cache
+    assert records[0] == records[1]
+    assert [r["model"] for r in records[1:3]] == ["qwen2.5-7b-instruct", "other"]
+    assert [r["sampling"] for r in records[2:5]] == [
+        {"temperature": 0.0, "max_tokens": 600}, {"temperature": 0.0, "max_tokens": 50},
+        {"temperature": 0.7, "max_tokens": 600}]
+    assert records[0]["prompt"].startswith("merge:")
+    assert records[5]["prompt"] != records[0]["prompt"]
+
+
+def test_hf_config_is_greedy_and_needs_no_model_name():
+    llm = CaptionLLMConfig(base_url="hf:/models/tiny")
+    assert llm.local == "/models/tiny" and llm.model == ""
+    with pytest.raises(ValueError, match="temperature must be 0 for an hf: model"):
+        CaptionLLMConfig(base_url="hf:/models/tiny", temperature=0.5)
+    with pytest.raises(ValueError, match="model is required for an endpoint"):
+        CaptionLLMConfig(base_url="http://h/v1")
+    with pytest.raises(ValueError, match="base_url must be http"):
+        CaptionLLMConfig(base_url="hf:")
