@@ -41,3 +41,39 @@ def decode_mask(rle: Mapping[str, Any]) -> np.ndarray:
                          field="masks")
     values = np.arange(len(counts)) % 2 == 1  # False, True, False, ...
     return np.repeat(values, counts).reshape(height, width)
+
+
+def masks_from_arrow(value: Any) -> list[dict[str, Any]] | str:
+    """One parquet cell of boolean masks (list of masks, each a list of rows) run-length
+    encoded straight from Arrow, so a full-size mask never becomes Python lists; what is
+    wrong with the cell, as text, when it is not a list of rectangular boolean masks."""
+    import pyarrow.compute as pc
+
+    masks = value.values if value.is_valid else None
+    if masks is None:
+        return "masks: missing"
+    out = []
+    for i in range(len(masks)):
+        rows = masks[i].values if masks[i].is_valid else None
+        widths = pc.list_value_length(rows).to_numpy(zero_copy_only=False) if rows else []
+        if rows is None or len(rows) == 0 or rows.null_count or len(set(widths)) != 1:
+            return f"masks[{i}]: not a rectangle of rows"
+        flat = rows.flatten()
+        if flat.null_count or widths[0] == 0:
+            return f"masks[{i}]: a null or empty row"
+        out.append(encode_mask(flat.to_numpy(zero_copy_only=False).reshape(len(rows), -1)))
+    return out
+
+
+def check_masks(masks: list[dict[str, Any]] | str, points: int, height: int,
+                width: int) -> str | None:
+    """What keeps ``masks`` from being one mask per point covering a height x width image."""
+    if isinstance(masks, str):
+        return masks
+    if len(masks) != points:
+        return f"masks: {len(masks)} for {points} point(s)"
+    for i, mask in enumerate(masks):
+        if (mask["height"], mask["width"]) != (height, width):
+            return (f"masks[{i}]: {mask['height']} x {mask['width']}, not the displayed image's "
+                    f"{height} x {width}")
+    return None

@@ -20,12 +20,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from pixmo.errors import PixmoError
 from pixmo.images import LoadedImage
 from pixmo.points.annotations import ImageInfo, PointsConfig, validate_points
-from pixmo.points.masks import encode_mask
+from pixmo.points.masks import check_masks, masks_from_arrow
 from pixmo.raw import RawRecord
 from pixmo.rejects import Reason, Reject
 
@@ -158,36 +156,16 @@ def _points_row(row: Row, image: LoadedImage) -> Annotations | Reject:
     return entry if isinstance(entry, Reject) else Annotations(points=[entry])
 
 
-def _instance_masks(row: Row, image: LoadedImage, masks: Any,
-                    points: int) -> list[dict[str, Any]] | Reject:
-    """pixmo-points-eval's boolean masks, one per point, run-length encoded; each must
-    cover the displayed image, the grid the official evaluation indexes with the points."""
-    if not isinstance(masks, list) or len(masks) != points:
-        return _reject(row, Reason.INVALID_RECORD,
-                       f"masks: expected {points} (one per point), got {masks!r:.60}")
-    out = []
-    for i, mask in enumerate(masks):
-        try:
-            grid = np.array(mask if mask else [[]])  # bool only when every cell is a bool
-        except ValueError:  # ragged rows
-            grid = np.array([[]])
-        if grid.dtype != bool or grid.shape != (image.height, image.width):
-            return _reject(row, Reason.INVALID_RECORD,
-                           f"masks[{i}]: expected {image.height} x {image.width} booleans "
-                           f"(the displayed image), got shape {grid.shape} of {grid.dtype}")
-        out.append(encode_mask(grid))
-    return out
-
-
 def _points_eval_row(row: Row, image: LoadedImage) -> Annotations | Reject:
     """pixmo-points-eval: percent points and their instance masks (benchmark hits)."""
     entry = _point_set(row, image, row.data.get("label"), row.data.get("points"), "percent",
                        "pointing")
     if isinstance(entry, Reject):
         return entry
-    masks = _instance_masks(row, image, row.data.get("masks"), len(entry["points"]))
-    if isinstance(masks, Reject):
-        return masks
+    masks = row.data.get("masks")  # run-length encoded by read_rows (masks_from_arrow)
+    wrong = check_masks(masks, len(entry["points"]), image.height, image.width)
+    if wrong is not None:
+        return _reject(row, Reason.INVALID_RECORD, wrong)
     return Annotations(points=[{**entry, "masks": masks}])
 
 
@@ -341,6 +319,10 @@ def _image_bytes(value: Any) -> bytes | None:
     return value if isinstance(value, bytes) and value else None
 
 
+# columns read from Arrow by a function of the cell, not as Python lists (masks are large)
+_ARROW: dict[str, Callable[[Any], Any]] = {"masks": masks_from_arrow}
+
+
 def read_rows(subset: Subset, path: str | os.PathLike[str],
               embedded: Callable[[str, bytes], None] | None = None) -> Iterator[Row | Reject]:
     """Every row of one released parquet file, numbered from 1, in order.
@@ -368,8 +350,10 @@ def read_rows(subset: Subset, path: str | os.PathLike[str],
                          f"the file has {sorted(present)}", file=source)
     columns = [*wanted, *(c for c in subset.optional_columns if c in present)]
     number = 0
-    for batch in parquet.iter_batches(batch_size=1024, columns=columns):
-        for data in batch.to_pylist():
+    arrow = [c for c in _ARROW if c in columns]
+    for batch in parquet.iter_batches(batch_size=64, columns=columns):
+        for j, data in enumerate(batch.drop_columns(arrow).to_pylist()):
+            data.update({c: _ARROW[c](batch.column(c)[j]) for c in arrow})
             number += 1
             record = str(number)
             image_value = data.pop(subset.image_column)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pixmo.errors import PixmoError
-from pixmo.points.masks import decode_mask, encode_mask
+from pixmo.points.masks import check_masks, decode_mask, encode_mask, masks_from_arrow
 
 
 def test_runs_by_hand():
@@ -34,3 +34,17 @@ def test_runs_that_do_not_cover_the_mask_are_an_error():
         decode_mask({"height": 2, "width": 3, "counts": [1, 4]})
     with pytest.raises(ValueError, match="non-empty 2-D"):
         encode_mask(np.zeros((3,), bool))
+
+
+def test_masks_from_arrow_match_the_numpy_encoding():
+    import pyarrow as pa
+
+    masks = [np.random.default_rng(i).random((6, 9)) < 0.4 for i in range(3)]
+    column = pa.array([[m.tolist() for m in masks], None],
+                      type=pa.list_(pa.list_(pa.list_(pa.bool_()))))
+    assert masks_from_arrow(column[0]) == [encode_mask(m) for m in masks]
+    assert masks_from_arrow(column[1]) == "masks: missing"
+    encoded = masks_from_arrow(column[0])
+    assert check_masks(encoded, 3, 6, 9) is None
+    assert check_masks(encoded, 2, 6, 9) == "masks: 3 for 2 point(s)"
+    assert check_masks(encoded, 3, 9, 6) == "masks[0]: 6 x 9, not the displayed image's 9 x 6"

@@ -191,30 +191,35 @@ def test_unknown_subset_lists_the_known_ones():
         get_subset("pixmo-clocks")
 
 
-def test_points_eval_keeps_one_encoded_mask_per_point():
+def test_points_eval_masks_are_encoded_from_arrow_and_checked(tmp_path):
     image = loaded(size=(4, 2))  # displayed 4 wide, 2 high
     left = [[True, True, False, False], [True, False, False, False]]
     right = [[False, False, True, True], [False, False, False, True]]
-    out = annotate("pixmo-points-eval", {"label": "Cup", "points": [
-        {"x": 20.0, "y": 30.0}, {"x": 80.0, "y": 30.0}], "masks": [left, right]}, image)
-    (entry,) = out.points
-    assert entry["masks"] == [{"height": 2, "width": 4, "counts": [0, 2, 2, 1, 3]},
-                              {"height": 2, "width": 4, "counts": [2, 2, 3, 1]}]
-    absent = annotate("pixmo-points-eval", {"label": "cat", "points": [], "masks": []}, image)
-    assert absent.points[0]["masks"] == [] and absent.points[0]["count"] == 0
-    for masks, detail in [  # detail: the start of the reject's detail
-        ([left], "masks: expected 2 (one per point)"),
-        ([left, [[True, False]]], "masks[1]: expected 2 x 4 booleans (the displayed image), "
-                                  "got shape (1, 2) of bool"),
-        ([left, [[True, False, True, False], [True]]], "masks[1]: expected 2 x 4 booleans"),
-        ([left, [[1, 0, 0, 0], [0, 0, 0, 0]]], "masks[1]: expected 2 x 4 booleans (the "
-                                                "displayed image), got shape (2, 4) of int"),
-        (None, "masks: expected 2 (one per point), got None"),
-    ]:
-        bad = annotate("pixmo-points-eval", {"label": "cup", "points": [
-            {"x": 20.0, "y": 30.0}, {"x": 80.0, "y": 30.0}], "masks": masks}, image)
-        assert isinstance(bad, Reject) and bad.reason.value == "invalid_record"
-        assert bad.detail.startswith(detail), bad.detail
+    two = [{"x": 20.0, "y": 30.0}, {"x": 80.0, "y": 30.0}]
+    cases = [  # (points, masks, the reject's detail or None)
+        (two, [left, right], None),
+        ([], [], None),
+        (two, [left], "masks: 1 for 2 point(s)"),
+        (two, [left, [[True, False]]],
+         "masks[1]: 1 x 2, not the displayed image's 2 x 4"),
+        (two, [left, [[True, False, True, False], [True]]], "masks[1]: not a rectangle of rows"),
+        (two, [left, [[True, None, True, False], [True] * 4]],
+         "masks[1]: a null or empty row"),
+        (two, [left, [[], []]], "masks[1]: a null or empty row"),
+        (two, [left, None], "masks[1]: not a rectangle of rows"),
+        (two, None, "masks: missing"),
+    ]
+    parquet = write_parquet(tmp_path / "eval.parquet", "pixmo-points-eval", [
+        {"image_url": "http://h/e.jpg", "image_sha256": "e" * 64, "label": "Cup",
+         "points": points, "masks": masks} for points, masks, _ in cases])
+    rows = list(read_rows(SUBSETS["pixmo-points-eval"], parquet))
+    out = [get_subset("pixmo-points-eval").annotate(row, image) for row in rows]
+    assert out[0].points[0]["masks"] == [{"height": 2, "width": 4, "counts": [0, 2, 2, 1, 3]},
+                                         {"height": 2, "width": 4, "counts": [2, 2, 3, 1]}]
+    assert out[1].points[0]["masks"] == [] and out[1].points[0]["count"] == 0
+    for result, (_, _, detail) in zip(out[2:], cases[2:], strict=True):
+        assert isinstance(result, Reject) and result.reason.value == "invalid_record"
+        assert result.detail == detail
 
 
 def test_countbenchqa_rows_become_a_question_and_its_count():
