@@ -4,6 +4,8 @@ a config other than the one its earlier run recorded."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import yaml
 
@@ -99,3 +101,35 @@ def test_an_interrupted_build_records_its_config_for_the_resume(tmp_path):
     prepare_output(out, "resume", BuildConfig(raw_dir="raw"))
     prepare_output(out, "overwrite", BuildConfig(raw_dir="other"))
     prepare_output(out, "resume", BuildConfig(raw_dir="other"))
+
+
+def test_speed_settings_do_not_count_as_another_config(tmp_path):
+    out = tmp_path / "out"
+    prepare_output(out, "resume", BuildConfig(raw_dir="raw"))
+    prepare_output(out, "resume", BuildConfig.load(None, {"raw_dir": "raw",
+                                                         "captions.concurrency": 32}))
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["--caption-method", "llm"], "config.captions.llm is required when method is 'llm'"),
+    (["--caption-llm", "ftp://x/v1"], "--caption-llm must be http(s) or hf:DIR, got 'ftp://x/v1'"),
+    (["--caption-llm", "http://127.0.0.1:9/v1"], "--caption-model"),
+    (["--caption-llm", "hf:/m", "--caption-concurrency", "0"],
+     "--caption-concurrency must be >= 1, got 0"),
+    (["--caption-merge-prompt", "{missing}"], "argument --caption-merge-prompt: cannot read"),
+])
+def test_caption_options_are_one_line_errors(tmp_path, capsys, argv, says):
+    argv = [a.format(missing=tmp_path / "none.txt") for a in argv]
+    with pytest.raises(SystemExit) if "argument" in says else contextlib.nullcontext():
+        assert main(["build", "--raw", str(tmp_path), "--out", str(tmp_path / "o"), *argv]) == 2
+    assert_one_line(capsys.readouterr().err, "pixmo", "build", says)
+
+
+def test_caption_llm_alone_means_the_llm_method(tmp_path, capsys):
+    printed = _printed(["--raw", "r", "--caption-llm", "hf:/models/tiny"], capsys)
+    assert printed["captions"]["method"] == "llm"
+    assert printed["captions"]["llm"]["base_url"] == "hf:/models/tiny"
+    config = tmp_path / "build.yaml"
+    config.write_text("captions: {method: cleanup}\n")
+    printed = _printed(["--config", str(config), "--raw", "r", "--caption-llm", "hf:/m"], capsys)
+    assert printed["captions"]["method"] == "cleanup"  # the file says so
