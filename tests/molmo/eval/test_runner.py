@@ -113,6 +113,11 @@ def test_molmo_eval_benchmark_end_to_end(checkpoint, datasets, tmp_path, capsys,
         absent = next(r for r in records if not r["true_points"])
         # nothing to point at: 1 exactly when the answer holds no point
         assert absent["f1"] == float(not absent["predicted_points"])
+    # answered two at a time (left-padded, one KV cache) as each is answered alone
+    alone = BenchmarkConfig(benchmark, datasets[benchmark], checkpoint, str(tmp_path / "alone"),
+                            batch_size=1, max_new_tokens=6)
+    run_benchmark(alone, lambda: Predictor(checkpoint))
+    assert (tmp_path / "alone" / PREDICTIONS).read_bytes() == (out / PREDICTIONS).read_bytes()
     lines = [line.split() for line in capsys.readouterr().out.splitlines()]
     assert lines[:2] == [["benchmark", benchmark], ["examples", str(n)]]
     metric = "f1" if benchmark == "pixmo-points-eval" else "accuracy"
