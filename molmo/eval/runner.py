@@ -12,6 +12,7 @@ file system).
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -29,6 +30,8 @@ from molmo.eval.benchmarks import (
 from pixmo.atomic import atomic_write_bytes
 from pixmo.config import at_least, check_fields
 from pixmo.errors import PixmoError
+
+log = logging.getLogger(__name__)
 
 RUN_JSON = "run.json"
 PREDICTIONS = "predictions.jsonl"
@@ -140,6 +143,9 @@ def run_benchmark(cfg: BenchmarkConfig, load_predictor: Callable[[], Any],
     _barrier()  # run.json is checked by every rank before any answer is written
     done = {r["key"] for r in read_parts(out)}
     todo = [q for q in asked if q.key not in done][rank::world]
+    if rank == 0:
+        log.info("%s: %d questions, %d answered before, %d rank(s) answer the rest",
+                 cfg.benchmark, len(asked), len(done.intersection(q.key for q in asked)), world)
     predictor = load_predictor()
     gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens,
                            stop_token_ids=(predictor.tokenizer.eos_id,))
