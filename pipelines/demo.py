@@ -140,7 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for src, dst in ((raw, "pixmo"), (heldout, "pixmo-heldout")):
         step(f"build {dst} ({args.engine})", lambda src=src, dst=dst: pixmo_main(
             ["build", "--raw", str(src), "--out", str(out / "data" / dst), "--engine",
-             args.engine, "--min-speech-s", MIN_SPEECH_S, "--shard-samples", "128"]), timings)
+             args.engine, "--min-speech-s", MIN_SPEECH_S, "--shard-samples", "128",
+             "--caption-method", "cleanup"]), timings)  # offline; or --caption-llm URL|hf:DIR
     step("validate", lambda: pixmo_main(["validate", str(out / "data/pixmo")]), timings)
 
     def tokenizer() -> int:
