@@ -79,6 +79,10 @@ def cmd_build(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
         raise PixmoError("the following arguments are required: --out")
     input_files(cfg.raw_dir)  # a wrong --raw fails here, before an engine starts
     refuse_other_config(args.out, cfg, args.mode)  # and a resume with another config
+    if cfg.captions.method == "llm" and cfg.captions.llm and cfg.captions.llm.local:
+        from pixmo.llm import local_tokenizer
+
+        local_tokenizer(cfg.captions.llm.local)  # and a caption model workers cannot load
     if args.engine == "ray":
         if beam_args:
             raise PixmoError(f"unrecognized arguments for --engine ray: {' '.join(beam_args)}")

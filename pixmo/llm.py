@@ -118,30 +118,40 @@ def directory_sha256(directory: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
+def local_tokenizer(directory: str) -> Any:
+    """The tokenizer of a local model directory, left-padding, with a chat template; a
+    one-line error where transformers is missing or the directory is not such a model.
+    Cheap, so a command checks it before any worker loads the model."""
+    try:
+        from transformers import AutoTokenizer
+    except ImportError as e:
+        raise PixmoError("hf: models need transformers and torch (pip install "
+                         "transformers torch)", field="captions.llm.base_url") from e
+    if not Path(directory, "config.json").is_file():
+        raise PixmoError("no such model directory (no config.json)", file=directory)
+    tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    if not tokenizer.chat_template:
+        raise PixmoError("the tokenizer has no chat template", file=directory)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 class LocalModel:
     """A transformers causal LM and its tokenizer from ``directory`` (no download), on CUDA
     when ``device`` is auto and one is present. Greedy: the same prompts give the same
     replies. ``name`` is ``hf:<directory name>@<16 hex of directory_sha256>``."""
 
     def __init__(self, directory: str, batch_size: int = 8, device: str = "auto") -> None:
-        try:
-            import torch
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-        except ImportError as e:
-            raise PixmoError("hf: models need transformers and torch (pip install "
-                             "transformers torch)", field="captions.llm.base_url") from e
-        if not Path(directory).is_dir():
-            raise PixmoError("no such model directory", file=directory)
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        self.tokenizer = local_tokenizer(directory)
         self.torch, self.batch_size = torch, batch_size
         self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" \
             else device
         self.name = f"{HF}{Path(directory).name}@{directory_sha256(directory)[:16]}"
-        self.tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
-        if not self.tokenizer.chat_template:
-            raise PixmoError("the tokenizer has no chat template", file=directory)
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(
             directory, local_files_only=True, torch_dtype="auto").to(self.device).eval()
 

@@ -133,3 +133,12 @@ def test_caption_llm_alone_means_the_llm_method(tmp_path, capsys):
     config.write_text("captions: {method: cleanup}\n")
     printed = _printed(["--config", str(config), "--raw", "r", "--caption-llm", "hf:/m"], capsys)
     assert printed["captions"]["method"] == "cleanup"  # the file says so
+
+
+def test_a_local_caption_model_is_checked_before_the_engine_starts(tmp_path, capsys):
+    raw = make_points_raw(tmp_path / "raw", 1)
+    assert main(["build", "--raw", str(raw), "--out", str(tmp_path / "out"), "--no-transcribe",
+                 "--caption-llm", f"hf:{tmp_path / 'none'}"]) == 2
+    assert_one_line(capsys.readouterr().err, "pixmo", "build",
+                    f"{tmp_path / 'none'}: no such model directory (no config.json)")
+    assert not (tmp_path / "out").exists()

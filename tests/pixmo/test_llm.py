@@ -7,12 +7,20 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 
 from pixmo.captions import CaptionConfig, CaptionLLMConfig, CaptionWriter
-from pixmo.llm import LocalModel, ReplyCache, answer, directory_sha256, request
+from pixmo.llm import (
+    LocalModel,
+    ReplyCache,
+    answer,
+    directory_sha256,
+    local_tokenizer,
+    request,
+)
 
 WORDS = ("a red car blue bus kitchen table dog cat sits on the road image shows two of "
          "and with in transcript caption write one detailed user assistant system").split()
@@ -92,7 +100,7 @@ def test_the_name_hashes_the_directory(tiny_lm, tmp_path, model):
 
 
 def test_a_missing_directory_or_template_is_one_line(tmp_path, tiny_lm):
-    with pytest.raises(ValueError, match="no such model directory"):
+    with pytest.raises(ValueError, match="none: no such model directory"):
         LocalModel(str(tmp_path / "none"))
     bare = shutil.copytree(tiny_lm, tmp_path / "bare")
     config = json.loads((bare / "tokenizer_config.json").read_text())
@@ -140,3 +148,10 @@ def test_the_cache_answers_what_it_has_and_keeps_no_failures(tmp_path):
     assert len(model.asked) == 4  # only the failure is asked again
     assert len(list((tmp_path / "cache").glob("*/*.json"))) == 2
     assert answer(model, ReplyCache(None), requests[:1]) == ["RED"]
+
+
+def test_without_transformers_a_local_model_is_one_line(tiny_lm, monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import fails
+    with pytest.raises(ValueError, match="field captions.llm.base_url: hf: models need "
+                       "transformers and torch"):
+        local_tokenizer(str(tiny_lm))
