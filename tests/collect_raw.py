@@ -4,6 +4,9 @@ an EXIF orientation), annotator tokens, and the sample speech as uploads."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 from PIL import Image
@@ -53,3 +56,27 @@ def spoken_wer(reference: str, hypothesis: str) -> float:
                           jiwer.ReduceToListOfListOfWords()])
     return jiwer.wer(reference, hypothesis, reference_transform=norm,
                      hypothesis_transform=norm)
+
+
+class Server:
+    """``pixmo collect`` in a child process; ``url`` once it printed ``serving URL``."""
+
+    def __init__(self, raw: Path, annotators: Path, min_speech_s: float = SHORT_S) -> None:
+        entry = Path(sys.executable).with_name("pixmo")
+        self.proc = subprocess.Popen(
+            [str(entry), "collect", "--raw", str(raw), "--annotators", str(annotators),
+             "--min-speech-s", str(min_speech_s), "--port", "0"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+            if line.startswith("serving "):
+                self.url = line.split()[1]
+                return
+        raise AssertionError(f"server ended: {self.lines} {self.proc.stderr.read()}")
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+        self.proc.stdout.close()
+        self.proc.stderr.close()

@@ -23,6 +23,7 @@ from tests.collect_raw import (
     CAROL,
     SHORT_S,
     SPEECH_CLIP,
+    Server,
     auth,
     jsonl,
     make_raw,
@@ -31,30 +32,6 @@ from tests.collect_raw import (
 from tests.one_line import assert_error_in_process, assert_one_line
 
 CLIP = SPEECH_CLIP.read_bytes()
-
-
-class Server:
-    """``pixmo collect`` in a child process; ``url`` once it printed ``serving URL``."""
-
-    def __init__(self, raw: Path, annotators: Path) -> None:
-        entry = Path(sys.executable).with_name("pixmo")
-        self.proc = subprocess.Popen(
-            [str(entry), "collect", "--raw", str(raw), "--annotators", str(annotators),
-             "--min-speech-s", str(SHORT_S), "--port", "0"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.lines: list[str] = []
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-            if line.startswith("serving "):
-                self.url = line.split()[1]
-                return
-        raise AssertionError(f"server ended: {self.lines} {self.proc.stderr.read()}")
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-        self.proc.stdout.close()
-        self.proc.stderr.close()
 
 
 class Burst:

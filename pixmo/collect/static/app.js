@@ -202,6 +202,7 @@ const Pointer = {
     e.preventDefault();
     const move = (ev) => { this.points[i] = this.fraction(ev); this.moved = true; this.draw(); };
     const up = () => {
+      setTimeout(() => { this.moved = false; }, 0);  // after the click that ends the drag
       window.removeEventListener("pointermove", move);
       window.removeEventListener("pointerup", up);
     };
@@ -210,7 +211,7 @@ const Pointer = {
   },
 
   add(e) {
-    if (this.moved) { this.moved = false; return; }  // the click that ends a drag
+    if (this.moved) return;  // the click that ends a drag
     if (e.target.classList.contains("marker")) return;
     this.points.push(this.fraction(e));
     this.draw();
