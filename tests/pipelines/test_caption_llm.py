@@ -16,6 +16,7 @@ import pytest
 
 from pipelines.cli import main
 from pixmo.dataset.reader import iter_samples
+from pixmo.dataset.verify import verify
 from pixmo.schema import load_schema
 from tests.one_line import assert_one_line
 from tests.paths import SPEECH
@@ -163,3 +164,27 @@ def test_a_local_model_in_the_workers_same_bytes_on_both_engines(raw, tiny_lm, t
     before = tars(beam)
     assert build(raw, beam, *argv) == 0  # the model's replies come from the cache
     assert tars(beam) == before and sorted((beam / "caption_cache").glob("*/*.json")) == cached
+
+
+@pytest.mark.parametrize("reply", [("raw", b"<html>busy</html>"), ("ok", "x" * 3000)],
+                         ids=["malformed", "oversized"])
+def test_bad_replies_are_failures_and_a_rerun_captions(raw, server, tmp_path, reply):
+    """A reply that is no chat completion, or too large, fails that caption with its reason;
+    the build finishes, and a re-run with the endpoint well asks again (failures are not
+    cached)."""
+    out, config = tmp_path / "out", tmp_path / "build.yaml"
+    config.write_text(CONFIG.replace("max_tokens: 12", "max_tokens: 12, "
+                                     "max_response_bytes: 2000"))
+    argv = ["build", "--config", str(config), "--raw", str(raw), "--out", str(out),
+            "--caption-llm", server.url, "--caption-model", "m"]
+    server.script = [reply, reply]
+    server.requests.clear()
+    assert main(argv) == 0
+    assert verify(out) == [] and len(server.requests) == 2
+    details = {s.json["failures"][0]["detail"] for s in iter_samples(out)}
+    assert details == ({"reply is not a chat completion: b'<html>busy</html>'"}
+                       if reply[0] == "raw" else {"body of 3164 bytes exceeds max_bytes 2000"})
+    assert json.loads((out / "dataset.json").read_text())["failures_by_reason"] == {
+        "caption_failed": 2}
+    assert main(argv) == 0 and len(server.requests) == 4
+    assert all(s.json["captions"] and "failures" not in s.json for s in iter_samples(out))

@@ -136,7 +136,7 @@ class ChatServer:
         self.requests: list[dict] = []
         self.release = threading.Event()
         self.barrier: threading.Barrier | None = None  # answers wait until its parties do
-        self.echo = False  # answer "Caption of: " and the prompt's last line
+        self.echo = False  # once the script is used up: "Caption of: " and the prompt's last line
         self.in_flight = self.most_in_flight = 0
         self.lock = threading.Lock()
         server = self
@@ -146,10 +146,13 @@ class ChatServer:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 server.requests.append({"path": self.path, "body": body,
                                         "auth": self.headers.get("Authorization")})
-                action = server.script.pop(0) if server.script else ("ok", "A default caption.")
-                if server.echo:
+                if server.script:
+                    action = server.script.pop(0)
+                elif server.echo:
                     prompt = body["messages"][-1]["content"]
                     action = ("ok", "Caption of: " + prompt.splitlines()[-1])
+                else:
+                    action = ("ok", "A default caption.")
                 with server.lock:
                     server.in_flight += 1
                     server.most_in_flight = max(server.most_in_flight, server.in_flight)
