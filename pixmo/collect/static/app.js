@@ -62,6 +62,7 @@ const Recorder = {
     $("min-speech").textContent = task.min_speech_s;
     await showImage($("caption-image"));
     $("caption").hidden = false;
+    document.body.dataset.state = "ready";
   },
 
   reset() {
@@ -72,7 +73,7 @@ const Recorder = {
     $("record").disabled = false;
     $("timer").textContent = "0:00";
     $("timer").classList.remove("enough");
-    document.body.dataset.state = "ready";
+    document.body.dataset.state = "loading";
   },
 
   async toggle() {
