@@ -126,7 +126,7 @@ def local_tokenizer(directory: str) -> Any:
         from transformers import AutoTokenizer
     except ImportError as e:
         raise PixmoError("hf: models need transformers and torch (pip install "
-                         "transformers torch)", field="captions.llm.base_url") from e
+                         "'pixmo-toolkit[captions-hf]')", field="captions.llm.base_url") from e
     if not Path(directory, "config.json").is_file():
         raise PixmoError("no such model directory (no config.json)", file=directory)
     tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
