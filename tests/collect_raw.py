@@ -61,10 +61,12 @@ def spoken_wer(reference: str, hypothesis: str) -> float:
 class Server:
     """``pixmo collect`` in a child process; ``url`` once it printed ``serving URL``."""
 
-    def __init__(self, raw: Path, annotators: Path, min_speech_s: float = SHORT_S) -> None:
+    def __init__(self, raw: Path, annotators: Path | None,
+                 min_speech_s: float = SHORT_S) -> None:
         entry = Path(sys.executable).with_name("pixmo")
+        given = [] if annotators is None else ["--annotators", str(annotators)]
         self.proc = subprocess.Popen(
-            [str(entry), "collect", "--raw", str(raw), "--annotators", str(annotators),
+            [str(entry), "collect", "--raw", str(raw), *given,
              "--min-speech-s", str(min_speech_s), "--port", "0"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.lines: list[str] = []
@@ -72,6 +74,8 @@ class Server:
             self.lines.append(line.rstrip("\n"))
             if line.startswith("serving "):
                 self.url = line.split()[1]
+                if annotators is None:  # the login link follows
+                    self.lines.append(self.proc.stdout.readline().rstrip("\n"))
                 return
         raise AssertionError(f"server ended: {self.lines} {self.proc.stderr.read()}")
 

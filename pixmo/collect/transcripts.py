@@ -41,6 +41,7 @@ class TranscriptWorker:
         self._results: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._stopping = False
         self._thread = threading.Thread(target=self._run, name="transcripts", daemon=True)
         self._thread.start()
 
@@ -59,6 +60,8 @@ class TranscriptWorker:
         self._jobs.join()
 
     def close(self) -> None:
+        """Stop after the clip in hand: what is still queued is dropped (advice only)."""
+        self._stopping = True
         self._jobs.put(None)
         self._thread.join()
 
@@ -67,6 +70,9 @@ class TranscriptWorker:
 
         transcriber: Transcriber | None = None
         while (job := self._jobs.get()) is not None:
+            if self._stopping:
+                self._jobs.task_done()
+                continue
             try:
                 transcriber = transcriber or Transcriber(self.speech)
                 out = transcriber(job.audio, annotator=job.annotator, session_id=job.session_id)

@@ -150,6 +150,20 @@ def test_pixmo_build_reads_what_collect_wrote(tmp_path):
     assert json.loads((out / "dataset.json").read_text())["counts"]["samples"] == 2
 
 
+def test_without_an_annotators_file_one_annotator_gets_a_login_link(tmp_path):
+    server = Server(make_raw(tmp_path / "raw", images=0), None)
+    try:
+        link = server.lines[-1]
+        assert link.startswith(f"login link for annotator a1: {server.url}#token=")
+        token = link.split("#token=")[1]
+        assert len(token) >= 16
+        with httpx.Client(base_url=server.url) as client:
+            assert client.get("/api/task", headers=auth(token)).json()["kind"] == "caption"
+            assert client.get("/api/task", headers=auth(ALICE)).status_code == 401
+    finally:
+        server.kill()
+
+
 ERRORS = [
     (["collect", "--raw", "{missing}"], "{missing}: no images/ folder"),
     (["collect", "--raw", "{raw}", "--annotators", "{text}"], "{text}: not JSON"),

@@ -33,3 +33,13 @@ def test_a_recording_is_transcribed_and_a_silent_one_sent_back():
                                     "reason": "silence", "detail": worker.result("c-2")["detail"]}
     assert reopened == [("c-2", "bob")]
     worker.close()
+
+
+def test_closing_drops_what_is_still_queued():
+    worker = TranscriptWorker(CollectConfig(min_speech_s=5).speech)
+    clip = read_audio(SPEECH / "kitchen.opus")
+    worker._stopping = True  # as close() sets it, before these clips are reached
+    for n in range(3):
+        worker.submit(f"c-{n}", "ann", f"c-{n}", clip)
+    worker.close()
+    assert [worker.result(f"c-{n}")["status"] for n in range(3)] == ["pending"] * 3
