@@ -5,6 +5,9 @@ from the files after a restart."""
 from __future__ import annotations
 
 import io
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -110,3 +113,23 @@ def test_a_restart_knows_what_is_done_and_who_saw_what(tmp_path):
         c.submit_caption("bob", tid, CLIP)
     assert err.value.status == 409
     c.close()
+
+
+def test_racing_duplicates_make_one_record(tmp_path):
+    raw = make_raw(tmp_path / "raw", images=0)
+    c = Collector(raw, CollectConfig(min_speech_s=SHORT_S), lambda: 0.0, transcribe=False)
+    c.board.finish(c.next_task("ann")["task_id"], "ann", {})  # on to the pointing task
+    body = {"task_id": c.next_task("ann")["task_id"], "label": "sun", "units": "pixels",
+            "points": [{"x": 1, "y": 2}]}
+    start = threading.Barrier(8)
+
+    def submit() -> tuple[int, dict]:
+        start.wait()
+        return c.submit_points("ann", body)
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: submit(), range(8)))
+    c.close()
+    assert sorted(status for status, _ in results) == [200] * 7 + [201]
+    assert len({json.dumps(record, sort_keys=True) for _, record in results}) == 1
+    assert len(jsonl(raw / "points.jsonl")) == 1
