@@ -14,6 +14,7 @@ from pixmo.dataset.verify import verify
 from tests.one_line import assert_error_in_process, assert_error_in_shell, make_paths, row_id
 from tests.paths import SPEECH
 from tests.pipelines.conftest import make_raw
+from tests.pipelines.test_collect import ERRORS as COLLECT_ERRORS
 
 # (argv, what the one line says after "pixmo <command>: "); {name} is a path from ``paths``
 PIXMO = [
@@ -97,8 +98,9 @@ def test_no_traceback_reaches_the_shell(paths, row):
 def test_every_command_has_a_bad_command_line():
     commands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
     assert list(commands) == ["inspect", "validate", "show", "import", "synth", "report",
-                              "transcribe", "build"]
-    assert {argv[0] for argv, _ in PIXMO} == set(commands)
+                              "transcribe", "build", "collect"]
+    tables = [*PIXMO, *COLLECT_ERRORS]  # collect's rows are with its server tests
+    assert {argv[0] for argv, _ in tables} == set(commands)
 
 
 def test_cli_build_and_transcribe(tmp_path, capsys):
