@@ -28,9 +28,12 @@ BUILD_OPTIONS = {"raw_dir": "--raw", "name": "--name", "speech.model": "--whispe
                  "shards.max_samples": "--shard-samples", "shards.max_bytes": "--shard-bytes",
                  "captions.method": "--caption-method", "captions.llm.base_url": "--caption-llm",
                  "captions.llm.model": "--caption-model",
+                 "captions.llm.device": "--caption-device",
                  "captions.concurrency": "--caption-concurrency",
                  "captions.llm.clean_prompt": "--caption-clean-prompt",
                  "captions.llm.merge_prompt": "--caption-merge-prompt"}
+# what errors name by option besides BUILD_OPTIONS: the section --caption-llm starts
+ERROR_NAMES = {**BUILD_OPTIONS, "captions.llm": "--caption-llm"}
 
 
 def _text_file(path: str) -> str:
@@ -63,7 +66,7 @@ def _build_config(args: argparse.Namespace) -> BuildConfig:
         overrides["captions.method"] = "llm"
     if "name" not in overrides and "name" not in given and args.out:
         overrides["name"] = Path(args.out.rstrip("/")).name
-    return BuildConfig.load(args.config, overrides, BUILD_OPTIONS)
+    return BuildConfig.load(args.config, overrides, ERROR_NAMES)
 
 
 def cmd_build(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
@@ -116,7 +119,6 @@ def cmd_build(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
     return 0
 
 
-
 def _add_caption_options(p: argparse.ArgumentParser) -> None:
     """How ``build`` turns transcripts into captions (``CaptionConfig``)."""
     p.add_argument("--caption-method", default=None, choices=("cleanup", "llm"),
@@ -127,6 +129,8 @@ def _add_caption_options(p: argparse.ArgumentParser) -> None:
                    "from $PIXMO_CAPTION_API_KEY) or hf:DIR, a local transformers causal LM "
                    "run in the build's workers; implies --caption-method llm")
     p.add_argument("--caption-model", default=None, help="the model name the endpoint serves")
+    p.add_argument("--caption-device", default=None, choices=("auto", "cpu", "cuda"),
+                   help="where an hf:DIR model runs (default auto: CUDA when present)")
     p.add_argument("--caption-concurrency", type=int, default=None,
                    help="requests in flight at once, or prompts per batch for hf:DIR "
                    "(default 8)")

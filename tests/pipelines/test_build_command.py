@@ -111,7 +111,8 @@ def test_speed_settings_do_not_count_as_another_config(tmp_path):
 
 
 @pytest.mark.parametrize(("argv", "says"), [
-    (["--caption-method", "llm"], "config.captions.llm is required when method is 'llm'"),
+    (["--caption-method", "llm"], "--caption-llm is required when method is 'llm'"),
+    (["--caption-device", "cuda"], "--caption-llm is required"),
     (["--caption-llm", "ftp://x/v1"], "--caption-llm must be http(s) or hf:DIR, got 'ftp://x/v1'"),
     (["--caption-llm", "http://127.0.0.1:9/v1"], "--caption-model"),
     (["--caption-llm", "hf:/m", "--caption-concurrency", "0"],
@@ -133,6 +134,19 @@ def test_caption_llm_alone_means_the_llm_method(tmp_path, capsys):
     config.write_text("captions: {method: cleanup}\n")
     printed = _printed(["--config", str(config), "--raw", "r", "--caption-llm", "hf:/m"], capsys)
     assert printed["captions"]["method"] == "cleanup"  # the file says so
+
+
+def test_caption_device_sets_where_a_local_model_runs(tmp_path, capsys):
+    argv = ["--raw", "r", "--caption-llm", "hf:/m"]
+    assert _printed(argv, capsys)["captions"]["llm"]["device"] == "auto"
+    assert _printed([*argv, "--caption-device", "cpu"], capsys)["captions"]["llm"][
+        "device"] == "cpu"
+    config = tmp_path / "build.yaml"
+    config.write_text("captions: {llm: {base_url: 'hf:/m', device: cuda}}\n")
+    assert _printed(["--config", str(config), "--raw", "r"], capsys)["captions"]["llm"][
+        "device"] == "cuda"
+    assert _printed(["--config", str(config), "--raw", "r", "--caption-device", "cpu"],
+                    capsys)["captions"]["llm"]["device"] == "cpu"
 
 
 def test_a_local_caption_model_is_checked_before_the_engine_starts(tmp_path, capsys):
