@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from bisect import bisect_left
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -64,7 +66,12 @@ class _State:
 @dataclass
 class TaskBoard:
     """Hands out tasks one annotator at a time; a lease not finished in ``lease_s`` is
-    released. Thread-safe: the app calls it from many request threads."""
+    released. Thread-safe: the app calls it from many request threads.
+
+    Handing out a task looks at the annotator's own lease, then walks only the tasks nobody
+    finished, in folder order, and progress is kept as counts: a request costs the same with
+    a hundred images or a million, however far the collection has come.
+    """
 
     tasks: list[Task]
     lease_s: float
@@ -76,7 +83,11 @@ class TaskBoard:
 
     def __post_init__(self) -> None:
         self._by_id = {t.task_id: t for t in self.tasks}
+        self._order = {t.task_id: n for n, t in enumerate(self.tasks)}
         self._state = {t.task_id: _State() for t in self.tasks}
+        self._open = list(range(len(self.tasks)))  # positions of unfinished tasks, ascending
+        self._held: dict[str, str] = {}  # annotator -> the task last leased to them
+        self._done: Counter[str] = Counter()  # annotator -> tasks finished
         self._seen = {}
 
     def get(self, tid: str) -> Task | None:
@@ -85,11 +96,29 @@ class TaskBoard:
     def _live(self, st: _State) -> bool:
         return st.holder is not None and self.clock() < st.expires
 
+    def _mark_open(self, tid: str, is_open: bool) -> None:
+        n = self._order[tid]
+        i = bisect_left(self._open, n)
+        present = i < len(self._open) and self._open[i] == n
+        if is_open and not present:
+            self._open.insert(i, n)
+        elif not is_open and present:
+            del self._open[i]
+
+    def _lease(self, tid: str, annotator: str) -> None:
+        st = self._state[tid]
+        st.holder, st.expires = annotator, self.clock() + self.lease_s
+        self._held[annotator] = tid
+
     def finish(self, tid: str, annotator: str, record: dict) -> None:
         """Mark a task done (a record was written for it; also when read back on start)."""
         with self.lock:
             st = self._state[tid]
+            if st.done_by is not None:  # a redo read back on start
+                self._done[st.done_by] -= 1
             st.holder, st.done_by, st.record = None, annotator, record
+            self._done[annotator] += 1
+            self._mark_open(tid, False)
             self._seen.setdefault(annotator, set()).add(self._by_id[tid].sight)
 
     def saw(self, annotator: str, kind: str, image: str, label: str | None) -> None:
@@ -104,21 +133,24 @@ class TaskBoard:
             st = self._state[tid]
             if st.done_by == annotator:
                 st.done_by, st.record = None, None
-                st.holder, st.expires = annotator, self.clock() + self.lease_s
+                self._done[annotator] -= 1
+                self._mark_open(tid, True)
+                self._lease(tid, annotator)
 
     def next_task(self, annotator: str) -> Task | None:
         """The task this annotator holds, else the first open one they have not seen."""
         with self.lock:
-            seen = self._seen.setdefault(annotator, set())
-            for task in self.tasks:
-                st = self._state[task.task_id]
+            held = self._held.get(annotator)
+            if held is not None:
+                st = self._state[held]
                 if st.holder == annotator and self._live(st) and st.done_by is None:
-                    st.expires = self.clock() + self.lease_s
-                    return task
-            for task in self.tasks:
-                st = self._state[task.task_id]
-                if st.done_by is None and not self._live(st) and task.sight not in seen:
-                    st.holder, st.expires = annotator, self.clock() + self.lease_s
+                    self._lease(held, annotator)
+                    return self._by_id[held]
+            seen = self._seen.setdefault(annotator, set())
+            for n in self._open:
+                task = self.tasks[n]
+                if not self._live(self._state[task.task_id]) and task.sight not in seen:
+                    self._lease(task.task_id, annotator)
                     return task
             return None
 
@@ -141,6 +173,4 @@ class TaskBoard:
     def progress(self, annotator: str) -> dict[str, int]:
         """Tasks this annotator finished, and tasks not finished by anyone."""
         with self.lock:
-            done = sum(st.done_by == annotator for st in self._state.values())
-            left = sum(st.done_by is None for st in self._state.values())
-            return {"done": done, "left": left}
+            return {"done": self._done[annotator], "left": len(self._open)}

@@ -90,3 +90,51 @@ def test_a_reopened_task_goes_back_to_its_author():
     assert b.claim(t.task_id, "bob") == ("taken", None)
     clock.now = 100.0
     assert b.next_task("bob") == t  # a redo not done in time is anyone's
+
+
+
+class Looked(list):
+    """A task list that counts the tasks read from it."""
+
+    looked = 0
+
+    def __getitem__(self, i):  # noqa: ANN001, ANN204
+        self.looked += 1
+        return super().__getitem__(i)
+
+    def __iter__(self):  # noqa: ANN204
+        for task in super().__iter__():
+            self.looked += 1
+            yield task
+
+
+def test_handing_out_a_task_looks_at_a_few_tasks_not_the_folder():
+    tasks = Looked(make_tasks([f"images/{n:05d}.png" for n in range(5000)], ("cup",), 1))
+    b = TaskBoard(tasks, 10.0, Clock())
+    for n in range(4000):  # most of the folder done by others
+        b.finish(tasks[n].task_id, f"ann{n % 7}", {})
+    first = b.next_task("bob")
+    tasks.looked = 0
+    assert b.next_task("bob") == first == tasks[4000]  # bob's own lease, renewed
+    assert tasks.looked == 1  # the one read by this assertion
+    tasks.looked = 0
+    assert b.next_task("cat") is tasks[4001]  # past bob's lease, to the next open task
+    assert tasks.looked == 3
+    assert b.progress("ann3") == {"done": 571, "left": 6000}
+
+
+def test_progress_counts_follow_finishes_redos_and_reopens():
+    b, _ = board(speakers=1)
+    t = b.next_task("ann")
+    b.finish(t.task_id, "ann", {})
+    b.finish(t.task_id, "ann", {"redo": 2})  # a redo read back on start counts once
+    assert b.progress("ann") == {"done": 1, "left": 3}
+    b.reopen(t.task_id, "ann")
+    assert b.progress("ann") == {"done": 0, "left": 4}
+    assert b.next_task("ann") == t
+    b.finish(t.task_id, "ann", {})
+    other = b.next_task("bob")
+    b.finish(other.task_id, "bob", {})
+    assert (b.progress("ann"), b.progress("bob")) == ({"done": 1, "left": 2},
+                                                      {"done": 1, "left": 2})
+    assert b.next_task("ann").task_id not in (t.task_id, other.task_id)
