@@ -2,8 +2,10 @@
 recording can be redone while they still have the image in front of them.
 
 One worker thread owns one ``Transcriber`` (the toolkit's, with the build's QC), loaded on
-its first clip, so uploads never wait for Whisper. Transcripts are advice for the annotator
-only: ``pixmo build`` transcribes the audio again with its own settings.
+its first clip, so uploads never wait for Whisper. A queued clip is the name of its file,
+decoded when its turn comes: when uploads outpace Whisper the queue grows by a path each, not
+by minutes of samples. Transcripts are advice for the annotator only: ``pixmo build``
+transcribes the audio again with its own settings.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pixmo.rejects import Reject
-from pixmo.speech.audio import Audio
+from pixmo.speech.audio import read_audio
 from pixmo.speech.config import SpeechConfig
 
 log = logging.getLogger(__name__)
@@ -27,7 +30,7 @@ class _Job:
     task_id: str
     annotator: str
     session_id: str
-    audio: Audio
+    path: Path
 
 
 class TranscriptWorker:
@@ -45,10 +48,11 @@ class TranscriptWorker:
         self._thread = threading.Thread(target=self._run, name="transcripts", daemon=True)
         self._thread.start()
 
-    def submit(self, task_id: str, annotator: str, session_id: str, audio: Audio) -> None:
+    def submit(self, task_id: str, annotator: str, session_id: str, path: Path) -> None:
+        """Queue the recording written at ``path`` (checked audio: it was decoded once)."""
         with self._lock:
             self._results[task_id] = {"status": "pending", "session_id": session_id}
-        self._jobs.put(_Job(task_id, annotator, session_id, audio))
+        self._jobs.put(_Job(task_id, annotator, session_id, Path(path)))
 
     def result(self, task_id: str) -> dict[str, Any] | None:
         with self._lock:
@@ -75,7 +79,8 @@ class TranscriptWorker:
                 continue
             try:
                 transcriber = transcriber or Transcriber(self.speech)
-                out = transcriber(job.audio, annotator=job.annotator, session_id=job.session_id)
+                audio = read_audio(job.path, self.speech.audio)
+                out = transcriber(audio, annotator=job.annotator, session_id=job.session_id)
                 self._store(job, out)
             except Exception as exc:  # a broken model must not take the server down
                 log.exception("transcribing %s failed", job.session_id)
@@ -86,10 +91,10 @@ class TranscriptWorker:
         self._jobs.task_done()
 
     def _store(self, job: _Job, out: Any) -> None:
-        if isinstance(out, Reject):
+        if isinstance(out, Reject):  # the task is reopened before the page can ask to redo
+            self.on_reject(job.task_id, job.annotator)
             self._set(job.task_id, {"status": "rejected", "session_id": job.session_id,
                                     "reason": out.reason.value, "detail": out.detail})
-            self.on_reject(job.task_id, job.annotator)
         else:
             self._set(job.task_id, {"status": "done", "session_id": job.session_id,
                                     "text": out.text, "duration_s": round(out.duration_s, 2),
