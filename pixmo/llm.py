@@ -165,13 +165,20 @@ class LocalModel:
         for start in range(0, len(order), self.batch_size):
             chunk = order[start:start + self.batch_size]
             max_tokens = max(requests[i]["max_tokens"] for i in chunk)
-            try:
-                texts = self.generate([prompts[i] for i in chunk], max_tokens)
-            except (RuntimeError, ValueError) as e:  # out of memory, a prompt too long
-                texts = [PixmoError(f"generation failed: {e}".splitlines()[0])] * len(chunk)
+            texts = self._batch([prompts[i] for i in chunk], max_tokens)
             for i, text in zip(chunk, texts, strict=True):
                 replies[i] = text
         return replies
+
+    def _batch(self, prompts: list[str], max_new_tokens: int) -> list[Reply]:
+        """``generate``, or where it fails (out of memory, a prompt longer than the model
+        takes), each prompt alone: only the prompts that fail alone are failures."""
+        try:
+            return list(self.generate(prompts, max_new_tokens))
+        except (RuntimeError, ValueError, IndexError) as e:
+            if len(prompts) > 1:
+                return [self._batch([p], max_new_tokens)[0] for p in prompts]
+            return [PixmoError(f"generation failed: {e}".splitlines()[0])]
 
     def generate(self, prompts: list[str], max_new_tokens: int) -> list[str]:
         """Greedy continuations of ``prompts``, batched, special tokens dropped."""
@@ -212,11 +219,11 @@ class ReplyCache:
 def answer(model: ChatModel, cache: ReplyCache, requests: Sequence[dict[str, Any]]
            ) -> list[Reply]:
     """Each request's reply: from ``cache``, else from ``model`` (and then cached, failures
-    aside, so a re-run retries them)."""
+    and empty replies aside, so a re-run asks again)."""
     replies: list[Reply | None] = [cache.get(r) for r in requests]
     missing = [i for i, reply in enumerate(replies) if reply is None]
     for i, reply in zip(missing, model.answer([requests[i] for i in missing]), strict=True):
         replies[i] = reply
-        if isinstance(reply, str):
+        if isinstance(reply, str) and reply.strip():
             cache.put(requests[i], reply)
     return replies  # type: ignore[return-value]

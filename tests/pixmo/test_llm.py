@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from pixmo.captions import CaptionConfig, CaptionLLMConfig, CaptionWriter
+from pixmo.errors import PixmoError
 from pixmo.llm import (
     LocalModel,
     ReplyCache,
@@ -91,6 +92,34 @@ def test_generate_is_batched(model, monkeypatch):
     assert seen == [3, 3, 1]
 
 
+def test_a_prompt_the_model_cannot_take_fails_alone(tiny_lm, tmp_path):
+    """A GPT-2 of 24 positions: the long prompt's generation fails (an IndexError in its
+    position embeddings), the short ones in its batch are still answered, as alone."""
+    import torch
+    import transformers
+
+    directory = tmp_path / "tiny-gpt2"
+    directory.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        if (tiny_lm / name).exists():
+            shutil.copy(tiny_lm / name, directory / name)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_lm)
+    config = transformers.GPT2Config(
+        vocab_size=len(tokenizer), n_positions=24, n_embd=16, n_layer=1, n_head=2,
+        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    transformers.GPT2LMHeadModel(config).save_pretrained(directory)
+    model = LocalModel(str(directory), batch_size=3, device="cpu")
+    short = [request(model.name, p, None, 0.0, 4) for p in ("red car", "blue bus")]
+    long = request(model.name, " ".join(WORDS), None, 0.0, 4)
+    replies = model.answer([short[0], long, short[1]])  # one batch of three
+    assert replies[::2] == [model.answer([r])[0] for r in short]
+    assert all(isinstance(r, str) and r for r in replies[::2])
+    assert isinstance(replies[1], PixmoError)
+    assert replies[1].reason.startswith("generation failed: index out of range")
+
+
 def test_the_name_hashes_the_directory(tiny_lm, tmp_path, model):
     assert model.name == f"hf:tiny-qwen@{directory_sha256(tiny_lm)[:16]}"
     copy = shutil.copytree(tiny_lm, tmp_path / "tiny-qwen")
@@ -148,6 +177,26 @@ def test_the_cache_answers_what_it_has_and_keeps_no_failures(tmp_path):
     assert len(model.asked) == 4  # only the failure is asked again
     assert len(list((tmp_path / "cache").glob("*/*.json"))) == 2
     assert answer(model, ReplyCache(None), requests[:1]) == ["RED"]
+
+
+def test_an_empty_reply_is_not_cached(tmp_path):
+    """An empty reply is a caption failure ("caption is empty"), so it is asked again."""
+    class Model:
+        name = "m"
+
+        def __init__(self) -> None:
+            self.replies = ["  ", "a caption"]
+
+        def answer(self, requests):
+            return [self.replies.pop(0) for _ in requests]
+
+    model, cache = Model(), ReplyCache(str(tmp_path / "cache"))
+    (body,) = [request("m", "red", None, 0.0, 5)]
+    assert answer(model, cache, [body]) == ["  "]
+    assert not list((tmp_path / "cache").glob("*/*.json"))
+    assert answer(model, cache, [body]) == ["a caption"]
+    assert answer(model, cache, [body]) == ["a caption"]  # from the cache: nothing left
+    assert model.replies == []
 
 
 def test_without_transformers_a_local_model_is_one_line(tiny_lm, monkeypatch):
