@@ -22,7 +22,7 @@ from pixmo.collect.store import AudioFolder, RecordLog, Repair, audio_extension
 from pixmo.collect.tasks import Clock, Task, TaskBoard, make_tasks
 from pixmo.collect.transcripts import TranscriptWorker
 from pixmo.errors import PixmoError
-from pixmo.images import ImageConfig, ImageRejected, decode_image
+from pixmo.images import ImageConfig, ImageRejected, load_image
 from pixmo.schema import check
 from pixmo.speech.audio import decode_audio
 
@@ -66,7 +66,7 @@ def index_images(raw_dir: Path, limits: ImageConfig) -> tuple[dict[str, ImageInf
             skipped.append(f"images/{name}: not a .jpg, .png or .webp file")
             continue
         try:
-            img = decode_image(path.read_bytes(), f"images/{name}", limits)
+            img = load_image(name, root, limits)  # the size is checked before a byte is read
         except ImageRejected as exc:
             skipped.append(f"images/{name}: {exc.detail}")
             continue

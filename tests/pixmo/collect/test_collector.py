@@ -48,6 +48,16 @@ def test_images_offered_and_those_not(tmp_path):
         Collector(tmp_path, CollectConfig(), lambda: 0.0, transcribe=False)
 
 
+def test_an_image_over_the_byte_limit_is_not_read(tmp_path):
+    raw = make_raw(tmp_path / "raw", images=0)
+    with open(raw / "images/huge.png", "wb") as fh:  # 1 TiB, sparse: reading it would fail
+        fh.truncate(1 << 40)
+    c = Collector(raw, CollectConfig(), lambda: 0.0, transcribe=False)
+    assert sorted(c.images) == ["turned.jpg"]
+    assert c.skipped == [f"images/huge.png: {1 << 40} bytes exceeds the limit of {64 << 20}"]
+    c.close()
+
+
 def test_records_are_what_pixmo_build_reads(tmp_path):
     raw = make_raw(tmp_path / "raw", images=0)
     c = Collector(raw, CollectConfig(min_speech_s=SHORT_S), lambda: 0.0, transcribe=False)
