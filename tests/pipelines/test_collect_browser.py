@@ -31,6 +31,7 @@ SCRIPT = ("A yellow square fills the whole picture. It is a flat bright colour w
 CLICKS = [(40, 60), (200, 30), (120, 290)]
 UNDONE = (10, 10)
 DRAG = (15, -20)
+NAME = "images/turned #1?.jpg"  # characters a URL path must escape
 WAIT_S = 300  # an upper bound on waiting for the page, never a measure of speed
 
 
@@ -105,6 +106,7 @@ def point(driver: webdriver.Chrome) -> None:
 
 def test_an_annotator_in_chromium_records_and_points(tmp_path):
     raw = make_raw(tmp_path / "raw", images=0)  # one image, stored turned
+    (raw / "images/turned.jpg").rename(raw / NAME)
     wav = synthesize_in_fresh_process(SCRIPT, tmp_path / "script.wav", pad_seconds=0.5)
     seconds = read_audio(wav).duration_s
     # Whisper's segments cover a little less than the file: QC asks 2 s less
@@ -123,6 +125,7 @@ def test_an_annotator_in_chromium_records_and_points(tmp_path):
     assert spoken_wer(SCRIPT, heard) <= 0.35, heard
     (session,) = jsonl(raw / "captions.jsonl")
     assert session["audio"].endswith(".webm") and session["annotator"] == "alice"
+    assert session["image"] == NAME
     (annotation,) = jsonl(raw / "points.jsonl")
     assert annotation["label"] == "yellow square" and len(annotation["points"]) == 3
 

@@ -32,7 +32,8 @@ async function api(path, options = {}) {
 function say(text) { $("message").textContent = text || ""; }
 
 async function showImage(img) {
-  const blob = await (await api("/images/" + encodeURI(task.image.slice(7)))).blob();
+  const name = task.image.slice("images/".length).split("/").map(encodeURIComponent).join("/");
+  const blob = await (await api("/images/" + name)).blob();
   if (imageUrl) URL.revokeObjectURL(imageUrl);
   imageUrl = URL.createObjectURL(blob);
   img.src = imageUrl;
@@ -134,13 +135,14 @@ const Recorder = {
       setTimeout(() => this.poll(id), 1000);
       return;
     }
-    const ok = t.status === "done" || t.status === "off";
+    // only a recording QC refused is redone; without a transcript the recording still counts
     $("transcript-text").textContent = t.status === "done" ? t.text
       : t.status === "off" ? "(no transcript on this server)"
-      : `Not usable (${t.reason}): ${t.detail || ""}`;
+      : t.redo ? `Not usable (${t.reason}): ${t.detail || ""}`
+      : `(no transcript: ${t.reason}; your recording is kept)`;
     $("redo").hidden = !t.redo;
-    $("next-caption").hidden = !ok;
-    document.body.dataset.state = ok ? "transcribed" : "redo";
+    $("next-caption").hidden = t.redo;
+    document.body.dataset.state = t.redo ? "redo" : "transcribed";
   },
 };
 
