@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -74,6 +76,38 @@ def test_records_are_what_pixmo_build_reads(tmp_path):
         assert len(rows) == 1 and isinstance(rows[0], RawRecord)
         assert check(schema, rows[0].data) is None
     assert (raw / jsonl(raw / "captions.jsonl")[0]["audio"]).read_bytes() == CLIP
+
+
+def test_what_is_acknowledged_was_fsynced_audio_first(tmp_path, monkeypatch):
+    raw = make_raw(tmp_path / "raw", images=0).resolve()
+    c = Collector(raw, CollectConfig(min_speech_s=SHORT_S), lambda: 0.0, transcribe=False)
+    cap = c.next_task("ann")["task_id"]
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def name(path: str) -> str:
+        return Path(path).relative_to(raw).as_posix().replace(f".{os.getpid()}.", ".")
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        events.append(("fsync", name(os.readlink(f"/proc/self/fd/{fd}"))))
+
+    def replace(src: str, dst: str) -> None:
+        real_replace(src, dst)
+        events.append(("rename", name(dst)))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    assert c.submit_caption("ann", cap, CLIP)[0] == 201
+    assert events == [("fsync", f"audio/{cap}.ogg.partial"), ("rename", f"audio/{cap}.ogg"),
+                      ("fsync", "audio"), ("fsync", "captions.jsonl")]
+    events.clear()
+    body = {"task_id": c.next_task("ann")["task_id"], "label": "sun", "units": "pixels",
+            "points": []}
+    assert c.submit_points("ann", body)[0] == 201
+    assert events == [("fsync", "points.jsonl")]
+    monkeypatch.undo()
+    c.close()
 
 
 def test_a_recording_qc_refuses_is_redone_as_a_new_session(tmp_path):
