@@ -133,7 +133,11 @@ def pointing_score(
             if mask.shape != (height, width):
                 raise ValueError(f"mask shape {mask.shape} != image (height, width) "
                                  f"{(height, width)}")
-        hits = mask_hits(pred, masks)
+        # as allenai/molmo olmo/util.py extract_points: divided by 100 before the
+        # multiplication; the orders differ in the last place, which decides how a point on
+        # half a pixel rounds (80.3% of 500 px: 401.49999999999994 -> 401, not 401.5 -> 402)
+        hits = mask_hits(np.asarray(predicted, dtype=np.float64) / 100.0
+                         * np.array([width, height], dtype=np.float64), masks)
     precision = hits / len(pred)
     recall = hits / len(gt)
     return PointingScore(precision, recall, f1_score(precision, recall))

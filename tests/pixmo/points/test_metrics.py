@@ -149,6 +149,21 @@ def test_point_on_a_mask_edge_rounds_to_the_nearest_pixel():
     assert pointing_score([(94.0, 50.0)], [(95.0, 50.0)], **TEN, masks=last).f1 == 1.0
 
 
+def test_half_pixel_coordinates_round_as_the_official_arithmetic_does():
+    # official: 80.3 / 100 * 500 = 401.49999999999994 -> pixel 401; computed as
+    # 80.3 * 500 / 100 it would be exactly 401.5 -> 402 (half to even)
+    column = np.zeros((10, 500), bool)
+    column[:, 401] = True
+    score = pointing_score([(80.3, 50.0)], [(80.2, 50.0)], width=500, height=10,
+                           masks=[column])
+    assert score == PointingScore(1.0, 1.0, 1.0)
+    # 81.7% of 500 px: 408.50000000000006 -> 409, not 408
+    column = np.zeros((10, 500), bool)
+    column[:, 409] = True
+    assert pointing_score([(81.7, 50.0)], [(81.8, 50.0)], width=500, height=10,
+                          masks=[column]).f1 == 1.0
+
+
 def test_two_points_in_one_instance_hit_it_once():
     score = pointing_score([(10.0, 50.0), (30.0, 50.0)], [(20.0, 50.0)], **TEN,
                            masks=[columns(0, 1, 2, 3, 4)])
