@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pixmo.collect.config import CollectConfig
+from pixmo.collect.config import MAX_LABEL_CHARS, CollectConfig
 from pixmo.collect.store import AudioFolder, RecordLog, Repair, audio_extension
 from pixmo.collect.tasks import Clock, Task, TaskBoard, make_tasks
 from pixmo.collect.transcripts import TranscriptWorker
@@ -259,8 +259,8 @@ class Collector:
         if not isinstance(label, str) or not isinstance(points, list):
             raise CollectError(400, "label (a string) and points (a list) are required")
         label = " ".join(label.split())
-        if not label or len(label) > 200:
-            raise CollectError(422, "label must have 1-200 characters")
+        if not label or len(label) > MAX_LABEL_CHARS:
+            raise CollectError(422, f"label must have 1-{MAX_LABEL_CHARS} characters")
         if task.label is not None and label != task.label:
             raise CollectError(422, f"this task asks for {task.label!r}, not {label!r}")
         if units != "pixels":

@@ -17,7 +17,6 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-KINDS = ("caption", "points")
 Clock = Callable[[], float]
 
 
