@@ -24,6 +24,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from pixmo.collect.collector import CollectError, Collector
+from pixmo.errors import PixmoError
 
 STATIC = Path(__file__).parent / "static"
 MAX_JSON_BYTES = 64 << 10
@@ -155,7 +156,8 @@ def create_app(collector: Collector, tokens: Mapping[str, str]) -> Starlette:
 
 def serve(app: Starlette, host: str, port: int, ready: Callable[[str], None]) -> None:
     """Listen on ``host:port`` (0: any free port), call ``ready(url)`` once the socket
-    accepts connections, then serve until interrupted."""
+    accepts connections, then serve until interrupted. An address that cannot be listened
+    on is a ``PixmoError`` naming it."""
     import uvicorn
 
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -164,9 +166,9 @@ def serve(app: Starlette, host: str, port: int, ready: Callable[[str], None]) ->
     try:
         sock.bind((host, port))
         sock.listen(128)
-    except OSError:
+    except OSError as exc:
         sock.close()
-        raise
+        raise PixmoError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     ready(f"http://{shown}:{sock.getsockname()[1]}/")
     config = uvicorn.Config(app, log_level="warning", access_log=False)

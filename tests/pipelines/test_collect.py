@@ -175,6 +175,8 @@ ERRORS = [
      "--min-speech-s must be <= max_audio_s=600, got 900"),
     (["collect", "--raw", "{raw}", "--port", "70000"], "--port must be 0-65535, got 70000"),
     (["collect", "--raw", "{raw}", "--port", "x"], "invalid int value"),
+    (["collect", "--raw", "{raw}", "--host", "192.0.2.1", "--port", "0"],  # not this machine's
+     "cannot listen on 192.0.2.1:0: Cannot assign requested address"),
 ]
 
 
@@ -201,3 +203,4 @@ def test_a_port_in_use_is_one_line(paths, tmp_path):
         server.kill()
     assert done.returncode == 2
     assert_one_line(done.stderr, "pixmo", "collect", "Address already in use")
+    assert_one_line(done.stderr, "pixmo", "collect", f"cannot listen on 127.0.0.1:{port}: ")
