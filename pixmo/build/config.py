@@ -20,6 +20,8 @@ from pixmo.speech.config import SpeechConfig
 
 # settings that change how fast a build runs, never what it writes
 SPEED_ONLY = frozenset({"captions.concurrency"})
+# what an extend may change besides: it reads new input into the same dataset
+EXTEND_FREE = SPEED_ONLY | {"raw_dir"}
 
 
 @dataclass(frozen=True)
@@ -50,11 +52,11 @@ class BuildConfig:
         ``names`` (``pixmo.config.load_config``)."""
         return load_config(cls, path, overrides or {}, names or {})
 
-    def refuse_other(self, recorded: dict[str, Any], where: str) -> None:
+    def refuse_other(self, recorded: dict[str, Any], where: str,
+                     free: frozenset[str] = SPEED_ONLY) -> None:
         """A one-line error naming the fields where this config differs from the one an
-        earlier run of ``where`` recorded (``to_json``), settings of speed aside."""
-        changed = [key for key in differences(recorded, self.to_json())
-                   if key not in SPEED_ONLY]
+        earlier run of ``where`` recorded (``to_json``), the ``free`` ones aside."""
+        changed = [key for key in differences(recorded, self.to_json()) if key not in free]
         if changed:
             raise PixmoError(f"was built with another config ({', '.join(changed)} "
                              "differ): build with the same settings, or --mode overwrite to "

@@ -28,7 +28,7 @@ from typing import Any
 
 from pixmo import remote
 from pixmo.atomic import PARTIAL_SUFFIX
-from pixmo.build.config import BuildConfig
+from pixmo.build.config import EXTEND_FREE, SPEED_ONLY, BuildConfig
 from pixmo.build.images import STAGING, attached
 from pixmo.build.parts import PlannedSample
 from pixmo.dataset.format import (
@@ -107,9 +107,9 @@ def prepare_output(out_dir: str | os.PathLike[str], mode: str,
     what an interrupted extend committed beyond the shards, manifest rows
     and rejects its dataset.json accounts for is treated as in ``resume``.
     Except in ``extend``, dataset.json goes first: until the build has
-    finished again the folder is not a finished dataset. With ``cfg``, a resumed build
-    whose config differs from the one the earlier run recorded is refused
-    (``BuildConfig.refuse_other``), and this run records its own.
+    finished again the folder is not a finished dataset. With ``cfg``, a resumed or
+    extended build whose config differs from the one the earlier run recorded is refused
+    (``refuse_other_config``), and this run records its own.
     """
     if mode not in MODES:
         raise PixmoError(f"mode must be one of {', '.join(MODES)}, got {mode!r}",
@@ -151,20 +151,21 @@ def prepare_output(out_dir: str | os.PathLike[str], mode: str,
 
 
 def refuse_other_config(out_dir: str | os.PathLike[str], cfg: BuildConfig, mode: str) -> None:
-    """In ``resume`` mode, refuse a config other than the one an earlier run recorded:
-    a finished one's in dataset.json, an interrupted one's in the staging folder."""
+    """Unless in ``overwrite`` mode, refuse a config other than the one an earlier run
+    recorded: a finished one's in dataset.json, an interrupted one's in the staging folder
+    (``extend`` compares with dataset.json, its input folder aside)."""
     out = remote.Folder(os.fspath(out_dir))
-    if mode != "resume":
+    if mode == "overwrite":
         return
     if out.is_file(DATASET_JSON):
         with out.local_copy(DATASET_JSON) as path:
             recorded = read_dataset_json(path).get("build_config")
-    elif out.is_file(BUILD_CONFIG):
+    elif out.is_file(BUILD_CONFIG) and mode == "resume":
         recorded = json.loads(out.read_bytes(BUILD_CONFIG))
     else:
         return
     if recorded is not None:
-        cfg.refuse_other(recorded, out.url)
+        cfg.refuse_other(recorded, out.url, EXTEND_FREE if mode == "extend" else SPEED_ONLY)
 
 
 def _keys_name(index: int) -> str:

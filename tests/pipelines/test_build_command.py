@@ -89,6 +89,24 @@ def test_a_resumed_build_refuses_another_config(tmp_path, capsys):
     assert read_dataset_json(out / "dataset.json")["build_config"]["shards"]["max_samples"] == 3
 
 
+def test_an_extend_refuses_another_config_but_takes_new_input(tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["build", "--out", str(out), "--no-transcribe", "--shard-samples", "2"]
+    assert main([*args, "--raw", str(make_points_raw(tmp_path / "raw1", 3))]) == 0
+    capsys.readouterr()
+    before = (out / "dataset.json").read_bytes()
+    raw2 = str(make_points_raw(tmp_path / "raw2", 2, first=3))
+    assert main([*args, "--raw", raw2, "--mode", "extend", "--caption-concurrency", "3",
+                 "--min-speech-s", "1"]) == 2
+    assert_one_line(capsys.readouterr().err, "pixmo", "build",
+                    f"{out}: was built with another config (speech.qc.min_speech_s differ)")
+    assert (out / "dataset.json").read_bytes() == before
+    assert main([*args, "--raw", raw2, "--mode", "extend", "--caption-concurrency", "3"]) == 0
+    description = read_dataset_json(out / "dataset.json")
+    assert description["counts"]["samples"] == 5
+    assert description["build_config"]["raw_dir"] == raw2
+
+
 def test_an_interrupted_build_records_its_config_for_the_resume(tmp_path):
     """No dataset.json yet: the config the interrupted run staged is the one compared."""
     out = tmp_path / "out"
