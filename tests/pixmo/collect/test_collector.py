@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pixmo.collect.collector import CollectError, Collector
+from pixmo.collect.collector import CollectError, Collector, write_lock_index
 from pixmo.collect.config import CollectConfig
 from pixmo.errors import PixmoError
 from pixmo.images import ImageConfig
@@ -156,6 +156,32 @@ def test_a_restart_knows_what_is_done_and_who_saw_what(tmp_path):
     with pytest.raises(CollectError) as err:
         c.submit_caption("bob", tid, CLIP)
     assert err.value.status == 409
+    c.close()
+
+
+def test_a_slow_audio_write_holds_up_no_other_task(tmp_path, monkeypatch):
+    raw = make_raw(tmp_path / "raw", images=0)
+    c = Collector(raw, CollectConfig(min_speech_s=SHORT_S), lambda: 0.0, transcribe=False)
+    cap, pts = c.next_task("ann")["task_id"], c.next_task("bob")["task_id"]
+    assert write_lock_index(cap) != write_lock_index(pts)
+    writing, release = threading.Event(), threading.Event()
+    real_write = c.audio.write
+
+    def slow_write(*args: object) -> str:  # an fsync that takes its time
+        writing.set()
+        release.wait()
+        return real_write(*args)
+
+    monkeypatch.setattr(c.audio, "write", slow_write)
+    with ThreadPoolExecutor(1) as pool:
+        caption = pool.submit(c.submit_caption, "ann", cap, CLIP)
+        writing.wait()
+        body = {"task_id": pts, "label": "sun", "units": "pixels", "points": []}
+        assert c.submit_points("bob", body)[0] == 201  # while the audio is being written
+        assert not caption.done()
+        release.set()
+        assert caption.result()[0] == 201
+    assert [len(jsonl(raw / f)) for f in ("captions.jsonl", "points.jsonl")] == [1, 1]
     c.close()
 
 
