@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from pixmo import llm as models
 from pixmo.config import above, at_least, between, check_fields, finite, one_of
@@ -96,6 +97,9 @@ class CaptionLLMConfig:
         if not (is_http(self.base_url) or self.local):
             raise ConfigError(f"must be http(s) or hf:DIR, got {self.base_url!r}",
                               field="CaptionLLMConfig.base_url")
+        if not self.local and urlsplit(self.base_url).password is not None:
+            raise ConfigError("must not hold a password (dataset.json records it): put the "
+                              f"key in ${self.api_key_env}", field="CaptionLLMConfig.base_url")
         if not self.local and not self.model:
             raise ConfigError("is required for an endpoint (the name of the model it serves)",
                               field="CaptionLLMConfig.model")

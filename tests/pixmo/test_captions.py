@@ -345,6 +345,13 @@ def test_llm_config_errors():
         CaptionConfig(method="llm")
 
 
+def test_a_password_in_the_url_is_refused_before_dataset_json_records_it():
+    with pytest.raises(ValueError, match=r"base_url must not hold a password \(dataset.json "
+                       r"records it\): put the key in \$PIXMO_CAPTION_API_KEY"):
+        CaptionLLMConfig(base_url="https://user:sk-secret@api.example.com/v1", model="m")
+    assert CaptionLLMConfig(base_url="http://user@127.0.0.1:8000/v1", model="m").model == "m"
+
+
 @pytest.mark.parametrize(("make", "message"), [
     (lambda: CaptionLLMConfig(base_url="http://h/v1", model="m", timeout_s=0),
      "CaptionLLMConfig.timeout_s must be a finite number > 0, got 0"),
