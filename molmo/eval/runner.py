@@ -104,13 +104,19 @@ class PartWriter:
         self.fh.close()
 
 
-def _check_run(out: Path, cfg: BenchmarkConfig, rank: int) -> None:
-    """A rerun must be the same benchmark, dataset and checkpoint, or its answers would mix."""
+def _check_run(out: Path, cfg: BenchmarkConfig, rank: int, settings: dict[str, Any]) -> None:
+    """A rerun must be the same benchmark, dataset, checkpoint and model settings, or its
+    answers would mix."""
     same = {"benchmark": cfg.benchmark, "dataset": os.path.abspath(cfg.dataset),
-            "checkpoint": os.path.abspath(cfg.checkpoint), "max_new_tokens": cfg.max_new_tokens}
+            "checkpoint": os.path.abspath(cfg.checkpoint), "max_new_tokens": cfg.max_new_tokens,
+            **settings}
     path = out / RUN_JSON
     if path.exists():
-        before = json.loads(path.read_text())
+        try:
+            before = json.loads(path.read_text())
+        except ValueError as exc:
+            raise PixmoError(f"{RUN_JSON} is not JSON ({exc}); use another --out",
+                             file=str(out)) from exc
         changed = sorted(k for k in same if before.get(k) != same[k])
         if changed:
             raise PixmoError(f"holds answers of another run (differs in {', '.join(changed)}); "
@@ -127,21 +133,24 @@ def _answer(predictor: Any, batch: Sequence[Question], config: Any) -> list[str]
 
 
 def run_benchmark(cfg: BenchmarkConfig, load_predictor: Callable[[], Any],
-                  after_batch: Callable[[list[dict[str, Any]]], None] | None = None
-                  ) -> dict[str, Any] | None:
+                  after_batch: Callable[[list[dict[str, Any]]], None] | None = None,
+                  settings: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """Answer and score every question not answered in ``cfg.out_dir`` yet; on rank 0 return
     the summary of all of them (other ranks return None). ``load_predictor`` gives a
     ``molmo.predict.Predictor``, called once the questions are read (a bad dataset fails
-    before a model loads); ``after_batch`` sees each batch's records once they are on disk."""
+    before a model loads); ``after_batch`` sees each batch's records once they are on disk;
+    ``settings`` (dtype, tokenizer) also decide the answers, so a rerun must repeat them."""
     from molmo.generate import GenerationConfig
 
     rank, world = _world()
     out = Path(cfg.out_dir)
     asked = questions(cfg.benchmark, cfg.dataset, cfg.limit)
     out.mkdir(parents=True, exist_ok=True)
-    _check_run(out, cfg, rank)
+    _check_run(out, cfg, rank, settings or {})
     _barrier()  # run.json is checked by every rank before any answer is written
     done = {r["key"] for r in read_parts(out)}
+    # every rank slices the same list only if none appends before all have read the parts
+    _barrier()
     todo = [q for q in asked if q.key not in done][rank::world]
     if rank == 0:
         log.info("%s: %d questions, %d answered before, %d rank(s) answer the rest",
@@ -204,8 +213,10 @@ def evaluate_benchmark(cfg: BenchmarkConfig, *, device: str = "cpu", dtype: str 
     dtype = dtype or ("float32" if torch.device(device).type == "cpu" else "bfloat16")
     ok = False
     try:
+        settings = {"dtype": dtype, "tokenizer": os.path.abspath(tokenizer or cfg.checkpoint)}
         summary = run_benchmark(cfg, lambda: Predictor(
-            cfg.checkpoint, tokenizer=tokenizer, device=device, dtype=DTYPES[dtype]))
+            cfg.checkpoint, tokenizer=tokenizer, device=device, dtype=DTYPES[dtype]),
+            settings=settings)
         ok = True
         return summary
     finally:

@@ -26,6 +26,7 @@ from pixmo.release.importer import ImportConfig, import_release
 from tests.http_server import LocalServer, Reply
 from tests.molmo.data.test_order import make_dataset
 from tests.molmo.train.test_loop import make_tokenizer, tiny_config
+from tests.one_line import assert_one_line
 from tests.pixmo.release.test_subsets import image_bytes, sha, write_parquet
 
 IMPORT = ImportConfig(fetch=FetchConfig(timeout_s=5.0, retries=1), workers=2)
@@ -203,3 +204,24 @@ def test_user_errors_name_the_dataset_or_folder(checkpoint, datasets, tmp_path):
         run_benchmark(other, lambda: None)
     with pytest.raises(PixmoError, match="unknown benchmark 'vqa'"):
         BenchmarkConfig("vqa", "d", "c", "o")
+
+
+def test_a_rerun_with_other_model_settings_is_refused(checkpoint, datasets, tmp_path, capsys):
+    out = str(tmp_path / "c")
+    args = ["eval", "--benchmark", "countbench", datasets["countbench"], "--checkpoint",
+            checkpoint, "--out", out, "--max-new-tokens", "2", "--limit", "1"]
+    assert main(args) == 0  # float32 on CPU, the checkpoint's tokenizer
+    assert json.loads((tmp_path / "c" / "run.json").read_text())["dtype"] == "float32"
+    before = (tmp_path / "c" / "part-00000.jsonl").read_bytes()
+    capsys.readouterr()
+    for extra, says in ((["--dtype", "bfloat16"], "differs in dtype)"),
+                        (["--tokenizer", str(tmp_path)], "differs in tokenizer)")):
+        assert main([*args, *extra]) == 2
+        assert_one_line(capsys.readouterr().err, "molmo", "eval",
+                        f"{out}: holds answers of another run ({says}")
+    assert (tmp_path / "c" / "part-00000.jsonl").read_bytes() == before  # nothing added
+    assert main([*args, "--dtype", "float32", "--tokenizer", checkpoint]) == 0  # the same
+    (tmp_path / "c" / "run.json").write_text("{not json")
+    capsys.readouterr()
+    assert main(args) == 2
+    assert_one_line(capsys.readouterr().err, "molmo", "eval", f"{out}: run.json is not JSON")
