@@ -43,6 +43,22 @@ def test_every_field_reads_back_from_a_file_and_options_win(tmp_path, capsys):
     assert printed["speech"]["qc"]["min_speech_s"] == 30.0
 
 
+def test_a_printed_config_given_back_resolves_to_itself(tmp_path, capsys):
+    prompt = tmp_path / "merge.txt"
+    prompt.write_text("Merge: «{transcripts}»\n\n  keep: 1e-05, null, 'yes'\n")
+    argv = ["--raw", "raw", "--out", str(tmp_path / "ds"), "--caption-llm",
+            "http://127.0.0.1:8000/v1", "--caption-model", "Qwen/Qwen2.5-7B-Instruct",
+            "--caption-concurrency", "16", "--caption-merge-prompt", str(prompt),
+            "--min-speech-s", "5", "--shard-samples", "7", "--no-transcribe"]
+    assert main(["build", *argv, "--print-config"]) == 0
+    printed = capsys.readouterr().out
+    config = tmp_path / "build.yaml"
+    config.write_text(printed)
+    assert main(["build", "--config", str(config), "--print-config"]) == 0
+    assert capsys.readouterr().out == printed
+    assert yaml.safe_load(printed)["captions"]["llm"]["merge_prompt"] == prompt.read_text()
+
+
 @pytest.mark.parametrize(("text", "says"), [
     ("captions: {colour: red}", "{config}, field config.captions: unknown keys ['colour']"),
     ("shards: {max_samples: 0}", "{config}: config.shards.max_samples must be >= 1, got 0"),
