@@ -126,6 +126,28 @@ def test_a_missing_released_column_names_the_file_and_columns(tmp_path):
         list(read_rows(SUBSETS["pixmo-cap"], tmp_path / "nope.parquet"))
 
 
+def test_count_eval_splits_keep_their_counts_without_points(tmp_path):
+    # validation/test rows carry a count and no points: null, an empty "sequence of
+    # struct", or no points column at all; each becomes a point set with only its count
+    rows = [{"image_url": "http://h/a.jpg", "image_sha256": "a" * 64, "count": 4,
+             "points": None, "label": "Cats"},
+            {"image_url": "http://h/b.jpg", "image_sha256": "b" * 64, "count": 10,
+             "points": {"x": [], "y": []}, "label": "cups"}]
+    with_column = write_parquet(tmp_path / "test.parquet", "pixmo-count", rows)
+    schema = SCHEMAS["pixmo-count"]
+    schema = schema.remove(schema.get_field_index("points"))
+    without = tmp_path / "validation.parquet"
+    pq.write_table(pa.Table.from_pylist([{"image_url": "http://h/c.jpg", "count": 2,
+                                          "image_sha256": "c" * 64, "label": "dogs"}],
+                                        schema=schema), without)
+    rows = [*read_rows(SUBSETS["pixmo-count"], with_column),
+            *read_rows(SUBSETS["pixmo-count"], without)]
+    sets = [get_subset("pixmo-count").annotate(row, loaded()).points for row in rows]
+    assert sets == [[{"label": label, "points": [], "count": count,
+                      "collection_method": "counting", "annotators": []}]
+                    for label, count in (("Cats", 4), ("cups", 10), ("dogs", 2))]
+
+
 def test_count_pixels_are_divided_by_the_displayed_size():
     # stored 40 x 20 with orientation 6 is displayed 20 x 40
     image = loaded(size=(40, 20), orientation=6)
