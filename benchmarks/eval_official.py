@@ -146,10 +146,12 @@ def main(argv: list[str] | None = None) -> int:
               "countbench": args.countbench, "pixmo-points-eval": args.points_eval}
     if "WORLD_SIZE" in os.environ:  # one process group for every benchmark
         parallel.init(ParallelConfig(device="cuda"))
+    ok = False
     try:
         evaluate(inputs, Path(args.out), args)
+        ok = True
     finally:
-        parallel.close()
+        parallel.close(wait=ok)  # after an error the other ranks may never arrive
     return 0
 
 

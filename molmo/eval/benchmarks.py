@@ -33,7 +33,11 @@ BENCHMARKS: dict[str, str] = {  # benchmark -> the ``pixmo import`` subset it re
     "pixmo-points-eval": "pixmo-points-eval",
 }
 POINTING = "pixmo-points-eval"
-MAX_NEW_TOKENS = 192  # the official budget for pointing and CountBenchQA (launch_scripts/utils.py)
+# The official budget for pointing and CountBenchQA (launch_scripts/utils.py get_evaluation).
+# PixMo-Count gets it too: there the public script matches the dataset's old name
+# (fast_flickr_count_qa), so pixmo_count_counting falls to its default of 12 tokens, which
+# cuts a point-then-count answer before its count.
+MAX_NEW_TOKENS = 192
 
 
 @dataclass(frozen=True)
