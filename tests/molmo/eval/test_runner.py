@@ -188,6 +188,25 @@ def test_two_ranks_write_what_one_process_writes(checkpoint, datasets, tmp_path)
         {k: v for k, v in one.items() if k != "config"}
 
 
+def test_two_ranks_finish_what_one_killed_process_began(checkpoint, datasets, tmp_path):
+    def config(name: str) -> BenchmarkConfig:
+        return BenchmarkConfig("countbench", datasets["countbench"], checkpoint,
+                               str(tmp_path / name), batch_size=1, max_new_tokens=6)
+
+    predictor = Predictor(checkpoint)
+    run_benchmark(config("one"), lambda: predictor)
+    with pytest.raises(KeyboardInterrupt):  # one process stops after its first answer
+        run_benchmark(config("two"), lambda: predictor, after_batch=FailAfter(1))
+    mp.spawn(_rank, args=(str(tmp_path / "store"), config("two")), nprocs=2, join=True)
+    asked = [q.key for q in questions("countbench", datasets["countbench"])]
+    # the two answers left are sliced between the ranks: one each, none redone
+    part0, part1 = (read_jsonl(tmp_path / "two" / f"part-0000{r}.jsonl") for r in (0, 1))
+    assert [r["key"] for r in part0] == [asked[0], asked[1]]
+    assert [r["key"] for r in part1] == [asked[2]]
+    assert (tmp_path / "two" / PREDICTIONS).read_bytes() == \
+        (tmp_path / "one" / PREDICTIONS).read_bytes()
+
+
 def test_user_errors_name_the_dataset_or_folder(checkpoint, datasets, tmp_path):
     with pytest.raises(PixmoError, match=r"no countbench questions here; make the dataset "
                                          r"with `pixmo import countbenchqa`"):
