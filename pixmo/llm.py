@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +27,8 @@ from typing import Any, Protocol
 from pixmo import remote
 from pixmo.errors import PixmoError
 from pixmo.fetch import FetchConfig, FetchError, fetch_bytes
+
+log = logging.getLogger(__name__)
 
 HF = "hf:"  # a local model's address: hf:DIR
 
@@ -205,9 +208,18 @@ class ReplyCache:
         return f"{key[:2]}/{key}.json"
 
     def get(self, body: dict[str, Any]) -> str | None:
+        """The cached reply, or None: none cached, or an entry that is not one (damaged
+        outside the build, since entries are written whole), which is asked again."""
         if self.folder is None or not self.folder.is_file(name := self._name(body)):
             return None
-        return json.loads(self.folder.read_bytes(name))["content"]
+        try:
+            content = json.loads(self.folder.read_bytes(name))["content"]
+        except (ValueError, KeyError, TypeError):
+            content = None
+        if not isinstance(content, str):
+            log.warning("caption cache entry %s is not a reply: asking again", name)
+            return None
+        return content
 
     def put(self, body: dict[str, Any], content: str) -> None:
         if self.folder is not None:

@@ -199,6 +199,26 @@ def test_an_empty_reply_is_not_cached(tmp_path):
     assert model.replies == []
 
 
+@pytest.mark.parametrize("damaged", [b"", b"{not json", b'{"content": null}', b"[1]"])
+def test_a_damaged_cache_entry_is_asked_again(tmp_path, damaged):
+    class Model:
+        name = "m"
+        asked = 0
+
+        def answer(self, requests):
+            self.asked += len(requests)
+            return ["a caption"] * len(requests)
+
+    model, cache = Model(), ReplyCache(str(tmp_path / "cache"))
+    body = request("m", "red", None, 0.0, 5)
+    assert answer(model, cache, [body]) == ["a caption"]
+    (entry,) = (tmp_path / "cache").glob("*/*.json")
+    entry.write_bytes(damaged)
+    assert answer(model, cache, [body]) == ["a caption"] and model.asked == 2
+    assert json.loads(entry.read_bytes())["content"] == "a caption"  # written again
+    assert answer(model, cache, [body]) == ["a caption"] and model.asked == 2
+
+
 def test_without_transformers_a_local_model_is_one_line(tiny_lm, monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)  # import fails
     with pytest.raises(ValueError, match="field captions.llm.base_url: hf: models need "
