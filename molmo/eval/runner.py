@@ -73,9 +73,10 @@ def _barrier() -> None:
 
 
 def read_parts(out: Path) -> Iterator[dict[str, Any]]:
-    """Every complete answer line of every part file (a torn last line is not one)."""
+    """Every complete answer line of every part file. A last line without its newline is
+    torn, even when it parses: ``PartWriter`` cuts it off before appending."""
     for part in sorted(out.glob(PART_GLOB)):
-        for line in part.read_bytes().split(b"\n"):
+        for line in part.read_bytes().split(b"\n")[:-1]:
             try:
                 record = json.loads(line)
             except ValueError:

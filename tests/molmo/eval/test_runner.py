@@ -162,6 +162,27 @@ def test_a_failed_run_resumes_without_redoing_answers(checkpoint, datasets, tmp_
     assert len(part.read_text().splitlines()) == 3  # the torn line was dropped
 
 
+def test_a_whole_record_cut_before_its_newline_is_answered_again(checkpoint, datasets,
+                                                                 tmp_path):
+    predictor = Predictor(checkpoint)
+    whole = BenchmarkConfig("pixmo-count", datasets["pixmo-count"], checkpoint,
+                            str(tmp_path / "whole"), batch_size=1, max_new_tokens=6)
+    run_benchmark(whole, lambda: predictor)
+    cfg = BenchmarkConfig("pixmo-count", datasets["pixmo-count"], checkpoint,
+                          str(tmp_path / "cut"), batch_size=1, max_new_tokens=6)
+    with pytest.raises(KeyboardInterrupt):
+        run_benchmark(cfg, lambda: predictor, after_batch=FailAfter(1))
+    second_line = (tmp_path / "whole" / PREDICTIONS).read_bytes().split(b"\n")[1]
+    with open(tmp_path / "cut" / "part-00000.jsonl", "ab") as fh:  # killed before "\n"
+        fh.write(second_line)
+    rerun = FailAfter(99)
+    run_benchmark(cfg, lambda: predictor, after_batch=rerun)
+    asked = [q.key for q in questions("pixmo-count", datasets["pixmo-count"])]
+    assert rerun.seen == asked[1:]  # the cut record was not taken as answered
+    assert (tmp_path / "cut" / PREDICTIONS).read_bytes() == \
+        (tmp_path / "whole" / PREDICTIONS).read_bytes()
+
+
 def _rank(rank: int, store: str, cfg: BenchmarkConfig) -> None:
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     try:
