@@ -132,8 +132,8 @@ def _add_caption_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--caption-device", default=None, choices=("auto", "cpu", "cuda"),
                    help="where an hf:DIR model runs (default auto: CUDA when present)")
     p.add_argument("--caption-concurrency", type=int, default=None,
-                   help="requests in flight at once, or prompts per batch for hf:DIR "
-                   "(default 8)")
+                   help="requests in flight at once per join worker (Beam's local runner: "
+                   "one; Ray: one per free CPU), or prompts per batch for hf:DIR (default 8)")
     p.add_argument("--caption-clean-prompt", type=_text_file, default=None, metavar="FILE",
                    help="prompt for one transcript; must contain {transcript}")
     p.add_argument("--caption-merge-prompt", type=_text_file, default=None, metavar="FILE",
