@@ -22,7 +22,13 @@ from pixmo.dataset.format import ShardSample
 from pixmo.dataset.reader import iter_samples
 from pixmo.errors import PixmoError
 from pixmo.points.masks import decode_mask
-from pixmo.points.metrics import answer_pointing_score, count_accuracy, parse_count
+from pixmo.points.metrics import (
+    PointingScore,
+    answer_pointing_score,
+    count_accuracy,
+    mean_pointing,
+    parse_count,
+)
 from pixmo.points.text import parse_points
 
 COUNT_PROMPT = "How many {label} are there?"
@@ -116,9 +122,9 @@ def summarize(benchmark: str, records: Sequence[dict[str, Any]]) -> dict[str, An
     n = len(records)
     out: dict[str, Any] = {"benchmark": benchmark, "examples": n}
     if benchmark == POINTING:
-        for metric in ("precision", "recall", "f1"):
-            out[metric] = sum(r[metric] for r in records) / n
-        return out
+        mean = mean_pointing([PointingScore(r["precision"], r["recall"], r["f1"])
+                              for r in records])
+        return {**out, "precision": mean.precision, "recall": mean.recall, "f1": mean.f1}
     truth = [r["true_count"] for r in records]
     counts = count_accuracy([r["predicted_count"] for r in records], truth)
     out.update(accuracy=counts.exact, within_one=counts.within_one, valid=counts.valid)
