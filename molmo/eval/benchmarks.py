@@ -91,7 +91,11 @@ def questions(benchmark: str, dataset: str, limit: int | None = None) -> list[Qu
     make = _QUESTIONS[check_benchmark(benchmark)]
     out: list[Question] = []
     for sample in iter_samples(dataset):
-        out.extend(make(sample))
+        try:
+            out.extend(make(sample))
+        except (KeyError, TypeError, ValueError) as exc:  # a sample not as the import writes
+            raise PixmoError(f"sample {sample.key} has no {benchmark} question as `pixmo "
+                             f"import` writes it ({exc!r:.80})", file=dataset) from exc
         if limit is not None and len(out) >= limit:
             return out[:limit]
     if not out:

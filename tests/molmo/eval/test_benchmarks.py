@@ -95,3 +95,12 @@ def test_a_dataset_without_the_benchmark_names_the_import(tmp_path):
     with pytest.raises(PixmoError, match="no pixmo-points-eval questions here; make the "
                                          "dataset with `pixmo import pixmo-points-eval`"):
         questions("pixmo-points-eval", str(tmp_path / "plain"))
+
+
+def test_a_sample_not_as_the_import_writes_it_is_named(tmp_path):
+    sample = make_sample(4)
+    sample.json["qa"] = [{"question": "How many?", "answer": "four", "source": "countbenchqa"}]
+    write_dataset(tmp_path / "odd", [sample], name="odd")
+    with pytest.raises(PixmoError, match=rf"odd: sample {sample.key} has no countbench "
+                                         r"question as `pixmo import` writes it \(ValueError"):
+        questions("countbench", str(tmp_path / "odd"))
