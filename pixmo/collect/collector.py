@@ -28,7 +28,7 @@ from pixmo.collect.transcripts import TranscriptWorker
 from pixmo.errors import PixmoError
 from pixmo.images import ImageConfig, ImageRejected, load_image
 from pixmo.schema import check
-from pixmo.speech.audio import decode_audio
+from pixmo.speech.audio import Audio, decode_audio
 
 log = logging.getLogger(__name__)
 
@@ -184,9 +184,9 @@ class Collector:
 
     # ------------------------------------------------------------------ captions
 
-    def check_audio(self, data: bytes) -> str:
+    def check_audio(self, data: bytes) -> tuple[str, Audio]:
         """Decode an upload before anything is written: audio of the accepted length; returns
-        its container's extension."""
+        its container's extension and the decoded audio."""
         if len(data) > self.config.max_audio_bytes:
             raise CollectError(413, f"audio has {len(data)} bytes, more than "
                                f"{self.config.max_audio_bytes}")
@@ -201,7 +201,7 @@ class Collector:
         if audio.duration_s < self.config.min_speech_s:
             raise CollectError(422, f"recording lasts {audio.duration_s:.1f} s, less than "
                                f"{self.config.min_speech_s:g} s")
-        return extension
+        return extension, audio
 
     def submit_caption(self, annotator: str, tid: Any, data: bytes) -> tuple[int, dict]:
         """Write one caption session; (201, record), or (200, record) for a task already
@@ -209,7 +209,7 @@ class Collector:
         task, record = self._claim(tid, annotator, "caption")
         if record is not None:
             return 200, record
-        extension = self.check_audio(data)
+        extension, audio = self.check_audio(data)
         with self._write_lock(task.task_id):
             task, record = self._claim(tid, annotator, "caption")  # a racing duplicate
             if record is not None:
@@ -228,7 +228,7 @@ class Collector:
             self.board.finish(task.task_id, annotator, record)
         if self.worker is not None:
             self.worker.submit(task.task_id, annotator, session_id,
-                               self.raw_dir / record["audio"])
+                               self.raw_dir / record["audio"], audio)
         return 201, record
 
     def transcript(self, annotator: str, tid: str) -> dict[str, Any]:

@@ -2,10 +2,13 @@
 recording can be redone while they still have the image in front of them.
 
 One worker thread owns one ``Transcriber`` (the toolkit's, with the build's QC), loaded on
-its first clip, so uploads never wait for Whisper. A queued clip is the name of its file,
-decoded when its turn comes: when uploads outpace Whisper the queue grows by a path each, not
-by minutes of samples. Transcripts are advice for the annotator only: ``pixmo build``
-transcribes the audio again with its own settings.
+its first clip, so uploads never wait for Whisper. The upload was decoded once to check it;
+queued clips keep those samples up to ``HELD_BYTES`` in all, so a clip is not decoded twice
+(decoding again cost a quarter of the server's throughput under load), and beyond that a
+queued clip is the name of its file, decoded when its turn comes: when uploads outpace
+Whisper for long the queue grows by a path each, not by minutes of samples. Transcripts are
+advice for the annotator only: ``pixmo build`` transcribes the audio again with its own
+settings.
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from pixmo.rejects import Reject
-from pixmo.speech.audio import read_audio
+from pixmo.speech.audio import Audio, read_audio
 from pixmo.speech.config import SpeechConfig
 
 log = logging.getLogger(__name__)
+
+HELD_BYTES = 64 << 20  # decoded samples the queue may hold (a minute at 16 kHz: 3.8 MB)
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,7 @@ class _Job:
     annotator: str
     session_id: str
     path: Path
+    audio: Audio | None  # the samples decoded at upload, while the queue holds few
 
 
 class TranscriptWorker:
@@ -45,14 +51,20 @@ class TranscriptWorker:
         self._lock = threading.Lock()
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._stopping = False
+        self._held = 0
         self._thread = threading.Thread(target=self._run, name="transcripts", daemon=True)
         self._thread.start()
 
-    def submit(self, task_id: str, annotator: str, session_id: str, path: Path) -> None:
-        """Queue the recording written at ``path`` (checked audio: it was decoded once)."""
+    def submit(self, task_id: str, annotator: str, session_id: str, path: Path,
+               audio: Audio | None = None) -> None:
+        """Queue the recording written at ``path`` (checked audio: it was decoded once, to
+        ``audio``, kept with the job while the queue's samples stay within ``HELD_BYTES``)."""
         with self._lock:
             self._results[task_id] = {"status": "pending", "session_id": session_id}
-        self._jobs.put(_Job(task_id, annotator, session_id, Path(path)))
+            if audio is not None and self._held + audio.samples.nbytes > HELD_BYTES:
+                audio = None
+            self._held += 0 if audio is None else audio.samples.nbytes
+        self._jobs.put(_Job(task_id, annotator, session_id, Path(path), audio))
 
     def result(self, task_id: str) -> dict[str, Any] | None:
         with self._lock:
@@ -79,7 +91,8 @@ class TranscriptWorker:
                 continue
             try:
                 transcriber = transcriber or Transcriber(self.speech)
-                audio = read_audio(job.path, self.speech.audio)
+                audio = job.audio if job.audio is not None else read_audio(job.path,
+                                                                            self.speech.audio)
                 out = transcriber(audio, annotator=job.annotator, session_id=job.session_id)
                 self._store(job, out)
             except Exception as exc:  # a broken model must not take the server down
@@ -87,6 +100,9 @@ class TranscriptWorker:
                 self._set(job.task_id, {"status": "error", "session_id": job.session_id,
                                         "reason": f"{type(exc).__name__}: {exc}"})
             finally:
+                if job.audio is not None:
+                    with self._lock:
+                        self._held -= job.audio.samples.nbytes
                 self._jobs.task_done()
         self._jobs.task_done()
 

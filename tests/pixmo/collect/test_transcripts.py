@@ -47,3 +47,41 @@ def test_closing_drops_what_is_still_queued():
         worker.submit(f"c-{n}", "ann", f"c-{n}", clip)
     worker.close()
     assert [worker.result(f"c-{n}")["status"] for n in range(3)] == ["pending"] * 3
+
+
+def test_the_first_queued_clips_keep_their_samples_the_rest_are_read_again(tmp_path,
+                                                                           monkeypatch):
+    """While Whisper is busy (held here at its first clip by an event), queued clips keep the
+    samples their upload was decoded to, up to HELD_BYTES, and are not read again; a clip
+    queued beyond them is read from its file when its turn comes (a missing file shows
+    which)."""
+    import threading
+
+    import pixmo.speech.transcribe as transcribe_module
+    from pixmo.collect import transcripts
+    from pixmo.speech.audio import decode_audio
+
+    gate = threading.Event()
+    real = transcribe_module.Transcriber
+
+    class Gated(real):  # the real Whisper, started only once the queue is filled
+        def __init__(self, *args, **kwargs) -> None:
+            gate.wait()
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(transcribe_module, "Transcriber", Gated)
+    config = CollectConfig(min_speech_s=5)
+    worker = TranscriptWorker(config.speech)
+    audio = decode_audio((SPEECH / "kitchen.opus").read_bytes(), cfg=config.audio)
+    HELD = 3  # clips the queue may hold here
+    monkeypatch.setattr(transcripts, "HELD_BYTES", HELD * audio.samples.nbytes)
+    missing = tmp_path / "gone.opus"  # never written: only a clip read again opens it
+    for n in range(HELD + 1):
+        worker.submit(f"c-{n}", "ann", f"c-{n}", missing, audio)
+    gate.set()
+    worker.wait_idle()
+    statuses = [worker.result(f"c-{n}")["status"] for n in range(HELD + 1)]
+    assert statuses == ["done"] * HELD + ["error"]
+    assert "gone.opus" in worker.result(f"c-{HELD}")["reason"]
+    assert worker._held == 0
+    worker.close()
