@@ -68,10 +68,14 @@ def index_images(raw_dir: Path, limits: ImageConfig) -> tuple[dict[str, ImageInf
     root = raw_dir / "images"
     if not root.is_dir():
         raise PixmoError("no images/ folder", file=str(raw_dir))
+    inside = root.resolve()
     found: dict[str, ImageInfo] = {}
     skipped = []
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         name = path.relative_to(root).as_posix()
+        if not path.resolve().is_relative_to(inside):  # only what is in images/ is served
+            skipped.append(f"images/{name}: a link to a file outside images/")
+            continue
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             skipped.append(f"images/{name}: not a .jpg, .png or .webp file")
             continue
@@ -163,6 +167,8 @@ class Collector:
         info = self.images.get(name)
         if info is None:
             raise CollectError(404, f"no image {name!r}")
+        if not info.path.is_file():
+            raise CollectError(404, f"image {name!r} is no longer in images/")
         return info
 
     def _claim(self, tid: Any, annotator: str, kind: str) -> tuple[Task, dict | None]:

@@ -70,13 +70,13 @@ def load_annotators(path: str | os.PathLike[str]) -> dict[str, str]:
     if not isinstance(data, dict) or not data:
         raise PixmoError("expected a JSON object mapping tokens to annotator ids",
                          file=str(path))
-    for token, who in data.items():
+    for n, (token, who) in enumerate(data.items(), start=1):  # a token is never printed
         if len(token) < MIN_TOKEN_CHARS:
             raise PixmoError(f"a token has {len(token)} characters, fewer than "
                              f"{MIN_TOKEN_CHARS}", file=str(path), field=str(who))
         if not isinstance(who, str) or not who:
-            raise PixmoError("annotator id must be a non-empty string", file=str(path),
-                             field=f"{token[:4]}...")
+            raise PixmoError(f"annotator id of entry {n} must be a non-empty string",
+                             file=str(path))
     return dict(data)
 
 

@@ -50,6 +50,23 @@ def test_images_offered_and_those_not(tmp_path):
         Collector(tmp_path, CollectConfig(), lambda: 0.0, transcribe=False)
 
 
+def test_a_link_out_of_images_is_not_offered_and_a_deleted_image_is_404(tmp_path):
+    raw = make_raw(tmp_path / "raw", images=1)
+    secret = tmp_path / "elsewhere.png"
+    (raw / "images/000.png").rename(secret)
+    (raw / "images/000.png").symlink_to(secret)  # a valid image, but not in images/
+    (raw / "images/inside.jpg").symlink_to(raw / "images/turned.jpg")  # in images/: fine
+    c = Collector(raw, CollectConfig(), lambda: 0.0, transcribe=False)
+    assert sorted(c.images) == ["inside.jpg", "turned.jpg"]
+    assert c.skipped == ["images/000.png: a link to a file outside images/"]
+    (raw / "images/turned.jpg").unlink()
+    with pytest.raises(CollectError) as err:
+        c.image("turned.jpg")
+    assert (err.value.status, err.value.message) == (
+        404, "image 'turned.jpg' is no longer in images/")
+    c.close()
+
+
 def test_an_image_over_the_byte_limit_is_not_read(tmp_path):
     raw = make_raw(tmp_path / "raw", images=0)
     with open(raw / "images/huge.png", "wb") as fh:  # 1 TiB, sparse: reading it would fail

@@ -23,7 +23,10 @@ def test_annotators(tmp_path):
         with pytest.raises(PixmoError, match=says) as err:
             load_annotators(path)
         assert str(path) in str(err.value) and "\n" not in str(err.value)
-        assert "x" * 16 not in str(err.value)  # a token is never printed
+        assert "x" * 16 not in str(err.value) and "xxxx" not in str(err.value)  # nor part
+    path.write_text(json.dumps({"y" * 16: "ann", "x" * 16: ""}))
+    with pytest.raises(PixmoError, match="annotator id of entry 2 must be"):
+        load_annotators(path)
 
 
 def test_labels(tmp_path):
