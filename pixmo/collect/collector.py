@@ -28,7 +28,7 @@ from pixmo.collect.transcripts import TranscriptWorker
 from pixmo.errors import PixmoError
 from pixmo.images import ImageConfig, ImageRejected, load_image
 from pixmo.schema import check
-from pixmo.speech.audio import Audio, decode_audio
+from pixmo.speech.audio import Audio, AudioTooLong, decode_audio
 
 log = logging.getLogger(__name__)
 
@@ -202,8 +202,8 @@ class Collector:
         try:
             audio = decode_audio(data, source="upload", cfg=self.config.audio)
         except PixmoError as exc:
-            status = 413 if "longer than" in exc.reason else 422
-            raise CollectError(status, exc.reason) from exc
+            raise CollectError(413 if isinstance(exc, AudioTooLong) else 422,
+                               exc.reason) from exc
         if audio.duration_s < self.config.min_speech_s:
             raise CollectError(422, f"recording lasts {audio.duration_s:.1f} s, less than "
                                f"{self.config.min_speech_s:g} s")

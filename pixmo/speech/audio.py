@@ -105,6 +105,10 @@ def read_audio(path: str | Path, cfg: AudioConfig | None = None) -> Audio:
     return decode_audio(path.read_bytes(), source=str(path), cfg=cfg)
 
 
+class AudioTooLong(PixmoError):
+    """Audio that decodes but runs past ``max_duration_s``: over a limit, not broken."""
+
+
 def decode_audio(data: bytes, *, source: str = "<bytes>", cfg: AudioConfig | None = None) -> Audio:
     """Decode the bytes of any audio container to mono float32 at ``cfg.sample_rate``.
 
@@ -134,7 +138,7 @@ def decode_audio(data: bytes, *, source: str = "<bytes>", cfg: AudioConfig | Non
                     chunks.append(out.to_ndarray().mean(axis=0))
                     n += len(chunks[-1])
                 if n > max_samples:
-                    raise PixmoError(
+                    raise AudioTooLong(
                         f"audio is longer than max_duration_s={cfg.max_duration_s}", file=source
                     )
             chunks.extend(out.to_ndarray().mean(axis=0) for out in resampler.resample(None))

@@ -12,7 +12,14 @@ import pytest
 import soundfile as sf
 
 from pixmo.errors import PixmoError
-from pixmo.speech.audio import FLOOR_DBFS, SAMPLE_RATE, AudioConfig, decode_audio, read_audio
+from pixmo.speech.audio import (
+    FLOOR_DBFS,
+    SAMPLE_RATE,
+    AudioConfig,
+    AudioTooLong,
+    decode_audio,
+    read_audio,
+)
 from tests.paths import SPEECH
 
 
@@ -134,9 +141,10 @@ def test_non_audio_truncated_and_missing_files_raise_naming_the_file(tmp_path):
 
 def test_limits_bound_duration_and_size(tmp_path):
     path = SPEECH / "desk.flac"
-    with pytest.raises(PixmoError, match=r"longer than max_duration_s=2\.0"):
-        read_audio(path, AudioConfig(max_duration_s=2.0))
-    with pytest.raises(PixmoError, match=r"more than max_bytes=1000"):
+    with pytest.raises(AudioTooLong, match=r"longer than max_duration_s=2\.0"):
+        read_audio(path, AudioConfig(max_duration_s=2.0))  # a limit passed (a PixmoError)
+    with pytest.raises(PixmoError, match=r"more than max_bytes=1000") as err:
         read_audio(path, AudioConfig(max_bytes=1000))
+    assert not isinstance(err.value, AudioTooLong)
     with pytest.raises(ValueError, match="AudioConfig.sample_rate must be > 0, got 0"):
         AudioConfig(sample_rate=0)
