@@ -106,18 +106,15 @@ class Endpoint:
 
 
 def directory_sha256(directory: str | os.PathLike[str]) -> str:
-    """A hash of every file's name and bytes under ``directory`` (hidden ones aside)."""
+    """A hash of every file's name and bytes' sha256 under ``directory`` (hidden ones
+    aside)."""
     digest = hashlib.sha256()
     root = Path(directory)
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         rel = path.relative_to(root).as_posix()
         if any(part.startswith(".") for part in rel.split("/")):
             continue
-        digest.update(rel.encode() + b"\0")
-        with path.open("rb") as fh:
-            while chunk := fh.read(1 << 20):
-                digest.update(chunk)
-        digest.update(b"\0")
+        digest.update(f"{rel}\0{remote.file_sha256(path)}\0".encode())
     return digest.hexdigest()
 
 
